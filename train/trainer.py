@@ -1,0 +1,204 @@
+"""One trainer for every model.
+
+A model exposes:
+  configure_optimizers(lr, weight_decay) -> {name: optimizer}
+  objectives(batch, step) -> yields (optimizer name, loss, metrics); each loss is
+      back-propagated and stepped before the next is computed, which is how the
+      WGAN's critic / generator alternation fits the same loop
+  validation(batch) -> metrics with a "loss" entry
+  sample(n, generator) -> images in [0, 1] or strings
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train.schedule import clip_global_norm, set_lr, warmup_cosine
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30  # passes over the data (the GPT: blocks of steps_per_epoch steps)
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0  # decoupled for AdamW, L2 for Adam
+    warmup_steps: int = 0  # linear warm-up steps before the cosine decay
+    min_lr_ratio: float = 1.0  # final lr / peak lr; 1.0 keeps the lr constant
+    grad_clip: float = 0.0  # global-norm clip; 0 disables
+    patience: int = 0  # early stop after this many epochs without a better val loss; 0 never
+    seed: int = 0  # seeds weights, data order and every random draw
+    max_seconds: float = 0.0  # wall-clock training budget; 0 means none
+    log_every: int = 10  # steps between lines in the metrics log
+    keep_best: bool = True  # end on the weights of the best validation loss, not the last
+
+
+def capture_rng() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path) -> None:
+        self.model, self.batches, self.cfg = model, batches, cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.optimizers = model.configure_optimizers(cfg.lr, cfg.weight_decay)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimisation rounds (batches) completed
+        self.best_val = float("inf")
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+        self.train_seconds = 0.0
+        self.history: list[dict] = []
+
+    # --- checkpoints ---------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        path = self.run_dir / CHECKPOINT
+        state = {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "rng": capture_rng(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val": self.best_val,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+            "train_config": asdict(self.cfg),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: a crash mid-save leaves the previous checkpoint
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        restore_rng(state["rng"])
+        for key in ("epoch", "step", "best_val", "best_state", "bad_epochs", "train_seconds", "history"):
+            setattr(self, key, state[key])
+
+    # --- the loop ----------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        total = self.cfg.epochs * self.batches.steps_per_epoch()
+        return self.cfg.lr * warmup_cosine(step, total, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
+
+    def train_step(self, batch) -> dict:
+        lr = self.lr_at(self.step)
+        metrics = {"lr": lr}
+        for name, loss, terms in self.model.objectives(batch, self.step):
+            opt = self.optimizers[name]
+            set_lr(opt, lr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                metrics[f"grad_norm_{name}"] = clip_global_norm(opt, self.cfg.grad_clip)
+            opt.step()
+            metrics.update({k: float(v) for k, v in terms.items()})
+        self.step += 1
+        return metrics
+
+    def validate(self) -> dict:
+        self.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in self.batches.validation():
+            n = len(batch[0])
+            for key, value in self.model.validation(batch).items():
+                sums[key] = sums.get(key, 0.0) + float(value) * n
+            count += n
+        self.model.train()
+        return {k: v / count for k, v in sums.items()}
+
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def out_of_time(self, started: float) -> bool:
+        budget = self.cfg.max_seconds
+        return budget > 0 and self.train_seconds + (time.perf_counter() - started) >= budget
+
+    def fit(self) -> dict:
+        """Train until epochs run out, early stopping fires or the time budget is spent.
+
+        Returns a summary; the model is left holding the best validated weights.
+        """
+        self.model.train()
+        stopped = "epochs"
+        while self.epoch < self.cfg.epochs:
+            started = time.perf_counter()
+            window: dict[str, list[float]] = {}
+            bar = tqdm(
+                self.batches.train(self.cfg.seed, self.epoch),
+                total=self.batches.steps_per_epoch(),
+                desc=f"{self.model.arch} epoch {self.epoch + 1}/{self.cfg.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+            )
+            for batch in bar:
+                for key, value in self.train_step(batch).items():
+                    window.setdefault(key, []).append(value)
+                if self.step % self.cfg.log_every == 0:
+                    means = {k: float(np.mean(v)) for k, v in window.items()}
+                    self.log({"kind": "train", "epoch": self.epoch, "step": self.step, **means})
+                    bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
+                    window = {}
+                if self.out_of_time(started):
+                    stopped = "time budget"
+                    break
+            bar.close()
+            self.train_seconds += time.perf_counter() - started
+            self.epoch += 1
+            val = self.validate()
+            improved = val["loss"] < self.best_val
+            if improved:
+                self.best_val = val["loss"]
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            self.log({"kind": "val", "epoch": self.epoch, "step": self.step, **val})
+            tqdm.write(
+                f"{self.model.arch} epoch {self.epoch}: val loss {val['loss']:.4f}"
+                f"{' (best)' if improved else ''}  [{self.train_seconds:.0f}s]"
+            )
+            self.save_checkpoint()
+            if stopped == "time budget":
+                break
+            if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
+                stopped = "early stopping"
+                break
+        if self.cfg.keep_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return {
+            "stopped_by": stopped,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "best_val_loss": self.best_val,
+            "train_seconds": round(self.train_seconds, 2),
+        }
