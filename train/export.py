@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from train.errors import TrainError
 from train.models.gpt import GPT, GPTConfig
 from train.models.vae import VAE, VAEConfig
-from train.models.wgan import WGANConfig, WGANGP
+from train.models.wgan import WGANGP, WGANConfig
 
 SCHEMA_VERSION = 1
 ARCHITECTURES = {"vae": (VAE, VAEConfig), "wgan": (WGANGP, WGANConfig), "gpt": (GPT, GPTConfig)}
@@ -84,7 +84,7 @@ def load(path: Path) -> torch.nn.Module:
     cfg = config_from_json(meta["arch"], meta["config"])
     model = model_cls(cfg)
     with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f}
     expected = exported_tensors(model)
     if set(tensors) != set(expected):
         raise TrainError(

@@ -19,7 +19,7 @@ def loss_curves(history: list[dict], path: Path, title: str) -> Path:
     val = [r for r in history if r["kind"] == "val"]
     keys = [k for k in ("loss", "recon", "kl", "wasserstein", "gp", "g_loss") if train and k in train[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=False):
         ax.plot([r["step"] for r in train], [r[key] for r in train], lw=1, label=f"train {key}")
         if val and key in val[0]:
             ax.plot([r["step"] for r in val], [r[key] for r in val], "o-", ms=3, label=f"held-out {key}")

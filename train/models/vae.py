@@ -7,6 +7,7 @@ and the `vb.pp(...)` paths of the Rust engine: `encoder.hidden.{i}`, `encoder.mu
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         widths = (cfg.x_dim + cfg.n_classes, *cfg.hidden)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.mu = nn.Linear(widths[-1], cfg.z_dim)
         self.logvar = nn.Linear(widths[-1], cfg.z_dim)
 
@@ -89,7 +90,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         widths = (cfg.z_dim + cfg.n_classes, *reversed(cfg.hidden))
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.out = nn.Linear(widths[-1], cfg.x_dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

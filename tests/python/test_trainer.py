@@ -1,0 +1,87 @@
+"""The shared trainer: schedule, clipping, early stopping, and exact resume."""
+
+import math
+
+import pytest
+import torch
+
+from train.batches import ImageBatches
+from train.models.vae import VAE, VAEConfig
+from train.models.wgan import WGANGP, WGANConfig
+from train.schedule import clip_global_norm, warmup_cosine
+from train.trainer import CHECKPOINT, Trainer, TrainConfig, seed_everything
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_clip_global_norm_scales_to_the_limit():
+    p = torch.nn.Parameter(torch.zeros(2))
+    q = torch.nn.Parameter(torch.zeros(1))
+    p.grad, q.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    opt = torch.optim.SGD([p, q], lr=1.0)
+    assert clip_global_norm(opt, 1.0) == pytest.approx(5.0)
+    norm = torch.cat([p.grad, q.grad]).norm()
+    assert norm.item() == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.0]))
+
+
+def make(arch, split, cfg, run_dir):
+    seed_everything(cfg.seed)
+    if arch == "vae":
+        model = VAE(VAEConfig(hidden=(32,), z_dim=4, kl_anneal_steps=7))
+    else:
+        model = WGANGP(WGANConfig(z_dim=8, g_hidden=(16, 16), d_hidden=(16, 16), n_critic=2))
+    return Trainer(model, ImageBatches(split, 16, model.prepare_images), cfg, run_dir)
+
+
+@pytest.mark.parametrize("arch", ["vae", "wgan"])
+def test_resume_equals_an_uninterrupted_run(arch, small_images, tmp_path):
+    cfg = TrainConfig(epochs=3, lr=1e-3, warmup_steps=3, min_lr_ratio=0.1, grad_clip=5.0, seed=7)
+    whole = make(arch, small_images, cfg, tmp_path / "whole")
+    whole.fit()
+
+    interrupted = make(arch, small_images, cfg, tmp_path / "split")
+    save = interrupted.save_checkpoint
+
+    def save_then_crash():  # the process dies right after the first epoch's checkpoint
+        save()
+        raise KeyboardInterrupt
+
+    interrupted.save_checkpoint = save_then_crash
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    assert interrupted.epoch == 1
+    # a fresh process: different global RNG state, fresh model and optimizers
+    torch.manual_seed(12345)
+    resumed = make(arch, small_images, cfg, tmp_path / "split")
+    resumed.load_checkpoint(tmp_path / "split" / CHECKPOINT)
+    resumed.fit()
+
+    assert resumed.step == whole.step
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_early_stopping_stops_when_val_loss_stalls(small_images, tmp_path):
+    # lr 0 leaves the weights alone, so the validation loss never improves after epoch 1
+    cfg = TrainConfig(epochs=20, lr=0.0, patience=2, seed=1)
+    trainer = make("vae", small_images, cfg, tmp_path)
+    summary = trainer.fit()
+    assert summary["stopped_by"] == "early stopping"
+    assert summary["epochs"] < 20
+
+
+def test_training_lowers_the_loss_and_logs(small_images, tmp_path):
+    cfg = TrainConfig(epochs=4, lr=3e-3, seed=2, log_every=1)
+    trainer = make("vae", small_images, cfg, tmp_path)
+    before = trainer.validate()["loss"]
+    trainer.fit()
+    assert trainer.validate()["loss"] < before
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == trainer.step + trainer.epoch  # one per step, one per validation
