@@ -86,7 +86,7 @@ def test_missing_files(tmp_path):
 def test_default_digits_are_real_shuffled_and_split():
     split = load_images(None, seed=0)
     assert (len(split.train_x), len(split.val_x)) == (4500, 500)
-    assert 0 <= split.train_x.min() and split.train_x.max() <= 1
+    assert split.train_x.min() >= 0 and split.train_x.max() <= 1
     assert set(np.unique(split.val_y)) == set(range(10))  # shuffled before the split
     again = load_images(None, seed=0)
     np.testing.assert_array_equal(split.val_y, again.val_y)

@@ -9,7 +9,7 @@ from train.batches import ImageBatches
 from train.models.vae import VAE, VAEConfig
 from train.models.wgan import WGANGP, WGANConfig
 from train.schedule import clip_global_norm, warmup_cosine
-from train.trainer import CHECKPOINT, Trainer, TrainConfig, seed_everything
+from train.trainer import CHECKPOINT, TrainConfig, Trainer, seed_everything
 
 
 def test_warmup_then_cosine():
@@ -64,8 +64,9 @@ def test_resume_equals_an_uninterrupted_run(arch, small_images, tmp_path):
     resumed.fit()
 
     assert resumed.step == whole.step
-    for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    resumed_state = resumed.model.state_dict()
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed_state[name]), name
 
 
 def test_early_stopping_stops_when_val_loss_stalls(small_images, tmp_path):

@@ -2,7 +2,8 @@
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Normal, kl_divergence as torch_kl
+from torch.distributions import Normal
+from torch.distributions import kl_divergence as torch_kl
 
 from train.models.vae import VAE, VAEConfig, kl_divergence, kl_weight, reconstruction_nll, reparameterize
 
