@@ -84,7 +84,7 @@ def load(path: Path) -> torch.nn.Module:
     cfg = config_from_json(meta["arch"], meta["config"])
     model = model_cls(cfg)
     with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     expected = exported_tensors(model)
     if set(tensors) != set(expected):
         raise TrainError(

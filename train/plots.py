@@ -17,7 +17,8 @@ def loss_curves(history: list[dict], path: Path, title: str) -> Path:
     """Training metrics against steps, held-out loss as markers on the same axes."""
     train = [r for r in history if r["kind"] == "train"]
     val = [r for r in history if r["kind"] == "val"]
-    keys = [k for k in ("loss", "recon", "kl", "wasserstein", "gp", "g_loss") if train and k in train[0]]
+    first = (train or val)[0]
+    keys = [k for k in ("loss", "recon", "kl", "wasserstein", "gp", "g_loss") if k in first]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=False):
         ax.plot([r["step"] for r in train], [r[key] for r in train], lw=1, label=f"train {key}")

@@ -1,0 +1,80 @@
+"""The wire format and golden vectors of shared_schema/."""
+
+import base64
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train.golden import CASES, GOLDEN_DIR, write
+from train.manifest import SCHEMA_DIR
+
+WIRE = SCHEMA_DIR / "wire"
+REQUEST = json.loads((WIRE / "request.schema.json").read_text())
+REPLY = json.loads((WIRE / "reply.schema.json").read_text())
+ERRORS = json.loads((WIRE / "errors.json").read_text())
+LIMITS = json.loads((WIRE / "limits.json").read_text())
+EXAMPLES = json.loads((SCHEMA_DIR / "examples" / "requests.json").read_text())["examples"]
+
+
+def test_schemas_are_valid_json_schemas():
+    for path in [*SCHEMA_DIR.glob("configs/*.json"), WIRE / "request.schema.json", WIRE / "reply.schema.json"]:
+        jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e["name"])
+def test_example_validates_as_labelled(example):
+    assert example["expect"] == "ok" or example["expect"] in ERRORS["codes"]
+    if "raw" in example:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(example["raw"])
+        return
+    valid = jsonschema.Draft202012Validator(REQUEST).is_valid(example["body"])
+    assert valid == example["schema_valid"]
+
+
+def test_examples_cover_every_request_error_code():
+    produced_by_requests = set(ERRORS["codes"]) - {"overloaded", "internal"}
+    assert produced_by_requests <= {e["expect"] for e in EXAMPLES}
+
+
+def test_schema_limits_equal_limits_json():
+    then = {c["if"]["properties"]["op"]["const"]: c["then"]["properties"] for c in REQUEST["allOf"]}
+    assert then["generate"]["n"]["maximum"] == LIMITS["max_n"]
+    assert then["decode"]["z"]["maxItems"] == LIMITS["max_z_rows"]
+    assert then["encode"]["x"]["maxItems"] == LIMITS["max_x_rows"]
+    assert then["generate_text"]["prompt"]["maxLength"] == LIMITS["max_prompt_chars"]
+    assert then["generate_text"]["max_new_tokens"]["maximum"] == LIMITS["max_new_tokens"]
+    assert then["generate_text"]["temperature"]["maximum"] == LIMITS["max_temperature"]
+    assert REQUEST["$defs"]["seed"]["maximum"] == LIMITS["max_seed"]
+    assert set(REQUEST["properties"]["op"]["enum"]) == {op for ops in ERRORS["ops"].values() for op in ops}
+
+
+def test_replies_validate():
+    image = np.arange(6, dtype="<f4").reshape(2, 3)
+    ok = {"v": 1, "ok": True, "shape": [2, 3], "dtype": "f32", "data": base64.b64encode(image.tobytes()).decode()}
+    jsonschema.validate(ok, REPLY)
+    decoded = np.frombuffer(base64.b64decode(ok["data"]), dtype="<f4").reshape(ok["shape"])
+    np.testing.assert_array_equal(decoded, image)
+    jsonschema.validate({"v": 1, "ok": True, "text": "ROMEO: hi"}, REPLY)
+    for code in ERRORS["codes"]:
+        jsonschema.validate({"v": 1, "ok": False, "error": {"code": code, "message": "m"}}, REPLY)
+    bad = {"v": 1, "ok": False, "error": {"code": "oops", "message": "m"}}
+    assert not jsonschema.Draft202012Validator(REPLY).is_valid(bad)
+
+
+def test_golden_vectors_reproduce_from_their_generator(tmp_path):
+    write(tmp_path)
+    for name in CASES:
+        for suffix in (".safetensors", ".golden.safetensors"):
+            stored = load_file(GOLDEN_DIR / f"{name}{suffix}")
+            fresh = load_file(tmp_path / f"{name}{suffix}")
+            assert stored.keys() == fresh.keys(), name
+            for key, value in stored.items():
+                if value.is_floating_point():
+                    torch.testing.assert_close(fresh[key], value, rtol=0, atol=1e-6, msg=f"{name} {key}")
+                else:
+                    assert torch.equal(fresh[key], value), f"{name} {key}"
