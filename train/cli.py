@@ -29,11 +29,12 @@ DEFAULTS = {
     "vae": dict(epochs=30, batch_size=128, lr=3e-3, min_lr_ratio=0.1, patience=0),
     # Alg. 1 of Gulrajani et al.: Adam 1e-4, betas (0.5, 0.9), batch 64, constant lr
     "wgan": dict(epochs=60, batch_size=64, lr=1e-4, keep_best=False),
-    # nanoGPT's small char-level settings: AdamW 1e-3, warm-up then cosine, clip at 1
+    # nanoGPT-style char-level settings, peak lr raised to 3e-3 for the small model: AdamW,
+    # warm-up then cosine, clip at 1
     "gpt": dict(
         epochs=10,
         batch_size=32,
-        lr=1e-3,
+        lr=3e-3,
         warmup_steps=100,
         min_lr_ratio=0.1,
         grad_clip=1.0,

