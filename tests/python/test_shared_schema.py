@@ -21,7 +21,11 @@ EXAMPLES = json.loads((SCHEMA_DIR / "examples" / "requests.json").read_text())["
 
 
 def test_schemas_are_valid_json_schemas():
-    for path in [*SCHEMA_DIR.glob("configs/*.json"), WIRE / "request.schema.json", WIRE / "reply.schema.json"]:
+    for path in [
+        *SCHEMA_DIR.glob("configs/*.json"),
+        WIRE / "request.schema.json",
+        WIRE / "reply.schema.json",
+    ]:
         jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
 
 
@@ -55,7 +59,13 @@ def test_schema_limits_equal_limits_json():
 
 def test_replies_validate():
     image = np.arange(6, dtype="<f4").reshape(2, 3)
-    ok = {"v": 1, "ok": True, "shape": [2, 3], "dtype": "f32", "data": base64.b64encode(image.tobytes()).decode()}
+    ok = {
+        "v": 1,
+        "ok": True,
+        "shape": [2, 3],
+        "dtype": "f32",
+        "data": base64.b64encode(image.tobytes()).decode(),
+    }
     jsonschema.validate(ok, REPLY)
     decoded = np.frombuffer(base64.b64decode(ok["data"]), dtype="<f4").reshape(ok["shape"])
     np.testing.assert_array_equal(decoded, image)
