@@ -1,0 +1,82 @@
+//! Row-major f32 batches in and out, checked at the door.
+
+use crate::error::{InferError, Result};
+use crate::limits::MAX_BATCH;
+use candle_core::{Device, Tensor};
+
+/// A (rows, cols) row-major f32 matrix: the engine's input and output type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    pub fn from_tensor(t: &Tensor) -> Result<Self> {
+        let (rows, cols) = t.dims2()?;
+        Ok(Self {
+            rows,
+            cols,
+            data: t.flatten_all()?.to_vec1()?,
+        })
+    }
+}
+
+/// Check a batch size against 1..=MAX_BATCH.
+pub fn check_count(what: &'static str, n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(InferError::InvalidArgument(format!(
+            "{what} must be at least 1"
+        )));
+    }
+    if n > MAX_BATCH {
+        return Err(InferError::TooLarge {
+            what,
+            value: n,
+            limit: MAX_BATCH,
+        });
+    }
+    Ok(())
+}
+
+/// `data` as a (rows, width) tensor, refusing a wrong width, a bad row count or a
+/// non-finite value.
+pub fn input_tensor(what: &'static str, data: &[f32], width: usize) -> Result<Tensor> {
+    if data.is_empty() || data.len() % width != 0 {
+        return Err(InferError::InvalidArgument(format!(
+            "{what} must hold rows of width {width}, got {} values",
+            data.len()
+        )));
+    }
+    let rows = data.len() / width;
+    check_count(what, rows)?;
+    if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+        return Err(InferError::InvalidArgument(format!(
+            "{what}[{}][{}] is {}, not a finite number",
+            at / width,
+            at % width,
+            data[at]
+        )));
+    }
+    Ok(Tensor::from_slice(data, (rows, width), &Device::Cpu)?)
+}
+
+/// Class labels as a one-hot (rows, n_classes) tensor.
+pub fn one_hot(labels: &[u32], n_classes: usize) -> Result<Tensor> {
+    let mut data = vec![0f32; labels.len() * n_classes];
+    for (row, &label) in labels.iter().enumerate() {
+        let label = label as usize;
+        if label >= n_classes {
+            return Err(InferError::InvalidArgument(format!(
+                "label {label} is outside 0..{n_classes}"
+            )));
+        }
+        data[row * n_classes + label] = 1.0;
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (labels.len(), n_classes),
+        &Device::Cpu,
+    )?)
+}

@@ -1,0 +1,20 @@
+//! `infer_core`: loads the `.safetensors` files that `train/` exports, checks them against
+//! the manifests of `shared_schema/`, and runs the VAE, the WGAN-GP generator and the
+//! char-level GPT on the CPU with Candle. It knows nothing of Python or Erlang; the
+//! binding crates beside it convert types and map [`InferError`] in one place each.
+
+pub mod artifact;
+pub mod batch;
+pub mod error;
+pub mod gpt;
+pub mod limits;
+pub mod manifest;
+pub mod model;
+pub mod rng;
+pub mod vae;
+pub mod wgan;
+
+pub use batch::Matrix;
+pub use error::{InferError, Result};
+pub use gpt::Sampling;
+pub use model::Model;

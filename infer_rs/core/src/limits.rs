@@ -1,0 +1,31 @@
+//! Upper limits on request sizes, equal to `shared_schema/wire/limits.json` (a test
+//! checks that they are).
+
+/// Most samples, or rows of z / x, in one call.
+pub const MAX_BATCH: usize = 256;
+/// Most new tokens one generate_text call may ask for.
+pub const MAX_NEW_TOKENS: usize = 1024;
+/// Longest prompt, in characters.
+pub const MAX_PROMPT_CHARS: usize = 1024;
+/// Highest sampling temperature.
+pub const MAX_TEMPERATURE: f32 = 10.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_the_shared_limits() {
+        let limits: serde_json::Value =
+            serde_json::from_str(include_str!("../../../shared_schema/wire/limits.json")).unwrap();
+        assert_eq!(limits["max_n"], MAX_BATCH);
+        assert_eq!(limits["max_z_rows"], MAX_BATCH);
+        assert_eq!(limits["max_x_rows"], MAX_BATCH);
+        assert_eq!(limits["max_new_tokens"], MAX_NEW_TOKENS);
+        assert_eq!(limits["max_prompt_chars"], MAX_PROMPT_CHARS);
+        assert_eq!(
+            limits["max_temperature"].as_f64(),
+            Some(MAX_TEMPERATURE as f64)
+        );
+    }
+}

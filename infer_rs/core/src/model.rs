@@ -1,0 +1,100 @@
+//! A loaded model of any architecture, and the operations each one offers.
+
+use crate::artifact::Artifact;
+use crate::batch::Matrix;
+use crate::error::{InferError, Result};
+use crate::gpt::{Gpt, Sampling};
+use crate::vae::Vae;
+use crate::wgan::Generator;
+use std::path::Path;
+
+pub enum Model {
+    Vae(Vae),
+    Wgan(Generator),
+    Gpt(Gpt),
+}
+
+impl Model {
+    /// Load and check a file exported by `train/`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let artifact = Artifact::read(path.as_ref())?;
+        let vb = artifact.var_builder();
+        match artifact.arch.as_str() {
+            "vae" => Ok(Self::Vae(Vae::load(vb, artifact.typed_config()?)?)),
+            "wgan" => Ok(Self::Wgan(Generator::load(vb, artifact.typed_config()?)?)),
+            "gpt" => Ok(Self::Gpt(Gpt::load(vb, artifact.typed_config()?)?)),
+            other => Err(InferError::UnknownArchitecture { arch: other.into() }),
+        }
+    }
+
+    pub fn arch(&self) -> &'static str {
+        match self {
+            Self::Vae(_) => "vae",
+            Self::Wgan(_) => "wgan",
+            Self::Gpt(_) => "gpt",
+        }
+    }
+
+    /// The config from the file's metadata, as JSON.
+    pub fn config_json(&self) -> String {
+        let json = match self {
+            Self::Vae(m) => serde_json::to_string(&m.cfg),
+            Self::Wgan(m) => serde_json::to_string(&m.cfg),
+            Self::Gpt(m) => serde_json::to_string(&m.cfg),
+        };
+        json.unwrap_or_default() // plain structs of numbers and strings always serialize
+    }
+
+    fn unavailable<T>(&self, op: &'static str) -> Result<T> {
+        Err(InferError::WrongArchitecture {
+            op,
+            arch: self.arch(),
+        })
+    }
+
+    /// n images from `seed`: VAE in [0, 1], WGAN in [-1, 1].
+    pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
+        match self {
+            Self::Vae(m) => m.generate(n, seed),
+            Self::Wgan(m) => m.generate(n, seed),
+            Self::Gpt(_) => self.unavailable("generate"),
+        }
+    }
+
+    /// Images from latent rows z (row-major, width z_dim).
+    pub fn decode(&self, z: &[f32]) -> Result<Matrix> {
+        match self {
+            Self::Vae(m) => m.decode(z, None),
+            Self::Wgan(m) => m.decode(z),
+            Self::Gpt(_) => self.unavailable("decode"),
+        }
+    }
+
+    /// The VAE posterior (mu, logvar) of image rows x.
+    pub fn encode(&self, x: &[f32]) -> Result<(Matrix, Matrix)> {
+        match self {
+            Self::Vae(m) => m.encode(x, None),
+            _ => self.unavailable("encode"),
+        }
+    }
+
+    /// Next-token logits (T, vocab) at every position of `prompt` (at most block_size).
+    pub fn logits(&self, prompt: &str) -> Result<Matrix> {
+        match self {
+            Self::Gpt(m) => m.logits(&m.encode(prompt)?),
+            _ => self.unavailable("logits"),
+        }
+    }
+
+    pub fn generate_text(
+        &self,
+        prompt: &str,
+        max_new_tokens: usize,
+        sampling: Sampling,
+    ) -> Result<String> {
+        match self {
+            Self::Gpt(m) => m.generate_text(prompt, max_new_tokens, sampling),
+            _ => self.unavailable("generate_text"),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The Python module `infer_rs`: a thin layer over `infer_core` that converts numpy
+//! arrays, releases the GIL while Rust computes, and maps every `InferError` to the one
+//! Python exception `infer_rs.InferError`.
+
+use infer_core::{Matrix, Model, Sampling};
+use numpy::ndarray::Array2;
+use numpy::{AllowTypeChange, IntoPyArray, PyArray2, PyArrayLike2};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+
+create_exception!(
+    infer_rs,
+    InferError,
+    PyException,
+    "A model file or an argument was refused; the message says what was wrong."
+);
+
+/// The one place core errors become Python exceptions.
+fn py_err(err: infer_core::InferError) -> PyErr {
+    InferError::new_err(err.to_string())
+}
+
+fn to_numpy(py: Python<'_>, m: Matrix) -> PyResult<Bound<'_, PyArray2<f32>>> {
+    let array = Array2::from_shape_vec((m.rows, m.cols), m.data)
+        .map_err(|e| InferError::new_err(format!("output shape: {e}")))?;
+    Ok(array.into_pyarray(py))
+}
+
+/// Rows of a 2-D array-like as row-major f32 (any float dtype or layout is accepted).
+fn rows(array: &PyArrayLike2<'_, f32, AllowTypeChange>) -> Vec<f32> {
+    array.as_array().iter().copied().collect()
+}
+
+/// The given seed, or a fresh one from the process's random state.
+fn seed_or_random(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(|| RandomState::new().build_hasher().finish())
+}
+
+/// A model loaded once from an exported `.safetensors`, for repeated calls.
+#[pyclass(name = "Model", module = "infer_rs", frozen)]
+struct PyModel {
+    inner: Model,
+    path: PathBuf,
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py.allow_threads(|| Model::load(&path)).map_err(py_err)?;
+        Ok(Self { inner, path })
+    }
+
+    /// "vae", "wgan" or "gpt".
+    #[getter]
+    fn arch(&self) -> &'static str {
+        self.inner.arch()
+    }
+
+    /// The config stored in the file, as a dict.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        py.import("json")?
+            .call_method1("loads", (self.inner.config_json(),))
+    }
+
+    #[pyo3(signature = (n, seed=None))]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        n: usize,
+        seed: Option<u64>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let seed = seed_or_random(seed);
+        let out = py
+            .allow_threads(|| self.inner.generate(n, seed))
+            .map_err(py_err)?;
+        to_numpy(py, out)
+    }
+
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        z: PyArrayLike2<'py, f32, AllowTypeChange>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let z = rows(&z);
+        let out = py.allow_threads(|| self.inner.decode(&z)).map_err(py_err)?;
+        to_numpy(py, out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyArrayLike2<'py, f32, AllowTypeChange>,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>)> {
+        let x = rows(&x);
+        let (mu, logvar) = py.allow_threads(|| self.inner.encode(&x)).map_err(py_err)?;
+        Ok((to_numpy(py, mu)?, to_numpy(py, logvar)?))
+    }
+
+    fn logits<'py>(&self, py: Python<'py>, prompt: &str) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let out = py
+            .allow_threads(|| self.inner.logits(prompt))
+            .map_err(py_err)?;
+        to_numpy(py, out)
+    }
+
+    #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=None, seed=None))]
+    fn generate_text(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_k: Option<usize>,
+        seed: Option<u64>,
+    ) -> PyResult<String> {
+        let sampling = Sampling {
+            temperature,
+            top_k,
+            seed: seed_or_random(seed),
+        };
+        py.allow_threads(|| self.inner.generate_text(prompt, max_new_tokens, sampling))
+            .map_err(py_err)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "infer_rs.Model('{}', arch='{}')",
+            self.path.display(),
+            self.inner.arch()
+        )
+    }
+}
+
+/// Load the VAE at `path` and return n samples, shape (n, x_dim), float32.
+#[pyfunction]
+#[pyo3(signature = (path, n, seed=None))]
+fn vae_generate(
+    py: Python<'_>,
+    path: PathBuf,
+    n: usize,
+    seed: Option<u64>,
+) -> PyResult<Bound<'_, PyArray2<f32>>> {
+    let seed = seed_or_random(seed);
+    let out = py
+        .allow_threads(|| {
+            let model = Model::load(&path)?;
+            if model.arch() != "vae" {
+                return Err(infer_core::InferError::WrongArchitecture {
+                    op: "vae_generate",
+                    arch: model.arch(),
+                });
+            }
+            model.generate(n, seed)
+        })
+        .map_err(py_err)?;
+    to_numpy(py, out)
+}
+
+#[pymodule]
+fn _infer_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(vae_generate, m)?)?;
+    m.add("InferError", m.py().get_type::<InferError>())?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+"""The Rust engine from Python: equal to PyTorch on the same weights, errors as
+infer_rs.InferError, and the GIL released while Rust computes."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import infer_rs
+from train.cli import main as train_main
+from train.export import load
+from train.golden import GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """Briefly but really trained models, exported by the CLI."""
+    out = tmp_path_factory.mktemp("artifacts")
+    runs = tmp_path_factory.mktemp("runs")
+    common = ["--out", str(out), "--runs", str(runs), "--threads", "2"]
+    assert train_main(["--model", "vae", "--epochs", "2", *common]) == 0
+    assert train_main(["--model", "wgan", "--epochs", "1", *common]) == 0
+    assert train_main(["--model", "gpt", "--epochs", "1", "--steps-per-epoch", "40", *common]) == 0
+    return {name: out / f"{name}.safetensors" for name in ("vae", "wgan", "gpt")}
+
+
+def max_diff(a, b) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+def test_vae_decode_and_encode_equal_torch(trained):
+    ours, ref = infer_rs.Model(trained["vae"]), load(trained["vae"])
+    z = torch.randn(64, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert max_diff(ours.decode(z.numpy()), ref.decode(z)) <= 1e-5
+        x = ref.decode(z)
+        mu, logvar = ours.encode(x.numpy())
+        ref_mu, ref_logvar = ref.encode(x)
+    assert max_diff(mu, ref_mu) <= 1e-5 and max_diff(logvar, ref_logvar) <= 1e-5
+
+
+def test_wgan_generate_from_z_equals_torch(trained):
+    z = torch.randn(100, 100, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = load(trained["wgan"]).generator(z)
+    assert max_diff(infer_rs.Model(trained["wgan"]).decode(z.numpy()), expected) <= 1e-5
+
+
+def test_gpt_logits_and_greedy_text_equal_torch(trained):
+    ours, ref = infer_rs.Model(trained["gpt"]), load(trained["gpt"])
+    prompt = "ROMEO:\nWhat light through yonder window breaks?"
+    with torch.no_grad():
+        ref_logits, _ = ref(ref.encode(prompt)[None, :])
+        ref_text = ref.decode(ref.generate(ref.encode(prompt)[None, :], 200)[0])
+    assert ours.arch == "gpt" and ours.config["vocab"] == ref.cfg.vocab
+    assert max_diff(ours.logits(prompt), ref_logits[0]) <= 1e-4
+    assert ours.generate_text(prompt, 200) == ref_text
+
+
+def test_gpt_logits_match_on_golden_models():
+    for name in ("gpt_tiny", "gpt_tiny_post_ln"):
+        ref = load(GOLDEN_DIR / f"{name}.safetensors")
+        ours = infer_rs.Model(GOLDEN_DIR / f"{name}.safetensors")
+        prompt = "hi, bad"
+        with torch.no_grad():
+            expected = ref.decode(ref.generate(ref.encode(prompt)[None, :], 40)[0])
+        assert ours.generate_text(prompt, 40) == expected
+
+
+def test_vae_generate_function(trained):
+    images = infer_rs.vae_generate(str(trained["vae"]), 4, seed=3)
+    assert images.shape == (4, 784) and images.dtype == np.float32
+    assert np.array_equal(images, infer_rs.vae_generate(trained["vae"], 4, seed=3))
+    assert 0 <= images.min() and images.max() <= 1
+
+
+def test_errors_raise_infer_error(trained, tmp_path):
+    assert issubclass(infer_rs.InferError, Exception)
+    with pytest.raises(infer_rs.InferError, match="cannot read"):
+        infer_rs.Model(tmp_path / "absent.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(infer_rs.InferError, match="not a valid safetensors"):
+        infer_rs.vae_generate(junk, 2)
+    vae = infer_rs.Model(trained["vae"])
+    with pytest.raises(infer_rs.InferError, match="at least 1"):
+        vae.generate(0)
+    with pytest.raises(infer_rs.InferError, match="above the limit of 256"):
+        vae.generate(257)
+    with pytest.raises(infer_rs.InferError, match="width 20"):
+        vae.decode(np.zeros((2, 19)))
+    with pytest.raises(infer_rs.InferError, match="not available for a vae"):
+        vae.generate_text("a", 3)
+    with pytest.raises(infer_rs.InferError, match="not a vae|not available"):
+        infer_rs.vae_generate(trained["gpt"], 2)
+    gpt = infer_rs.Model(trained["gpt"])
+    with pytest.raises(infer_rs.InferError, match="vocabulary"):
+        gpt.generate_text("\u2603", 3)
+
+
+def test_gil_is_released_while_rust_computes(trained):
+    gpt = infer_rs.Model(trained["gpt"])
+    window = {}
+
+    def work():
+        window["start"] = time.perf_counter()
+        gpt.generate_text("ROMEO:", 400)
+        window["end"] = time.perf_counter()
+
+    worker = threading.Thread(target=work)
+    ticks = []
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    inside = sum(window["start"] < t < window["end"] for t in ticks)
+    # with the GIL held for the whole call, this thread could not tick inside the window
+    assert inside > 1000, f"only {inside} ticks while Rust computed"
