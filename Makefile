@@ -11,7 +11,11 @@ DATA   ?=
 ARGS   ?=
 THREADS ?= 2
 
-.PHONY: help venv train demo test lint pytest golden bench quality clean
+ENGINE_SOURCES := $(shell find infer_rs -path infer_rs/target -prune -o \( -name '*.rs' -o -name '*.toml' -o -name '*.pyi' -o -name '*.py' \) -print) $(wildcard shared_schema/manifests/*.json shared_schema/wire/limits.json)
+ENGINE_STAMP   := $(VENV)/.infer_rs-installed
+CARGO          := cargo
+
+.PHONY: help venv engine train demo test lint pytest rust-test golden bench quality clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +30,12 @@ $(STAMP): train/requirements.txt train/constraints.txt
 
 venv: $(STAMP)  ## create .venv with the pinned Python dependencies and offline data
 
+$(ENGINE_STAMP): $(STAMP) $(ENGINE_SOURCES)
+	cd infer_rs/python && VIRTUAL_ENV=$(abspath $(VENV)) $(abspath $(VENV))/bin/maturin develop --release --quiet
+	touch $(ENGINE_STAMP)
+
+engine: $(ENGINE_STAMP)  ## build the Rust engine and install the `infer_rs` Python module into .venv
+
 train: $(STAMP)  ## train one model: MODEL=vae|wgan|gpt [EPOCHS=n] [DATA=path] [ARGS="--flag ..."]
 	$(PY) -m train --model $(MODEL) --threads $(THREADS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
@@ -36,14 +46,19 @@ demo: $(STAMP)  ## train small versions of all three models, export them, show w
 	@echo; echo "weights:"; ls -1 artifacts/*.safetensors
 	@echo "plots and samples:"; ls -1 runs/*/*.png runs/*/samples.txt
 
-lint: $(STAMP)  ## ruff lint and format check
+lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd infer_rs && $(CARGO) fmt --all --check
+	cd infer_rs && $(CARGO) clippy --workspace --all-targets -- -D warnings
 
-pytest: $(STAMP)  ## the Python suites
+rust-test:  ## cargo test: golden vectors, error variants, fuzz-style file sweep
+	cd infer_rs && $(CARGO) test --workspace --exclude infer_rs_py
+
+pytest: $(STAMP) $(ENGINE_STAMP)  ## the Python suites (training, schema, engine against torch)
 	$(PY) -m pytest tests/python
 
-test: lint pytest  ## every suite and linter
+test: lint rust-test pytest  ## every suite and linter
 
 golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 	$(PY) -m train.golden
@@ -53,5 +68,5 @@ quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, 
 
 bench: quality  ## every benchmark
 
-clean:  ## remove trained weights, runs and caches (keeps .venv)
-	rm -rf artifacts runs .pytest_cache .ruff_cache
+clean:  ## remove trained weights, runs, caches and the Rust build (keeps .venv)
+	rm -rf artifacts runs .pytest_cache .ruff_cache infer_rs/target $(ENGINE_STAMP)

@@ -73,7 +73,7 @@ def test_vae_generate_function(trained):
     images = infer_rs.vae_generate(str(trained["vae"]), 4, seed=3)
     assert images.shape == (4, 784) and images.dtype == np.float32
     assert np.array_equal(images, infer_rs.vae_generate(trained["vae"], 4, seed=3))
-    assert 0 <= images.min() and images.max() <= 1
+    assert images.min() >= 0 and images.max() <= 1
 
 
 def test_errors_raise_infer_error(trained, tmp_path):

@@ -43,7 +43,7 @@ pub fn check_count(what: &'static str, n: usize) -> Result<()> {
 /// `data` as a (rows, width) tensor, refusing a wrong width, a bad row count or a
 /// non-finite value.
 pub fn input_tensor(what: &'static str, data: &[f32], width: usize) -> Result<Tensor> {
-    if data.is_empty() || data.len() % width != 0 {
+    if data.is_empty() || !data.len().is_multiple_of(width) {
         return Err(InferError::InvalidArgument(format!(
             "{what} must hold rows of width {width}, got {} values",
             data.len()

@@ -180,7 +180,7 @@ pub struct Gpt {
 
 impl Gpt {
     pub fn load(vb: VarBuilder, cfg: Config) -> Result<Self> {
-        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
+        if cfg.n_head == 0 || !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(InferError::InvalidArgument(format!(
                 "n_embd {} is not divisible by n_head {}",
                 cfg.n_embd, cfg.n_head
