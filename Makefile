@@ -15,7 +15,7 @@ ENGINE_SOURCES := $(shell find infer_rs -path infer_rs/target -prune -o \( -name
 ENGINE_STAMP   := $(VENV)/.infer_rs-installed
 CARGO          := cargo
 
-.PHONY: help venv engine train demo test lint pytest rust-test golden bench quality clean
+.PHONY: help venv engine train demo test lint pytest rust-test c-test golden bench quality clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,10 +55,17 @@ lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 rust-test:  ## cargo test: golden vectors, error variants, fuzz-style file sweep
 	cd infer_rs && $(CARGO) test --workspace --exclude infer_rs_py
 
+c-test:  ## the C ABI: compile tests/test_capi.c against the library, run it under valgrind
+	cd infer_rs && $(CARGO) build -p infer_rs_c
+	cc -std=c11 -Wall -Wextra -Werror -O1 -o infer_rs/target/test_capi infer_rs/capi/tests/test_capi.c \
+	  -Iinfer_rs/capi/include -Linfer_rs/target/debug -linfer_rs_c -lm -Wl,-rpath,$(abspath infer_rs/target/debug)
+	valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=3 \
+	  infer_rs/target/test_capi shared_schema/golden
+
 pytest: $(STAMP) $(ENGINE_STAMP)  ## the Python suites (training, schema, engine against torch)
 	$(PY) -m pytest tests/python
 
-test: lint rust-test pytest  ## every suite and linter
+test: lint rust-test c-test pytest  ## every suite and linter
 
 golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 	$(PY) -m train.golden

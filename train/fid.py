@@ -17,9 +17,14 @@ from torch import nn
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians."""
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
-    covmean = covmean.real  # sqrtm leaves tiny imaginary parts from rounding
+    """d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
+
+    A 1e-6 ridge on both covariances keeps the square root stable when dead relu
+    features make them singular.
+    """
+    ridge = np.eye(len(sigma1)) * 1e-6
+    sigma1, sigma2 = sigma1 + ridge, sigma2 + ridge
+    covmean = linalg.sqrtm(sigma1 @ sigma2).real  # drop rounding's imaginary parts
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1 + sigma2 - 2 * covmean))
 
 

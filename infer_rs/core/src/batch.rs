@@ -40,9 +40,23 @@ pub fn check_count(what: &'static str, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// `data` as a (rows, width) tensor, refusing a wrong width, a bad row count or a
-/// non-finite value.
-pub fn input_tensor(what: &'static str, data: &[f32], width: usize) -> Result<Tensor> {
+/// A row-major input: `data` holds rows of `width` values.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub width: usize,
+}
+
+/// `input` as a (rows, width) tensor, refusing a width other than `width`, a bad row
+/// count or a non-finite value.
+pub fn input_tensor(what: &'static str, input: Rows, width: usize) -> Result<Tensor> {
+    let data = input.data;
+    if input.width != width {
+        return Err(InferError::InvalidArgument(format!(
+            "{what} has rows of width {}, the model takes width {width}",
+            input.width
+        )));
+    }
     if data.is_empty() || !data.len().is_multiple_of(width) {
         return Err(InferError::InvalidArgument(format!(
             "{what} must hold rows of width {width}, got {} values",

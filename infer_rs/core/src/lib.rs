@@ -14,7 +14,7 @@ pub mod rng;
 pub mod vae;
 pub mod wgan;
 
-pub use batch::Matrix;
+pub use batch::{Matrix, Rows};
 pub use error::{InferError, Result};
 pub use gpt::Sampling;
 pub use model::Model;

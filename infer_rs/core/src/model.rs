@@ -1,7 +1,7 @@
 //! A loaded model of any architecture, and the operations each one offers.
 
 use crate::artifact::Artifact;
-use crate::batch::Matrix;
+use crate::batch::{Matrix, Rows};
 use crate::error::{InferError, Result};
 use crate::gpt::{Gpt, Sampling};
 use crate::vae::Vae;
@@ -61,8 +61,8 @@ impl Model {
         }
     }
 
-    /// Images from latent rows z (row-major, width z_dim).
-    pub fn decode(&self, z: &[f32]) -> Result<Matrix> {
+    /// Images from latent rows z of width z_dim.
+    pub fn decode(&self, z: Rows) -> Result<Matrix> {
         match self {
             Self::Vae(m) => m.decode(z, None),
             Self::Wgan(m) => m.decode(z),
@@ -71,7 +71,7 @@ impl Model {
     }
 
     /// The VAE posterior (mu, logvar) of image rows x.
-    pub fn encode(&self, x: &[f32]) -> Result<(Matrix, Matrix)> {
+    pub fn encode(&self, x: Rows) -> Result<(Matrix, Matrix)> {
         match self {
             Self::Vae(m) => m.encode(x, None),
             _ => self.unavailable("encode"),

@@ -2,7 +2,7 @@
 //! as trained by `train/models/vae.py`. Tensor paths: `encoder.hidden.{i}`,
 //! `encoder.mu`, `encoder.logvar`, `decoder.hidden.{i}`, `decoder.out`.
 
-use crate::batch::{check_count, input_tensor, one_hot, Matrix};
+use crate::batch::{check_count, input_tensor, one_hot, Matrix, Rows};
 use crate::error::{InferError, Result};
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
@@ -107,8 +107,8 @@ impl Vae {
         }
     }
 
-    /// x_hat = sigmoid(out(tanh-MLP([z, y]))) for z (n, z_dim) given row-major.
-    pub fn decode(&self, z: &[f32], labels: Option<&[u32]>) -> Result<Matrix> {
+    /// x_hat = sigmoid(out(tanh-MLP([z, y]))) for rows z of width z_dim.
+    pub fn decode(&self, z: Rows, labels: Option<&[u32]>) -> Result<Matrix> {
         let z = input_tensor("z", z, self.cfg.z_dim)?;
         Matrix::from_tensor(&self.decode_tensor(z, labels)?)
     }
@@ -118,20 +118,20 @@ impl Vae {
         Ok(candle_nn::ops::sigmoid(&self.out.forward(&h)?)?)
     }
 
-    /// (mu, logvar) of q(z | x[, y]) for x (n, x_dim) given row-major.
-    pub fn encode(&self, x: &[f32], labels: Option<&[u32]>) -> Result<(Matrix, Matrix)> {
+    /// (mu, logvar) of q(z | x[, y]) for rows x of width x_dim.
+    pub fn encode(&self, x: Rows, labels: Option<&[u32]>) -> Result<(Matrix, Matrix)> {
         let (mu, logvar) = self.encode_tensor(x, labels)?;
         Ok((Matrix::from_tensor(&mu)?, Matrix::from_tensor(&logvar)?))
     }
 
-    fn encode_tensor(&self, x: &[f32], labels: Option<&[u32]>) -> Result<(Tensor, Tensor)> {
+    fn encode_tensor(&self, x: Rows, labels: Option<&[u32]>) -> Result<(Tensor, Tensor)> {
         let x = input_tensor("x", x, self.cfg.x_dim)?;
         let h = self.enc_hidden.forward(&self.condition(x, labels)?)?;
         Ok((self.mu.forward(&h)?, self.logvar.forward(&h)?))
     }
 
     /// decode(mu(x)): the posterior mean's reconstruction.
-    pub fn reconstruct(&self, x: &[f32], labels: Option<&[u32]>) -> Result<Matrix> {
+    pub fn reconstruct(&self, x: Rows, labels: Option<&[u32]>) -> Result<Matrix> {
         let (mu, _) = self.encode_tensor(x, labels)?;
         Matrix::from_tensor(&self.decode_tensor(mu, labels)?)
     }

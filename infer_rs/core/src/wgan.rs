@@ -2,7 +2,7 @@
 //! as trained by `train/models/wgan.py`. Tensor paths: `generator.fc1`, `generator.fc2`,
 //! `generator.out`. Images come out in [-1, 1], as the generator's tanh makes them.
 
-use crate::batch::{check_count, input_tensor, Matrix};
+use crate::batch::{check_count, input_tensor, Matrix, Rows};
 use crate::error::Result;
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
@@ -58,8 +58,8 @@ impl Generator {
         Ok(self.out.forward(&h)?.tanh()?)
     }
 
-    /// G(z) for z (n, z_dim) given row-major.
-    pub fn decode(&self, z: &[f32]) -> Result<Matrix> {
+    /// G(z) for rows z of width z_dim.
+    pub fn decode(&self, z: Rows) -> Result<Matrix> {
         Matrix::from_tensor(&self.forward(&input_tensor("z", z, self.cfg.z_dim)?)?)
     }
 

@@ -1,7 +1,7 @@
 //! Every error variant, reached through files and arguments a user could give; and a
 //! fuzz-style sweep over random and mutated files that must give errors, never panics.
 
-use infer_core::{InferError, Model, Sampling};
+use infer_core::{InferError, Model, Rows, Sampling};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -163,10 +163,29 @@ fn argument_errors_name_the_problem() {
         Err(InferError::TooLarge { limit: 256, .. })
     ));
     assert!(matches!(
-        vae.decode(&[0.0; 5]),
+        vae.decode(Rows {
+            data: &[0.0; 5],
+            width: 4
+        }),
         Err(InferError::InvalidArgument(_))
     ));
-    let e = vae.decode(&[0.0, f32::NAN, 0.0, 0.0]).unwrap_err();
+    let e = vae
+        .decode(Rows {
+            data: &[0.0; 20],
+            width: 5,
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("width 5, the model takes width 4"),
+        "{e}"
+    );
+    let nan = [0.0, f32::NAN, 0.0, 0.0];
+    let e = vae
+        .decode(Rows {
+            data: &nan,
+            width: 4,
+        })
+        .unwrap_err();
     assert!(e.to_string().contains("z[0][1] is NaN"), "{e}");
     assert!(matches!(
         vae.generate_text("a", 1, Sampling::greedy()),
@@ -211,7 +230,10 @@ fn argument_errors_name_the_problem() {
         Err(InferError::InvalidArgument(_))
     ));
     assert!(matches!(
-        gpt.decode(&[0.0; 4]),
+        gpt.decode(Rows {
+            data: &[0.0; 4],
+            width: 4
+        }),
         Err(InferError::WrongArchitecture { .. })
     ));
 }

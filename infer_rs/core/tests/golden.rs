@@ -1,7 +1,7 @@
 //! The golden vectors of shared_schema/golden/: outputs PyTorch computed on tiny seeded
 //! models, reproduced by the engine (max abs diff <= 1e-5, identical greedy tokens).
 
-use infer_core::{Model, Sampling};
+use infer_core::{Model, Rows, Sampling};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -39,8 +39,13 @@ fn model(name: &str) -> Model {
     Model::load(golden_dir().join(format!("{name}.safetensors"))).unwrap()
 }
 
-fn f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
+/// A golden (shape, values) pair as engine input; the values are leaked, as a test may.
+fn rows(tensor: &(Vec<usize>, Vec<f64>)) -> Rows<'static> {
+    let data: Vec<f32> = tensor.1.iter().map(|&x| x as f32).collect();
+    Rows {
+        data: Vec::leak(data),
+        width: tensor.0[1],
+    }
 }
 
 fn assert_close(got: &[f32], want: &[f64], what: &str) {
@@ -57,10 +62,10 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 fn vae_decode_and_encode() {
     let v = vectors("vae_tiny");
     let m = model("vae_tiny");
-    let out = m.decode(&f32s(&v["decode.z"].1)).unwrap();
+    let out = m.decode(rows(&v["decode.z"])).unwrap();
     assert_eq!(vec![out.rows, out.cols], v["decode.x"].0);
     assert_close(&out.data, &v["decode.x"].1, "decode");
-    let (mu, logvar) = m.encode(&f32s(&v["encode.x"].1)).unwrap();
+    let (mu, logvar) = m.encode(rows(&v["encode.x"])).unwrap();
     assert_close(&mu.data, &v["encode.mu"].1, "mu");
     assert_close(&logvar.data, &v["encode.logvar"].1, "logvar");
 }
@@ -68,9 +73,7 @@ fn vae_decode_and_encode() {
 #[test]
 fn wgan_generate_from_z() {
     let v = vectors("wgan_tiny");
-    let out = model("wgan_tiny")
-        .decode(&f32s(&v["generate.z"].1))
-        .unwrap();
+    let out = model("wgan_tiny").decode(rows(&v["generate.z"])).unwrap();
     assert_eq!(vec![out.rows, out.cols], v["generate.x"].0);
     assert_close(&out.data, &v["generate.x"].1, "generate");
 }

@@ -2,7 +2,7 @@
 //! arrays, releases the GIL while Rust computes, and maps every `InferError` to the one
 //! Python exception `infer_rs.InferError`.
 
-use infer_core::{Matrix, Model, Sampling};
+use infer_core::{Matrix, Model, Rows, Sampling};
 use numpy::ndarray::Array2;
 use numpy::{AllowTypeChange, IntoPyArray, PyArray2, PyArrayLike2};
 use pyo3::create_exception;
@@ -30,9 +30,10 @@ fn to_numpy(py: Python<'_>, m: Matrix) -> PyResult<Bound<'_, PyArray2<f32>>> {
     Ok(array.into_pyarray(py))
 }
 
-/// Rows of a 2-D array-like as row-major f32 (any float dtype or layout is accepted).
-fn rows(array: &PyArrayLike2<'_, f32, AllowTypeChange>) -> Vec<f32> {
-    array.as_array().iter().copied().collect()
+/// A 2-D array-like as row-major f32 and its width (any float dtype or layout is accepted).
+fn rows(array: &PyArrayLike2<'_, f32, AllowTypeChange>) -> (Vec<f32>, usize) {
+    let view = array.as_array();
+    (view.iter().copied().collect(), view.ncols())
 }
 
 /// The given seed, or a fresh one from the process's random state.
@@ -87,8 +88,10 @@ impl PyModel {
         py: Python<'py>,
         z: PyArrayLike2<'py, f32, AllowTypeChange>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let z = rows(&z);
-        let out = py.allow_threads(|| self.inner.decode(&z)).map_err(py_err)?;
+        let (data, width) = rows(&z);
+        let out = py
+            .allow_threads(|| self.inner.decode(Rows { data: &data, width }))
+            .map_err(py_err)?;
         to_numpy(py, out)
     }
 
@@ -98,8 +101,10 @@ impl PyModel {
         py: Python<'py>,
         x: PyArrayLike2<'py, f32, AllowTypeChange>,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>)> {
-        let x = rows(&x);
-        let (mu, logvar) = py.allow_threads(|| self.inner.encode(&x)).map_err(py_err)?;
+        let (data, width) = rows(&x);
+        let (mu, logvar) = py
+            .allow_threads(|| self.inner.encode(Rows { data: &data, width }))
+            .map_err(py_err)?;
         Ok((to_numpy(py, mu)?, to_numpy(py, logvar)?))
     }
 

@@ -1,0 +1,125 @@
+/* The C ABI end to end: load, generate, decode, text, every error path, and freeing.
+ * Run under valgrind by `make c-test`; argv[1] is shared_schema/golden. */
+#include "infer_rs.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int checks = 0;
+static int failures = 0;
+
+#define CHECK(cond, ...)                                        \
+    do {                                                        \
+        checks++;                                               \
+        if (!(cond)) {                                          \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                       \
+            fprintf(stderr, "\n");                              \
+            failures++;                                         \
+        }                                                       \
+    } while (0)
+
+static void path_of(char *buf, size_t len, const char *dir, const char *name) {
+    snprintf(buf, len, "%s/%s.safetensors", dir, name);
+}
+
+static void test_vae(const char *dir) {
+    char path[1024];
+    path_of(path, sizeof path, dir, "vae_tiny");
+    InferModel *model = NULL;
+    InferStatus st = infer_model_load(path, &model);
+    CHECK(st == INFER_OK && model != NULL, "load: %d %s", st, infer_last_error());
+    CHECK(strcmp(infer_model_arch(model), "vae") == 0, "arch");
+
+    InferMatrix images = {0};
+    st = infer_generate(model, 3, 42, &images);
+    CHECK(st == INFER_OK, "generate: %s", infer_last_error());
+    CHECK(images.rows == 3 && images.cols == 16, "shape %zux%zu", images.rows, images.cols);
+    for (size_t i = 0; i < images.rows * images.cols; i++)
+        CHECK(images.data[i] > 0.0f && images.data[i] < 1.0f, "pixel %zu = %f", i, images.data[i]);
+
+    InferMatrix again = {0};
+    infer_generate(model, 3, 42, &again);
+    CHECK(memcmp(images.data, again.data, 3 * 16 * sizeof(float)) == 0, "same seed, same images");
+    infer_matrix_free(&again);
+    infer_matrix_free(&images);
+    CHECK(images.data == NULL && images.rows == 0, "free clears the matrix");
+
+    float z[2 * 4] = {0.1f, -0.2f, 0.3f, 0.0f, 1.0f, 1.0f, -1.0f, 0.5f};
+    InferMatrix decoded = {0};
+    CHECK(infer_decode(model, z, 2, 4, &decoded) == INFER_OK, "decode: %s", infer_last_error());
+    CHECK(decoded.rows == 2 && decoded.cols == 16, "decode shape");
+    infer_matrix_free(&decoded);
+
+    CHECK(infer_decode(model, z, 4, 2, &decoded) == INFER_ERR_ARGUMENT, "wrong width is refused");
+    CHECK(strstr(infer_last_error(), "width 2") != NULL, "message: %s", infer_last_error());
+    z[3] = NAN;
+    CHECK(infer_decode(model, z, 2, 4, &decoded) == INFER_ERR_ARGUMENT, "NaN is refused");
+    CHECK(infer_generate(model, 0, 1, &decoded) == INFER_ERR_ARGUMENT, "n = 0 is refused");
+    CHECK(infer_generate(model, 100000, 1, &decoded) == INFER_ERR_TOO_LARGE, "n too large is refused");
+    char *text = NULL;
+    CHECK(infer_generate_text(model, "hi", 5, 0.0f, 0, 0, &text) == INFER_ERR_ARGUMENT && text == NULL,
+          "a VAE has no generate_text");
+    CHECK(infer_generate(NULL, 1, 1, &decoded) == INFER_ERR_NULL, "NULL model");
+    infer_model_free(model);
+}
+
+static void test_gpt(const char *dir) {
+    char path[1024];
+    path_of(path, sizeof path, dir, "gpt_tiny");
+    InferModel *model = NULL;
+    CHECK(infer_model_load(path, &model) == INFER_OK, "load gpt: %s", infer_last_error());
+    char *text = NULL;
+    InferStatus st = infer_generate_text(model, "hi, bad", 20, 0.0f, 0, 0, &text);
+    CHECK(st == INFER_OK && text != NULL, "generate_text: %s", infer_last_error());
+    /* the greedy continuation stored in gpt_tiny.golden.safetensors, as characters */
+    CHECK(text && strcmp(text, "hi, badcgiccicccccccccccicc") == 0, "greedy text: %s", text);
+    infer_string_free(text);
+    CHECK(infer_generate_text(model, "hi Z", 5, 0.0f, 0, 0, &text) == INFER_ERR_ARGUMENT, "unknown char");
+    CHECK(strstr(infer_last_error(), "vocabulary") != NULL, "message: %s", infer_last_error());
+    infer_model_free(model);
+}
+
+static void test_errors(const char *dir) {
+    InferModel *model = (InferModel *)0x1;
+    CHECK(infer_model_load("/nonexistent/model.safetensors", &model) == INFER_ERR_IO, "bad path");
+    CHECK(model == NULL, "out is cleared on failure");
+    CHECK(strlen(infer_last_error()) > 0, "a message for the bad path");
+    CHECK(infer_model_load(NULL, &model) == INFER_ERR_NULL, "NULL path");
+
+    char path[1024];
+    snprintf(path, sizeof path, "%s/../wire/limits.json", dir);
+    CHECK(infer_model_load(path, &model) == INFER_ERR_CORRUPT, "a JSON file is not a model: %s",
+          infer_last_error());
+
+    path_of(path, sizeof path, dir, "gpt_tiny");
+    InferMatrix m = {0};
+    CHECK(vae_generate(path, 2, 0, &m) == INFER_ERR_ARGUMENT, "vae_generate on a GPT");
+    infer_model_free(NULL);
+    infer_matrix_free(NULL);
+    infer_string_free(NULL);
+}
+
+static void test_one_call(const char *dir) {
+    char path[1024];
+    path_of(path, sizeof path, dir, "vae_tiny");
+    InferMatrix m = {0};
+    CHECK(vae_generate(path, 4, 7, &m) == INFER_OK, "vae_generate: %s", infer_last_error());
+    CHECK(m.rows == 4 && m.cols == 16, "vae_generate shape");
+    vae_free(&m);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s GOLDEN_DIR\n", argv[0]);
+        return 2;
+    }
+    test_vae(argv[1]);
+    test_gpt(argv[1]);
+    test_errors(argv[1]);
+    test_one_call(argv[1]);
+    printf("%d passed, %d failed\n", checks - failures, failures);
+    return failures ? 1 : 0;
+}
