@@ -59,7 +59,7 @@ c-test:  ## the C ABI: compile tests/test_capi.c against the library, run it und
 	cd infer_rs && $(CARGO) build -p infer_rs_c
 	cc -std=c11 -Wall -Wextra -Werror -O1 -o infer_rs/target/test_capi infer_rs/capi/tests/test_capi.c \
 	  -Iinfer_rs/capi/include -Linfer_rs/target/debug -linfer_rs_c -lm -Wl,-rpath,$(abspath infer_rs/target/debug)
-	valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=3 \
+	valgrind --quiet --leak-check=full --show-possibly-lost=no --errors-for-leak-kinds=definite,indirect --error-exitcode=3 \
 	  infer_rs/target/test_capi shared_schema/golden
 
 pytest: $(STAMP) $(ENGINE_STAMP)  ## the Python suites (training, schema, engine against torch)
