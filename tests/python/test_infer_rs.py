@@ -87,9 +87,9 @@ def test_errors_raise_infer_error(trained, tmp_path):
     vae = infer_rs.Model(trained["vae"])
     with pytest.raises(infer_rs.InferError, match="at least 1"):
         vae.generate(0)
-    with pytest.raises(infer_rs.InferError, match="above the limit of 256"):
-        vae.generate(257)
-    with pytest.raises(infer_rs.InferError, match="width 20"):
+    with pytest.raises(infer_rs.InferError, match="above the limit of 4096"):
+        vae.generate(4097)
+    with pytest.raises(infer_rs.InferError, match="width 19, the model takes width 20"):
         vae.decode(np.zeros((2, 19)))
     with pytest.raises(infer_rs.InferError, match="not available for a vae"):
         vae.generate_text("a", 3)

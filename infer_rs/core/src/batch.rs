@@ -2,7 +2,7 @@
 
 use crate::error::{InferError, Result};
 use crate::limits::MAX_BATCH;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 /// A (rows, cols) row-major f32 matrix: the engine's input and output type.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,9 +47,9 @@ pub struct Rows<'a> {
     pub width: usize,
 }
 
-/// `input` as a (rows, width) tensor, refusing a width other than `width`, a bad row
-/// count or a non-finite value.
-pub fn input_tensor(what: &'static str, input: Rows, width: usize) -> Result<Tensor> {
+/// The row count of `input`, refusing a width other than `width`, a bad row count or
+/// a non-finite value.
+pub fn check_rows(what: &'static str, input: Rows, width: usize) -> Result<usize> {
     let data = input.data;
     if input.width != width {
         return Err(InferError::InvalidArgument(format!(
@@ -73,24 +73,5 @@ pub fn input_tensor(what: &'static str, input: Rows, width: usize) -> Result<Ten
             data[at]
         )));
     }
-    Ok(Tensor::from_slice(data, (rows, width), &Device::Cpu)?)
-}
-
-/// Class labels as a one-hot (rows, n_classes) tensor.
-pub fn one_hot(labels: &[u32], n_classes: usize) -> Result<Tensor> {
-    let mut data = vec![0f32; labels.len() * n_classes];
-    for (row, &label) in labels.iter().enumerate() {
-        let label = label as usize;
-        if label >= n_classes {
-            return Err(InferError::InvalidArgument(format!(
-                "label {label} is outside 0..{n_classes}"
-            )));
-        }
-        data[row * n_classes + label] = 1.0;
-    }
-    Ok(Tensor::from_vec(
-        data,
-        (labels.len(), n_classes),
-        &Device::Cpu,
-    )?)
+    Ok(rows)
 }

@@ -5,11 +5,13 @@
 
 pub mod artifact;
 pub mod batch;
+pub mod dense;
 pub mod error;
 pub mod gpt;
 pub mod limits;
 pub mod manifest;
 pub mod model;
+mod pair;
 pub mod rng;
 pub mod vae;
 pub mod wgan;

@@ -2,11 +2,12 @@
 //! as trained by `train/models/vae.py`. Tensor paths: `encoder.hidden.{i}`,
 //! `encoder.mu`, `encoder.logvar`, `decoder.hidden.{i}`, `decoder.out`.
 
-use crate::batch::{check_count, input_tensor, one_hot, Matrix, Rows};
+use crate::batch::{check_count, check_rows, Matrix, Rows};
+use crate::dense::{Activation, Dense, Mlp};
 use crate::error::{InferError, Result};
 use crate::rng::Rng;
-use candle_core::{Device, Tensor};
-use candle_nn::{linear, Linear, Module, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// The config stored in the file's metadata (`shared_schema/configs/vae.schema.json`).
@@ -29,35 +30,34 @@ pub struct Config {
     pub kl_anneal_steps: u64,
 }
 
-/// A tanh MLP: h = tanh(W h + b) per layer.
-struct TanhStack(Vec<Linear>);
+/// Weight (out, in) and bias of the linear layer at `vb`.
+fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<(Tensor, Tensor)> {
+    Ok((
+        vb.get((out_dim, in_dim), "weight")?,
+        vb.get(out_dim, "bias")?,
+    ))
+}
 
-impl TanhStack {
-    fn load(vb: VarBuilder, widths: &[usize]) -> Result<Self> {
-        let layers = widths
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| linear(w[0], w[1], vb.pp(i)))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self(layers))
-    }
-
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut h = xs.clone();
-        for layer in &self.0 {
-            h = layer.forward(&h)?.tanh()?;
-        }
-        Ok(h)
-    }
+/// tanh layers of the given widths, then `last`.
+fn tanh_stack(vb: VarBuilder, widths: &[usize], mut last: Vec<Dense>) -> Result<Mlp> {
+    let mut layers = widths
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let (weight, bias) = linear(&vb.pp(i), w[0], w[1])?;
+            Dense::new(&weight, &bias, Activation::Tanh)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    layers.append(&mut last);
+    Ok(Mlp::new(layers))
 }
 
 pub struct Vae {
     pub cfg: Config,
-    enc_hidden: TanhStack,
-    mu: Linear,
-    logvar: Linear,
-    dec_hidden: TanhStack,
-    out: Linear,
+    /// x -> [mu, logvar]: tanh hidden layers, then both heads as one (2 z_dim)-wide layer.
+    encoder: Mlp,
+    /// z -> x_hat: tanh hidden layers, then the sigmoid output.
+    decoder: Mlp,
 }
 
 impl Vae {
@@ -73,20 +73,27 @@ impl Vae {
             .chain(cfg.hidden.iter().rev().copied())
             .collect();
         let (enc, dec) = (vb.pp("encoder"), vb.pp("decoder"));
+        let (mu_w, mu_b) = linear(&enc.pp("mu"), last, cfg.z_dim)?;
+        let (lv_w, lv_b) = linear(&enc.pp("logvar"), last, cfg.z_dim)?;
+        let heads = Dense::new(
+            &Tensor::cat(&[&mu_w, &lv_w], 0)?,
+            &Tensor::cat(&[&mu_b, &lv_b], 0)?,
+            Activation::Identity,
+        )?;
+        let (out_w, out_b) = linear(&dec.pp("out"), cfg.hidden[0], cfg.x_dim)?;
+        let out = Dense::new(&out_w, &out_b, Activation::Sigmoid)?;
         Ok(Self {
-            enc_hidden: TanhStack::load(enc.pp("hidden"), &enc_widths)?,
-            mu: linear(last, cfg.z_dim, enc.pp("mu"))?,
-            logvar: linear(last, cfg.z_dim, enc.pp("logvar"))?,
-            dec_hidden: TanhStack::load(dec.pp("hidden"), &dec_widths)?,
-            out: linear(cfg.hidden[0], cfg.x_dim, dec.pp("out"))?,
+            encoder: tanh_stack(enc.pp("hidden"), &enc_widths, vec![heads])?,
+            decoder: tanh_stack(dec.pp("hidden"), &dec_widths, vec![out])?,
             cfg,
         })
     }
 
-    /// [v, one_hot(y)] for a conditional model, v otherwise.
-    fn condition(&self, v: Tensor, labels: Option<&[u32]>) -> Result<Tensor> {
+    /// Rows of `v` with one_hot(y) appended for a conditional model.
+    fn condition(&self, v: Rows, labels: Option<&[u32]>) -> Result<Vec<f32>> {
+        let rows = v.data.len() / v.width;
         match (self.cfg.n_classes, labels) {
-            (0, None) => Ok(v),
+            (0, None) => Ok(v.data.to_vec()),
             (0, Some(_)) => Err(InferError::InvalidArgument(
                 "labels given to a VAE that is not conditional".into(),
             )),
@@ -95,58 +102,80 @@ impl Vae {
                 self.cfg.n_classes
             ))),
             (n_classes, Some(labels)) => {
-                if labels.len() != v.dims()[0] {
+                if labels.len() != rows {
                     return Err(InferError::InvalidArgument(format!(
-                        "{} labels for {} rows",
-                        labels.len(),
-                        v.dims()[0]
+                        "{} labels for {rows} rows",
+                        labels.len()
                     )));
                 }
-                Ok(Tensor::cat(&[&v, &one_hot(labels, n_classes)?], 1)?)
+                let mut out = Vec::with_capacity(rows * (v.width + n_classes));
+                for (row, &label) in v.data.chunks_exact(v.width).zip(labels) {
+                    if label as usize >= n_classes {
+                        return Err(InferError::InvalidArgument(format!(
+                            "label {label} is outside 0..{n_classes}"
+                        )));
+                    }
+                    out.extend_from_slice(row);
+                    out.extend((0..n_classes).map(|c| if c == label as usize { 1.0 } else { 0.0 }));
+                }
+                Ok(out)
             }
         }
     }
 
     /// x_hat = sigmoid(out(tanh-MLP([z, y]))) for rows z of width z_dim.
     pub fn decode(&self, z: Rows, labels: Option<&[u32]>) -> Result<Matrix> {
-        let z = input_tensor("z", z, self.cfg.z_dim)?;
-        Matrix::from_tensor(&self.decode_tensor(z, labels)?)
-    }
-
-    fn decode_tensor(&self, z: Tensor, labels: Option<&[u32]>) -> Result<Tensor> {
-        let h = self.dec_hidden.forward(&self.condition(z, labels)?)?;
-        Ok(candle_nn::ops::sigmoid(&self.out.forward(&h)?)?)
+        let rows = check_rows("z", z, self.cfg.z_dim)?;
+        let data = self.decoder.forward(&self.condition(z, labels)?, rows);
+        Ok(Matrix {
+            rows,
+            cols: self.cfg.x_dim,
+            data,
+        })
     }
 
     /// (mu, logvar) of q(z | x[, y]) for rows x of width x_dim.
     pub fn encode(&self, x: Rows, labels: Option<&[u32]>) -> Result<(Matrix, Matrix)> {
-        let (mu, logvar) = self.encode_tensor(x, labels)?;
-        Ok((Matrix::from_tensor(&mu)?, Matrix::from_tensor(&logvar)?))
-    }
-
-    fn encode_tensor(&self, x: Rows, labels: Option<&[u32]>) -> Result<(Tensor, Tensor)> {
-        let x = input_tensor("x", x, self.cfg.x_dim)?;
-        let h = self.enc_hidden.forward(&self.condition(x, labels)?)?;
-        Ok((self.mu.forward(&h)?, self.logvar.forward(&h)?))
+        let rows = check_rows("x", x, self.cfg.x_dim)?;
+        let heads = self.encoder.forward(&self.condition(x, labels)?, rows);
+        let z = self.cfg.z_dim;
+        let split = |offset: usize| Matrix {
+            rows,
+            cols: z,
+            data: heads
+                .chunks_exact(2 * z)
+                .flat_map(|r| &r[offset..offset + z])
+                .copied()
+                .collect(),
+        };
+        Ok((split(0), split(z)))
     }
 
     /// decode(mu(x)): the posterior mean's reconstruction.
     pub fn reconstruct(&self, x: Rows, labels: Option<&[u32]>) -> Result<Matrix> {
-        let (mu, _) = self.encode_tensor(x, labels)?;
-        Matrix::from_tensor(&self.decode_tensor(mu, labels)?)
+        let (mu, _) = self.encode(x, labels)?;
+        self.decode(
+            Rows {
+                data: &mu.data,
+                width: mu.cols,
+            },
+            labels,
+        )
     }
 
     /// n samples: z ~ N(0, I) from `seed`, decoded; a conditional model cycles labels
     /// 0, 1, ..., n_classes - 1 as `train/` does.
     pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
         check_count("n", n)?;
-        let z = Tensor::from_vec(
-            Rng::new(seed).normals(n * self.cfg.z_dim),
-            (n, self.cfg.z_dim),
-            &Device::Cpu,
-        )?;
+        let z = Rng::new(seed).normals(n * self.cfg.z_dim);
         let labels: Option<Vec<u32>> = (self.cfg.n_classes > 0)
             .then(|| (0..n).map(|i| (i % self.cfg.n_classes) as u32).collect());
-        Matrix::from_tensor(&self.decode_tensor(z, labels.as_deref())?)
+        self.decode(
+            Rows {
+                data: &z,
+                width: self.cfg.z_dim,
+            },
+            labels.as_deref(),
+        )
     }
 }

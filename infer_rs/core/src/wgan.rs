@@ -2,11 +2,11 @@
 //! as trained by `train/models/wgan.py`. Tensor paths: `generator.fc1`, `generator.fc2`,
 //! `generator.out`. Images come out in [-1, 1], as the generator's tanh makes them.
 
-use crate::batch::{check_count, input_tensor, Matrix, Rows};
+use crate::batch::{check_count, check_rows, Matrix, Rows};
+use crate::dense::{Activation, Dense, Mlp};
 use crate::error::Result;
 use crate::rng::Rng;
-use candle_core::{Device, Tensor};
-use candle_nn::{linear, Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// The config stored in the file's metadata (`shared_schema/configs/wgan.schema.json`).
@@ -35,42 +35,47 @@ pub struct Config {
 
 pub struct Generator {
     pub cfg: Config,
-    fc1: Linear,
-    fc2: Linear,
-    out: Linear,
+    /// G(z) = tanh(out(relu(fc2(relu(fc1(z)))))).
+    net: Mlp,
 }
 
 impl Generator {
     pub fn load(vb: VarBuilder, cfg: Config) -> Result<Self> {
         let vb = vb.pp("generator");
+        let widths = [cfg.z_dim, cfg.g_hidden[0], cfg.g_hidden[1], cfg.x_dim];
+        let acts = [Activation::Relu, Activation::Relu, Activation::Tanh];
+        let layers = ["fc1", "fc2", "out"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let layer = vb.pp(name);
+                let weight = layer.get((widths[i + 1], widths[i]), "weight")?;
+                Dense::new(&weight, &layer.get(widths[i + 1], "bias")?, acts[i])
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            fc1: linear(cfg.z_dim, cfg.g_hidden[0], vb.pp("fc1"))?,
-            fc2: linear(cfg.g_hidden[0], cfg.g_hidden[1], vb.pp("fc2"))?,
-            out: linear(cfg.g_hidden[1], cfg.x_dim, vb.pp("out"))?,
+            net: Mlp::new(layers),
             cfg,
         })
     }
 
-    /// G(z) = tanh(out(relu(fc2(relu(fc1(z)))))).
-    fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(z)?.relu()?;
-        let h = self.fc2.forward(&h)?.relu()?;
-        Ok(self.out.forward(&h)?.tanh()?)
-    }
-
     /// G(z) for rows z of width z_dim.
     pub fn decode(&self, z: Rows) -> Result<Matrix> {
-        Matrix::from_tensor(&self.forward(&input_tensor("z", z, self.cfg.z_dim)?)?)
+        let rows = check_rows("z", z, self.cfg.z_dim)?;
+        Ok(Matrix {
+            rows,
+            cols: self.cfg.x_dim,
+            data: self.net.forward(z.data, rows),
+        })
     }
 
     /// n images from z ~ N(0, I) drawn with `seed`.
     pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
         check_count("n", n)?;
-        let z = Tensor::from_vec(
-            Rng::new(seed).normals(n * self.cfg.z_dim),
-            (n, self.cfg.z_dim),
-            &Device::Cpu,
-        )?;
-        Matrix::from_tensor(&self.forward(&z)?)
+        let z = Rng::new(seed).normals(n * self.cfg.z_dim);
+        self.decode(Rows {
+            data: &z,
+            width: self.cfg.z_dim,
+        })
     }
 }

@@ -159,8 +159,8 @@ fn argument_errors_name_the_problem() {
         Err(InferError::InvalidArgument(_))
     ));
     assert!(matches!(
-        vae.generate(257, 1),
-        Err(InferError::TooLarge { limit: 256, .. })
+        vae.generate(4097, 1),
+        Err(InferError::TooLarge { limit: 4096, .. })
     ));
     assert!(matches!(
         vae.decode(Rows {
