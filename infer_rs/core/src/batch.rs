@@ -75,3 +75,96 @@ pub fn check_rows(what: &'static str, input: Rows, width: usize) -> Result<usize
     }
     Ok(rows)
 }
+
+/// Many inputs, one pass: each input is checked on its own, the valid ones are stacked
+/// and run through `forward` once, and the output rows are split back per input.
+/// An invalid input keeps its own error; the others are unaffected.
+pub fn run_stacked(
+    what: &'static str,
+    inputs: &[Rows],
+    width: usize,
+    out_width: usize,
+    forward: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+) -> Vec<Result<Matrix>> {
+    let counts: Vec<Result<usize>> = inputs
+        .iter()
+        .map(|input| check_rows(what, *input, width))
+        .collect();
+    let mut stacked = Vec::new();
+    for (input, count) in inputs.iter().zip(&counts) {
+        if count.is_ok() {
+            stacked.extend_from_slice(input.data);
+        }
+    }
+    let total = stacked.len() / width;
+    let output = if total == 0 {
+        Ok(Vec::new())
+    } else {
+        forward(&stacked, total)
+    };
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => {
+            let message = e.to_string();
+            return counts
+                .into_iter()
+                .map(|c| c.and_then(|_| Err(InferError::InvalidArgument(message.clone()))))
+                .collect();
+        }
+    };
+    let mut offset = 0;
+    counts
+        .into_iter()
+        .map(|count| {
+            count.map(|rows| {
+                let data = output[offset * out_width..(offset + rows) * out_width].to_vec();
+                offset += rows;
+                Matrix {
+                    rows,
+                    cols: out_width,
+                    data,
+                }
+            })
+        })
+        .collect()
+}
+
+/// The latent rows of generate requests (n, seed), each drawn from its own seed; an
+/// out-of-range n keeps its error.
+pub fn seeded_latents(requests: &[(usize, u64)], width: usize) -> Vec<Result<Vec<f32>>> {
+    requests
+        .iter()
+        .map(|&(n, seed)| {
+            check_count("n", n)?;
+            Ok(crate::rng::Rng::new(seed).normals(n * width))
+        })
+        .collect()
+}
+
+/// Run `batch` on the latents that were drawn, and put the draw errors back in place.
+pub fn merge_errors(
+    latents: Vec<Result<Vec<f32>>>,
+    width: usize,
+    batch: impl FnOnce(&[Rows]) -> Vec<Result<Matrix>>,
+) -> Vec<Result<Matrix>> {
+    let outputs = {
+        let drawn: Vec<Rows> = latents
+            .iter()
+            .flatten()
+            .map(|data| Rows { data, width })
+            .collect();
+        batch(&drawn)
+    };
+    let mut outputs = outputs.into_iter();
+    latents
+        .into_iter()
+        .map(|latent| match latent {
+            Ok(_) => outputs.next().unwrap_or_else(|| {
+                Err(InferError::InvalidArgument(
+                    "a batch output is missing".into(),
+                ))
+            }),
+            Err(e) => Err(e),
+        })
+        .collect()
+}

@@ -86,6 +86,27 @@ impl Model {
         }
     }
 
+    /// Many generate requests (n, seed) through one pass of the network.
+    pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
+        match self {
+            Self::Vae(m) => m.generate_batch(requests),
+            Self::Wgan(m) => m.generate_batch(requests),
+            Self::Gpt(_) => requests
+                .iter()
+                .map(|_| self.unavailable("generate"))
+                .collect(),
+        }
+    }
+
+    /// Many decode inputs through one pass of the network.
+    pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
+        match self {
+            Self::Vae(m) => m.decode_batch(inputs),
+            Self::Wgan(m) => m.decode_batch(inputs),
+            Self::Gpt(_) => inputs.iter().map(|_| self.unavailable("decode")).collect(),
+        }
+    }
+
     pub fn generate_text(
         &self,
         prompt: &str,

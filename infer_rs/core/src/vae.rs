@@ -2,7 +2,9 @@
 //! as trained by `train/models/vae.py`. Tensor paths: `encoder.hidden.{i}`,
 //! `encoder.mu`, `encoder.logvar`, `decoder.hidden.{i}`, `decoder.out`.
 
-use crate::batch::{check_count, check_rows, Matrix, Rows};
+use crate::batch::{
+    check_count, check_rows, merge_errors, run_stacked, seeded_latents, Matrix, Rows,
+};
 use crate::dense::{Activation, Dense, Mlp};
 use crate::error::{InferError, Result};
 use crate::rng::Rng;
@@ -177,5 +179,29 @@ impl Vae {
             },
             labels.as_deref(),
         )
+    }
+
+    /// Many decode inputs in one pass through the decoder (unconditional models; a
+    /// conditional one needs labels, so it decodes each input on its own).
+    pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
+        if self.cfg.n_classes > 0 {
+            return inputs.iter().map(|z| self.decode(*z, None)).collect();
+        }
+        run_stacked("z", inputs, self.cfg.z_dim, self.cfg.x_dim, |z, rows| {
+            Ok(self.decoder.forward(z, rows))
+        })
+    }
+
+    /// Many generate requests (n, seed) in one pass; each equals `generate(n, seed)`
+    /// up to float rounding.
+    pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
+        if self.cfg.n_classes > 0 {
+            return requests
+                .iter()
+                .map(|&(n, seed)| self.generate(n, seed))
+                .collect();
+        }
+        let latents = seeded_latents(requests, self.cfg.z_dim);
+        merge_errors(latents, self.cfg.z_dim, |inputs| self.decode_batch(inputs))
     }
 }

@@ -2,7 +2,9 @@
 //! as trained by `train/models/wgan.py`. Tensor paths: `generator.fc1`, `generator.fc2`,
 //! `generator.out`. Images come out in [-1, 1], as the generator's tanh makes them.
 
-use crate::batch::{check_count, check_rows, Matrix, Rows};
+use crate::batch::{
+    check_count, check_rows, merge_errors, run_stacked, seeded_latents, Matrix, Rows,
+};
 use crate::dense::{Activation, Dense, Mlp};
 use crate::error::Result;
 use crate::rng::Rng;
@@ -77,5 +79,22 @@ impl Generator {
             data: &z,
             width: self.cfg.z_dim,
         })
+    }
+
+    /// Many decode inputs in one pass through the generator.
+    pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
+        run_stacked("z", inputs, self.cfg.z_dim, self.cfg.x_dim, |z, rows| {
+            Ok(self.net.forward(z, rows))
+        })
+    }
+
+    /// Many generate requests (n, seed) in one pass; each equals `generate(n, seed)`
+    /// up to float rounding.
+    pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
+        merge_errors(
+            seeded_latents(requests, self.cfg.z_dim),
+            self.cfg.z_dim,
+            |inputs| self.decode_batch(inputs),
+        )
     }
 }

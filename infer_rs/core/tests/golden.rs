@@ -127,3 +127,29 @@ fn same_seed_same_output() {
         g.generate_text("hi", 30, s).unwrap()
     );
 }
+
+#[test]
+fn batched_calls_equal_single_calls() {
+    for name in ["vae_tiny", "wgan_tiny"] {
+        let m = model(name);
+        let requests = [(3, 1), (0, 2), (1, 3), (7, 4), (5000, 5)];
+        let batched = m.generate_batch(&requests);
+        assert_eq!(batched.len(), requests.len());
+        for ((n, seed), got) in requests.iter().zip(&batched) {
+            match (m.generate(*n, *seed), got) {
+                (Ok(want), Ok(got)) => {
+                    assert_eq!((want.rows, want.cols), (got.rows, got.cols));
+                    let worst = want
+                        .data
+                        .iter()
+                        .zip(&got.data)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(worst <= 1e-6, "{name} n={n}: {worst}");
+                }
+                (Err(want), Err(got)) => assert_eq!(want.to_string(), got.to_string()),
+                (want, got) => panic!("{name} n={n}: {want:?} vs {got:?}"),
+            }
+        }
+    }
+}
