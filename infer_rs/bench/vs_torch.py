@@ -54,8 +54,16 @@ def worker(artifacts: Path, threads: int) -> list[dict]:
     rows = []
 
     def record(workload, flop, ours, theirs, unit="call"):
-        rows.append({"workload": workload, "threads": threads, "flop": flop, "unit": unit,
-                     "ours": ours, "torch": theirs})
+        rows.append(
+            {
+                "workload": workload,
+                "threads": threads,
+                "flop": flop,
+                "unit": unit,
+                "ours": ours,
+                "torch": theirs,
+            }
+        )
 
     vae_path = artifacts / "vae.safetensors"
     ours, ref = infer_rs.Model(vae_path), load(vae_path)
@@ -93,7 +101,8 @@ def fmt_time(seconds: float) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| workload | threads | infer_rs median | p99 | torch median | p99 | torch / infer_rs | infer_rs rate | torch rate |",
+        "| workload | threads | infer_rs median | p99 | torch median | p99 | torch / infer_rs "
+        "| infer_rs rate | torch rate |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -102,9 +111,10 @@ def table(rows: list[dict]) -> str:
             rate = [f"{GPT_NEW_TOKENS / t:,.0f} tokens/s" for t in (ours, theirs)]
         else:
             rate = [f"{r['flop'] / t / 1e9:,.1f} GFLOP/s" for t in (ours, theirs)]
+        p99 = [fmt_time(np.percentile(r[key], 99)) for key in ("ours", "torch")]
         lines.append(
-            f"| {r['workload']} | {r['threads']} | {fmt_time(ours)} | {fmt_time(np.percentile(r['ours'], 99))} "
-            f"| {fmt_time(theirs)} | {fmt_time(np.percentile(r['torch'], 99))} | {theirs / ours:.2f}x "
+            f"| {r['workload']} | {r['threads']} | {fmt_time(ours)} | {p99[0]} "
+            f"| {fmt_time(theirs)} | {p99[1]} | {theirs / ours:.2f}x "
             f"| {rate[0]} | {rate[1]} |"
         )
     return "\n".join(lines)
@@ -131,14 +141,21 @@ def main() -> None:
     rows = []
     for threads in args.threads:
         root = str(Path(__file__).resolve().parents[2])  # so the worker imports train/
-        env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "PYTHONPATH": root}
+        env = {
+            **os.environ,
+            "RAYON_NUM_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONPATH": root,
+        }
         cmd = [sys.executable, __file__, "--artifacts", str(args.artifacts), "--worker", str(threads)]
         rows += json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
     rows.sort(key=lambda r: (r["workload"], r["threads"]))
     import torch
 
-    header = f"Engine benchmark: {machine()}, torch {torch.__version__} eager under inference_mode. " \
-             "Threads: torch.set_num_threads and RAYON_NUM_THREADS.\n\n"
+    header = (
+        f"Engine benchmark: {machine()}, torch {torch.__version__} eager under inference_mode. "
+        "Threads: torch.set_num_threads and RAYON_NUM_THREADS.\n\n"
+    )
     out = header + table(rows) + "\n"
     Path("runs/bench").mkdir(parents=True, exist_ok=True)
     Path("runs/bench/engine.md").write_text(out)

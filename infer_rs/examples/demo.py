@@ -36,7 +36,8 @@ def main() -> None:
 
     gpt = infer_rs.Model(args.artifacts / "gpt.safetensors")
     prompt = "ROMEO:" if set("ROMEO:") <= set(gpt.config["vocab"]) else gpt.config["vocab"][0]
-    print(f"\nGPT via infer_rs, temperature 0.8, top-k 20, seed 7:\n{gpt.generate_text(prompt, 240, 0.8, 20, 7)}")
+    text = gpt.generate_text(prompt, 240, temperature=0.8, top_k=20, seed=7)
+    print(f"\nGPT via infer_rs, temperature 0.8, top-k 20, seed 7:\n{text}")
 
 
 if __name__ == "__main__":
