@@ -1,0 +1,182 @@
+//! The NIF behind `ServeEx.Native`: models live in resources, loaded once and shared;
+//! file reads run on dirty IO schedulers, inference on dirty CPU schedulers. Every
+//! failure comes back as `{:error, {kind, message}}`, with `kind` one of the wire
+//! error codes (mapped in one place, [`reason`]); rustler turns a panic into an Erlang
+//! exception, so none takes the VM down.
+
+use infer_core::{InferError, Matrix, Model, Rows, Sampling};
+use rustler::{Atom, Binary, Env, OwnedBinary, ResourceArc};
+use std::panic::AssertUnwindSafe;
+
+mod atoms {
+    rustler::atoms! {
+        invalid_argument,
+        too_large,
+        unknown_op,
+        bad_model,
+        internal,
+        vae,
+        wgan,
+        gpt,
+    }
+}
+
+/// A loaded model. It is immutable after loading, so a panic part-way through a call
+/// cannot leave it half-updated: asserting unwind safety is sound.
+pub struct ModelResource {
+    model: AssertUnwindSafe<Model>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for ModelResource {}
+
+type Reason = (Atom, String);
+
+/// The one mapping from core errors to the wire's error codes.
+fn reason(err: InferError) -> Reason {
+    let kind = match &err {
+        InferError::InvalidArgument(_) => atoms::invalid_argument(),
+        InferError::TooLarge { .. } => atoms::too_large(),
+        InferError::WrongArchitecture { .. } => atoms::unknown_op(),
+        InferError::Compute(_) => atoms::internal(),
+        _ => atoms::bad_model(),
+    };
+    (kind, err.to_string())
+}
+
+/// (rows, cols, little-endian f32 bytes).
+fn matrix<'a>(env: Env<'a>, m: Matrix) -> Result<(usize, usize, Binary<'a>), Reason> {
+    let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut binary =
+        OwnedBinary::new(bytes.len()).ok_or((atoms::internal(), "out of memory".to_string()))?;
+    binary.as_mut_slice().copy_from_slice(&bytes);
+    Ok((m.rows, m.cols, binary.release(env)))
+}
+
+/// `{:ok, {model, arch, config_json}}` for an exported `.safetensors`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn model_load(path: String) -> Result<(ResourceArc<ModelResource>, Atom, String), Reason> {
+    let model = Model::load(&path).map_err(reason)?;
+    let arch = match model.arch() {
+        "vae" => atoms::vae(),
+        "wgan" => atoms::wgan(),
+        _ => atoms::gpt(),
+    };
+    let config = model.config_json();
+    Ok((
+        ResourceArc::new(ModelResource {
+            model: AssertUnwindSafe(model),
+        }),
+        arch,
+        config,
+    ))
+}
+
+/// One result per `{n, seed}`, all decoded in one pass.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn model_generate_batch<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<ModelResource>,
+    requests: Vec<(usize, u64)>,
+) -> Vec<Result<(usize, usize, Binary<'a>), Reason>> {
+    resource
+        .model
+        .generate_batch(&requests)
+        .into_iter()
+        .map(|r| r.map_err(reason).and_then(|m| matrix(env, m)))
+        .collect()
+}
+
+/// Little-endian f32 bytes as floats, refusing a length that is not a multiple of 4.
+fn floats(bytes: &[u8]) -> Result<Vec<f32>, InferError> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(InferError::InvalidArgument(format!(
+            "{} bytes are not whole f32 values",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// One result per `{f32_bytes, width}`, all decoded in one pass.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn model_decode_batch<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<ModelResource>,
+    inputs: Vec<(Binary<'a>, usize)>,
+) -> Vec<Result<(usize, usize, Binary<'a>), Reason>> {
+    let decoded: Vec<Result<Vec<f32>, InferError>> =
+        inputs.iter().map(|(b, _)| floats(b.as_slice())).collect();
+    let valid: Vec<Rows> = decoded
+        .iter()
+        .zip(&inputs)
+        .filter_map(|(d, (_, width))| {
+            d.as_ref().ok().map(|data| Rows {
+                data,
+                width: *width,
+            })
+        })
+        .collect();
+    let mut outputs = resource.model.decode_batch(&valid).into_iter();
+    decoded
+        .into_iter()
+        .map(|d| match d {
+            Err(e) => Err(reason(e)),
+            Ok(_) => match outputs.next() {
+                Some(out) => out.map_err(reason).and_then(|m| matrix(env, m)),
+                None => Err((atoms::internal(), "a batch output is missing".to_string())),
+            },
+        })
+        .collect()
+}
+
+/// One `{mu, logvar}` result per `{f32_bytes, width}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+#[allow(clippy::type_complexity)]
+fn model_encode_batch<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<ModelResource>,
+    inputs: Vec<(Binary<'a>, usize)>,
+) -> Vec<Result<((usize, usize, Binary<'a>), (usize, usize, Binary<'a>)), Reason>> {
+    inputs
+        .iter()
+        .map(|(bytes, width)| {
+            let data = floats(bytes.as_slice()).map_err(reason)?;
+            let (mu, logvar) = resource
+                .model
+                .encode(Rows {
+                    data: &data,
+                    width: *width,
+                })
+                .map_err(reason)?;
+            Ok((matrix(env, mu)?, matrix(env, logvar)?))
+        })
+        .collect()
+}
+
+/// One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed}`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn model_generate_text_batch(
+    resource: ResourceArc<ModelResource>,
+    requests: Vec<(String, usize, f64, usize, u64)>,
+) -> Vec<Result<String, Reason>> {
+    requests
+        .iter()
+        .map(|(prompt, max_new_tokens, temperature, top_k, seed)| {
+            let sampling = Sampling {
+                temperature: *temperature as f32,
+                top_k: (*top_k > 0).then_some(*top_k),
+                seed: *seed,
+            };
+            resource
+                .model
+                .generate_text(prompt, *max_new_tokens, sampling)
+                .map_err(reason)
+        })
+        .collect()
+}
+
+rustler::init!("Elixir.ServeEx.Native");

@@ -1,0 +1,179 @@
+defmodule ServeEx.AMQP.Client do
+  @moduledoc """
+  `ServeEx.AMQP` over RabbitMQ's Erlang `amqp_client`. The request queue is a durable
+  quorum queue: unacked work is redelivered when a consumer dies, and its delivery
+  limit dead-letters a message that keeps killing consumers. See `ServeEx.Topology`.
+  """
+  @behaviour ServeEx.AMQP
+
+  require Record
+
+  for {name, fields} <- Record.extract_all(from_lib: "amqp_client/include/amqp_client.hrl"),
+      name in [
+        :"basic.qos",
+        :"basic.consume",
+        :"basic.consume_ok",
+        :"basic.cancel",
+        :"basic.deliver",
+        :"basic.ack",
+        :"basic.reject",
+        :"basic.publish",
+        :P_basic,
+        :amqp_msg,
+        :"queue.declare",
+        :"exchange.declare",
+        :"queue.bind",
+        :"confirm.select"
+      ] do
+    Record.defrecordp(
+      :"r_#{name |> to_string() |> String.replace(".", "_") |> String.downcase()}",
+      name,
+      fields
+    )
+  end
+
+  alias ServeEx.Topology
+
+  @impl true
+  def connect(url) do
+    with {:ok, params} <- :amqp_uri.parse(String.to_charlist(url)) do
+      :amqp_connection.start(params)
+    end
+  end
+
+  @impl true
+  def open_channel(conn), do: :amqp_connection.open_channel(conn)
+
+  @impl true
+  def close_channel(chan) do
+    _ = catch_exit(fn -> :amqp_channel.close(chan) end)
+    :ok
+  end
+
+  @impl true
+  def declare_topology(chan, queue) do
+    exchange_declare_ok = :"exchange.declare_ok"
+    queue_declare_ok = :"queue.declare_ok"
+    bind_ok = :"queue.bind_ok"
+
+    {^exchange_declare_ok} =
+      :amqp_channel.call(
+        chan,
+        r_exchange_declare(
+          exchange: Topology.dead_letter_exchange(),
+          type: "direct",
+          durable: true
+        )
+      )
+
+    {^queue_declare_ok, _, _, _} =
+      :amqp_channel.call(
+        chan,
+        r_queue_declare(queue: Topology.dead_letter_queue(), durable: true)
+      )
+
+    {^bind_ok} =
+      :amqp_channel.call(
+        chan,
+        r_queue_bind(
+          queue: Topology.dead_letter_queue(),
+          exchange: Topology.dead_letter_exchange(),
+          routing_key: queue
+        )
+      )
+
+    {^queue_declare_ok, _, _, _} =
+      :amqp_channel.call(
+        chan,
+        r_queue_declare(
+          queue: queue,
+          durable: true,
+          arguments: Topology.request_queue_arguments()
+        )
+      )
+
+    :ok
+  end
+
+  @impl true
+  def consume(chan, queue, prefetch) do
+    qos_ok = :"basic.qos_ok"
+    {^qos_ok} = :amqp_channel.call(chan, r_basic_qos(prefetch_count: prefetch))
+
+    r_basic_consume_ok(consumer_tag: _) =
+      :amqp_channel.subscribe(chan, r_basic_consume(queue: queue), self())
+
+    :ok
+  end
+
+  @impl true
+  def ack(chan, tag), do: cast(chan, r_basic_ack(delivery_tag: tag))
+
+  @impl true
+  def reject(chan, tag, requeue),
+    do: cast(chan, r_basic_reject(delivery_tag: tag, requeue: requeue))
+
+  @impl true
+  def confirm_select(chan) do
+    select_ok = :"confirm.select_ok"
+    {^select_ok} = :amqp_channel.call(chan, r_confirm_select())
+    :ok
+  end
+
+  @impl true
+  def publish(chan, routing_key, payload, correlation_id) do
+    props =
+      r_p_basic(
+        content_type: "application/json",
+        delivery_mode: 2,
+        correlation_id: correlation_id || :undefined
+      )
+
+    msg = r_amqp_msg(props: props, payload: IO.iodata_to_binary(payload))
+    :amqp_channel.call(chan, r_basic_publish(exchange: "", routing_key: routing_key), msg)
+    :ok
+  end
+
+  @impl true
+  def wait_for_confirms(chan, timeout_ms) do
+    # amqp_client takes the timeout in seconds
+    :amqp_channel.wait_for_confirms(chan, max(div(timeout_ms, 1000), 1)) == true
+  catch
+    :exit, _ -> false
+  end
+
+  @impl true
+  def classify(
+        {r_basic_deliver(delivery_tag: tag, redelivered: redelivered),
+         r_amqp_msg(props: props, payload: payload)}
+      ) do
+    reply_to = r_p_basic(props, :reply_to)
+    correlation_id = r_p_basic(props, :correlation_id)
+
+    {:deliver, payload,
+     %{
+       delivery_tag: tag,
+       redelivered: redelivered,
+       reply_to: undefined_to_nil(reply_to),
+       correlation_id: undefined_to_nil(correlation_id)
+     }}
+  end
+
+  def classify(r_basic_consume_ok()), do: :consume_ok
+  def classify(r_basic_cancel()), do: :cancelled
+  def classify(_), do: :other
+
+  defp undefined_to_nil(:undefined), do: nil
+  defp undefined_to_nil(value), do: value
+
+  defp cast(chan, method) do
+    _ = catch_exit(fn -> :amqp_channel.cast(chan, method) end)
+    :ok
+  end
+
+  defp catch_exit(fun) do
+    fun.()
+  catch
+    :exit, _ -> :closed
+  end
+end

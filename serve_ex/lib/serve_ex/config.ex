@@ -1,0 +1,105 @@
+defmodule ServeEx.Config do
+  @moduledoc """
+  The service's settings, read once from environment variables and validated; a bad
+  value stops the start with an `ArgumentError` that names the variable.
+
+  | variable | default | meaning |
+  |---|---|---|
+  | `AMQP_URL` | `amqp://guest:guest@127.0.0.1:5672` | the broker |
+  | `MODEL_DIR` | `artifacts` | every `*.safetensors` in it is served, id = file name without extension |
+  | `REQUEST_QUEUE` | `serve_ex.requests` | the queue consumed |
+  | `PROCESSORS` | `2` | processor processes (decode and validate) |
+  | `BATCH_SIZE` | `64` | rows (images or prompts) that make a batcher flush |
+  | `BATCH_TIMEOUT_MS` | `2` | longest wait before a partial batch flushes |
+  | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
+  | `HTTP_IP` / `HTTP_PORT` | `127.0.0.1` / `9090` | health and metrics |
+  """
+
+  @enforce_keys [
+    :amqp_url,
+    :model_dir,
+    :request_queue,
+    :processors,
+    :batch_size,
+    :batch_timeout_ms
+  ]
+  defstruct @enforce_keys ++ [:prefetch, :http_ip, :http_port]
+
+  @type t :: %__MODULE__{}
+
+  @doc """
+  Reads the settings from `env` (a map of variable names to strings).
+
+      iex> ServeEx.Config.from_env(%{"BATCH_SIZE" => "8"}).prefetch
+      16
+      iex> ServeEx.Config.from_env(%{"PROCESSORS" => "zero"})
+      ** (ArgumentError) PROCESSORS must be a whole number from 1 to 64, got "zero"
+  """
+  @spec from_env(%{optional(String.t()) => String.t()}) :: t()
+  def from_env(env \\ System.get_env()) do
+    batch_size = int(env, "BATCH_SIZE", 64, 1..4096)
+
+    %__MODULE__{
+      amqp_url: url(env),
+      model_dir: Map.get(env, "MODEL_DIR", "artifacts"),
+      request_queue: queue(env),
+      processors: int(env, "PROCESSORS", 2, 1..64),
+      batch_size: batch_size,
+      batch_timeout_ms: int(env, "BATCH_TIMEOUT_MS", 2, 0..10_000),
+      prefetch: int(env, "PREFETCH", 2 * batch_size, 1..65_535),
+      http_ip: ip(env),
+      http_port: int(env, "HTTP_PORT", 9090, 0..65_535)
+    }
+  end
+
+  defp int(env, key, default, first..last) do
+    case Map.fetch(env, key) do
+      :error ->
+        default
+
+      {:ok, text} ->
+        case Integer.parse(text) do
+          {value, ""} when value >= first and value <= last ->
+            value
+
+          _ ->
+            raise ArgumentError,
+                  "#{key} must be a whole number from #{first} to #{last}, got #{inspect(text)}"
+        end
+    end
+  end
+
+  defp url(env) do
+    url = Map.get(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+    case URI.parse(url) do
+      %URI{scheme: "amqp", host: host} when is_binary(host) and host != "" ->
+        url
+
+      _ ->
+        raise ArgumentError,
+              "AMQP_URL must look like amqp://user:pass@host:port, got #{inspect(url)}"
+    end
+  end
+
+  defp queue(env) do
+    name = Map.get(env, "REQUEST_QUEUE", "serve_ex.requests")
+
+    if name =~ ~r/^[A-Za-z0-9_.:-]{1,200}$/,
+      do: name,
+      else:
+        raise(
+          ArgumentError,
+          "REQUEST_QUEUE must be 1-200 letters, digits or _.:-, got #{inspect(name)}"
+        )
+  end
+
+  defp ip(env) do
+    text = Map.get(env, "HTTP_IP", "127.0.0.1")
+
+    case :inet.parse_address(String.to_charlist(text)) do
+      {:ok, address} -> address
+      {:error, _} -> raise ArgumentError, "HTTP_IP must be an IP address, got #{inspect(text)}"
+    end
+  end
+end

@@ -1,0 +1,79 @@
+defmodule ServeEx.Connection do
+  @moduledoc """
+  Owns the broker connection: connects at start without blocking the supervisor,
+  declares the topology, watches the connection, and reconnects with jittered
+  exponential backoff (100 ms doubling to 5 s, each wait drawn from 50-150 %) when the
+  broker is down or the connection dies. Others ask it for channels.
+  """
+  use GenServer
+  require Logger
+
+  alias ServeEx.AMQP
+
+  @first_backoff_ms 100
+  @max_backoff_ms 5_000
+
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    opts = Keyword.validate!(opts, [:url, :queue, name: __MODULE__])
+    GenServer.start_link(__MODULE__, opts, name: opts[:name])
+  end
+
+  @doc "A new channel on the current connection."
+  @spec open_channel(GenServer.server()) :: {:ok, AMQP.chan()} | {:error, :not_connected | term()}
+  def open_channel(server \\ __MODULE__), do: GenServer.call(server, :open_channel)
+
+  @doc "Whether the broker is connected."
+  @spec connected?(GenServer.server()) :: boolean()
+  def connected?(server \\ __MODULE__) do
+    GenServer.call(server, :connected?, 1_000)
+  catch
+    :exit, _ -> false
+  end
+
+  @impl true
+  def init(opts) do
+    send(self(), :connect)
+
+    {:ok,
+     %{url: opts[:url], queue: opts[:queue], conn: nil, monitor: nil, backoff: @first_backoff_ms}}
+  end
+
+  @impl true
+  def handle_call(:open_channel, _from, %{conn: nil} = state),
+    do: {:reply, {:error, :not_connected}, state}
+
+  def handle_call(:open_channel, _from, state),
+    do: {:reply, AMQP.impl().open_channel(state.conn), state}
+
+  def handle_call(:connected?, _from, state), do: {:reply, state.conn != nil, state}
+
+  @impl true
+  def handle_info(:connect, state) do
+    with {:ok, conn} <- AMQP.impl().connect(state.url),
+         {:ok, chan} <- AMQP.impl().open_channel(conn),
+         :ok <- AMQP.impl().declare_topology(chan, state.queue) do
+      AMQP.impl().close_channel(chan)
+      Logger.info("connected to the broker; consuming #{state.queue}")
+
+      {:noreply,
+       %{state | conn: conn, monitor: Process.monitor(conn), backoff: @first_backoff_ms}}
+    else
+      error ->
+        wait = jittered(state.backoff)
+        Logger.warning("broker unavailable (#{inspect(error)}); retrying in #{wait} ms")
+        Process.send_after(self(), :connect, wait)
+        {:noreply, %{state | backoff: min(state.backoff * 2, @max_backoff_ms)}}
+    end
+  end
+
+  def handle_info({:DOWN, ref, :process, _pid, reason}, %{monitor: ref} = state) do
+    Logger.warning("broker connection lost: #{inspect(reason)}; reconnecting")
+    send(self(), :connect)
+    {:noreply, %{state | conn: nil, monitor: nil}}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  defp jittered(ms), do: div(ms, 2) + :rand.uniform(ms)
+end

@@ -1,0 +1,63 @@
+defmodule ServeEx.Engine do
+  @moduledoc """
+  The Rust inference engine (`infer_core`) as seen from Elixir.
+
+  Models are NIF resources, loaded once and shared by every process. Batch functions
+  take many requests and return one result per request, in order; a request's error
+  never affects the others. Errors are `{:error, {kind, message}}` where `kind` is a
+  wire error code (`:invalid_argument`, `:too_large`, `:unknown_op`, `:internal`) or
+  `:bad_model` for a file the engine refuses.
+  """
+
+  alias ServeEx.Native
+
+  defstruct [:id, :ref, :arch, :config]
+
+  @type t :: %__MODULE__{
+          id: String.t(),
+          ref: reference(),
+          arch: :vae | :wgan | :gpt,
+          config: map()
+        }
+  @type reason :: {atom(), String.t()}
+  @type tensor :: {rows :: pos_integer(), cols :: pos_integer(), f32_le :: binary()}
+
+  @doc """
+  Loads and checks a `.safetensors` exported by `train/`.
+
+      iex> {:error, {:bad_model, message}} = ServeEx.Engine.load("/nonexistent.safetensors", "x")
+      iex> message =~ "cannot read /nonexistent.safetensors"
+      true
+  """
+  @spec load(Path.t(), String.t()) :: {:ok, t()} | {:error, reason()}
+  def load(path, id) do
+    with {:ok, {ref, arch, config_json}} <- Native.model_load(to_string(path)) do
+      {:ok,
+       %__MODULE__{id: id, ref: ref, arch: arch, config: :jsx.decode(config_json, [:return_maps])}}
+    end
+  end
+
+  @doc "One `{:ok, tensor}` or `{:error, reason}` per `{n, seed}`, decoded in one pass."
+  @spec generate_batch(t(), [{pos_integer(), non_neg_integer()}]) :: [
+          {:ok, tensor()} | {:error, reason()}
+        ]
+  def generate_batch(%__MODULE__{ref: ref}, requests),
+    do: Native.model_generate_batch(ref, requests)
+
+  @doc "One result per `{f32_le_rows, width}`, decoded in one pass."
+  @spec decode_batch(t(), [{binary(), pos_integer()}]) :: [{:ok, tensor()} | {:error, reason()}]
+  def decode_batch(%__MODULE__{ref: ref}, inputs), do: Native.model_decode_batch(ref, inputs)
+
+  @doc "One `{:ok, {mu, logvar}}` result per `{f32_le_rows, width}`."
+  @spec encode_batch(t(), [{binary(), pos_integer()}]) ::
+          [{:ok, {tensor(), tensor()}} | {:error, reason()}]
+  def encode_batch(%__MODULE__{ref: ref}, inputs), do: Native.model_encode_batch(ref, inputs)
+
+  @doc "One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed}`."
+  @spec generate_text_batch(t(), [
+          {String.t(), pos_integer(), float(), non_neg_integer(), non_neg_integer()}
+        ]) ::
+          [{:ok, String.t()} | {:error, reason()}]
+  def generate_text_batch(%__MODULE__{ref: ref}, requests),
+    do: Native.model_generate_text_batch(ref, requests)
+end

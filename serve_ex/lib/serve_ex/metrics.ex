@@ -1,0 +1,56 @@
+defmodule ServeEx.Metrics do
+  @moduledoc """
+  Prometheus metrics (the `prometheus` Erlang library), served as text on `/metrics`:
+
+  - `serve_ex_requests_total{model, outcome}`: settled requests; outcome is `ok`, a
+    wire error code, `retried` or `dead_lettered`;
+  - `serve_ex_batch_rows`: rows per engine call (histogram);
+  - `serve_ex_request_duration_ms`: receipt to ack (histogram);
+  - `serve_ex_redeliveries_total`: deliveries the broker flagged as redelivered.
+  """
+
+  @spec setup() :: :ok
+  def setup do
+    :prometheus_counter.declare(
+      name: :serve_ex_requests_total,
+      labels: [:model, :outcome],
+      help: "Requests settled, by model and outcome"
+    )
+
+    :prometheus_histogram.declare(
+      name: :serve_ex_batch_rows,
+      buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+      help: "Rows per engine call"
+    )
+
+    :prometheus_histogram.declare(
+      name: :serve_ex_request_duration_ms,
+      buckets: [0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000, 5000],
+      help: "Time from receipt to ack, in milliseconds"
+    )
+
+    :prometheus_counter.declare(
+      name: :serve_ex_redeliveries_total,
+      help: "Redelivered requests received"
+    )
+
+    :ok
+  end
+
+  @spec request(String.t(), atom() | String.t(), integer()) :: :ok
+  def request(model, outcome, received_at) do
+    :prometheus_counter.inc(:serve_ex_requests_total, [model, outcome])
+    elapsed = System.monotonic_time(:microsecond) - received_at
+    :prometheus_histogram.observe(:serve_ex_request_duration_ms, elapsed / 1000)
+    :ok
+  end
+
+  @spec batch(non_neg_integer()) :: :ok
+  def batch(rows), do: :prometheus_histogram.observe(:serve_ex_batch_rows, rows)
+
+  @spec redelivery() :: :ok
+  def redelivery, do: :prometheus_counter.inc(:serve_ex_redeliveries_total)
+
+  @spec text() :: binary()
+  def text, do: :prometheus_text_format.format()
+end

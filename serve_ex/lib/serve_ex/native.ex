@@ -1,0 +1,17 @@
+defmodule ServeEx.Native do
+  @moduledoc false
+  # Stubs of the NIF in infer_rs/nif (crate infer_nif); `make serve_ex/priv/native`
+  # copies the library into priv/native/. See ServeEx.Engine for the public API.
+  @on_load :load_nif
+
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:serve_ex), ~c"native/libinfer_nif")
+    :erlang.load_nif(path, 0)
+  end
+
+  def model_load(_path), do: :erlang.nif_error(:nif_not_loaded)
+  def model_generate_batch(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)
+  def model_decode_batch(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
+  def model_encode_batch(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
+  def model_generate_text_batch(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)
+end

@@ -1,0 +1,253 @@
+defmodule ServeEx.Request do
+  @moduledoc """
+  Decodes and validates one request body against the wire format of
+  `shared_schema/wire/` (version 1). The limits and the ops of each architecture are
+  read from `limits.json` and `errors.json` at compile time.
+
+  The result is a `%ServeEx.Request{}` ready for a batcher, or
+  `{:error, code, message}` with a wire error code. Checks that need the model itself
+  (z width, vocabulary, top_k against the vocabulary size) happen in the engine and
+  come back as the same codes.
+  """
+
+  @schema_dir Path.expand("../../../shared_schema/wire", __DIR__)
+  @external_resource Path.join(@schema_dir, "limits.json")
+  @external_resource Path.join(@schema_dir, "errors.json")
+  @limits @schema_dir |> Path.join("limits.json") |> File.read!() |> :jsx.decode([:return_maps])
+  @errors @schema_dir |> Path.join("errors.json") |> File.read!() |> :jsx.decode([:return_maps])
+  @max_body_bytes @limits["max_body_bytes"]
+  @ops_by_arch Map.new(@errors["ops"], fn {arch, ops} -> {String.to_atom(arch), ops} end)
+  @all_ops @ops_by_arch |> Map.values() |> List.flatten() |> Enum.uniq()
+  @fields %{
+    "generate" => ~w(n seed),
+    "decode" => ~w(z),
+    "encode" => ~w(x),
+    "generate_text" => ~w(prompt max_new_tokens temperature top_k seed)
+  }
+
+  @enforce_keys [:model, :op, :args, :rows]
+  defstruct @enforce_keys
+
+  @type code ::
+          :malformed_request
+          | :unsupported_version
+          | :unknown_model
+          | :unknown_op
+          | :invalid_argument
+          | :too_large
+  @type t :: %__MODULE__{
+          model: ServeEx.Engine.t(),
+          op: String.t(),
+          args: map(),
+          rows: pos_integer()
+        }
+
+  @doc "The wire limits (`shared_schema/wire/limits.json`)."
+  @spec limits() :: map()
+  def limits, do: @limits
+
+  @doc """
+  Parses `body`; `lookup` resolves a model id to a loaded model or `:error`.
+
+      iex> ServeEx.Request.parse(~s({"v": 2, "model": "vae", "op": "generate", "n": 1}), fn _ -> :error end)
+      {:error, :unsupported_version, "wire version 2 is not supported; send \\"v\\": 1"}
+  """
+  @spec parse(binary(), (String.t() -> {:ok, ServeEx.Engine.t()} | :error)) ::
+          {:ok, t()} | {:error, code(), String.t()}
+  def parse(body, lookup) do
+    with :ok <- check_size(body),
+         {:ok, map} <- decode_json(body),
+         :ok <- check_version(map),
+         {:ok, id, op} <- model_and_op(map),
+         :ok <- check_fields(map, op),
+         {:ok, args, rows} <- arguments(op, map),
+         {:ok, model} <- find_model(lookup, id),
+         :ok <- check_op_of_arch(model, op) do
+      {:ok, %__MODULE__{model: model, op: op, args: args, rows: rows}}
+    end
+  end
+
+  defp check_size(body) when byte_size(body) > @max_body_bytes,
+    do:
+      {:error, :too_large,
+       "the body is #{byte_size(body)} bytes, above the limit of #{@max_body_bytes}"}
+
+  defp check_size(_body), do: :ok
+
+  defp decode_json(body) do
+    case :jsx.decode(body, [:return_maps]) do
+      map when is_map(map) -> {:ok, map}
+      _ -> malformed("the body must be a JSON object")
+    end
+  rescue
+    _ -> malformed("the body is not valid JSON (UTF-8)")
+  end
+
+  defp check_version(%{"v" => 1}), do: :ok
+
+  defp check_version(%{"v" => v}) when is_integer(v),
+    do: {:error, :unsupported_version, "wire version #{v} is not supported; send \"v\": 1"}
+
+  defp check_version(_), do: malformed("\"v\" is required and must be the integer 1")
+
+  defp model_and_op(%{"model" => id, "op" => op}) when is_binary(id) and is_binary(op) do
+    cond do
+      not Regex.match?(~r/^[a-z0-9][a-z0-9_.-]{0,63}$/, id) ->
+        {:error, :unknown_model,
+         "\"model\" must be a registry id such as \"vae\", not #{inspect(id)}"}
+
+      op not in @all_ops ->
+        {:error, :unknown_op, "unknown op #{inspect(op)}; ops are #{Enum.join(@all_ops, ", ")}"}
+
+      true ->
+        {:ok, id, op}
+    end
+  end
+
+  defp model_and_op(_), do: malformed("\"model\" and \"op\" are required strings")
+
+  defp check_fields(map, op) do
+    allowed = ["v", "model", "op" | @fields[op]]
+
+    case Map.keys(map) -- allowed do
+      [] -> :ok
+      extra -> malformed("unexpected field(s) #{Enum.join(extra, ", ")} for op #{op}")
+    end
+  end
+
+  defp arguments("generate", map) do
+    with {:ok, n} <- integer(map, "n", :required, 1, @limits["max_n"]),
+         {:ok, seed} <- seed(map) do
+      {:ok, %{n: n, seed: seed}, n}
+    end
+  end
+
+  defp arguments(op, map) when op in ["decode", "encode"] do
+    key = if op == "decode", do: "z", else: "x"
+    limit = if op == "decode", do: @limits["max_z_rows"], else: @limits["max_x_rows"]
+
+    with {:ok, rows} <- matrix(map, key, limit) do
+      {:ok, %{rows: rows}, length(rows)}
+    end
+  end
+
+  defp arguments("generate_text", map) do
+    with {:ok, prompt} <- prompt(map),
+         {:ok, max_new} <-
+           integer(map, "max_new_tokens", :required, 1, @limits["max_new_tokens"]),
+         {:ok, temperature} <- temperature(map),
+         {:ok, top_k} <- integer(map, "top_k", 0, 1, nil),
+         {:ok, seed} <- seed(map) do
+      {:ok,
+       %{
+         prompt: prompt,
+         max_new_tokens: max_new,
+         temperature: temperature,
+         top_k: top_k,
+         seed: seed
+       }, 1}
+    end
+  end
+
+  defp integer(map, key, default, min, max) do
+    case Map.fetch(map, key) do
+      :error when default == :required ->
+        malformed("\"#{key}\" is required")
+
+      :error ->
+        {:ok, default}
+
+      {:ok, v} when not is_integer(v) ->
+        malformed("\"#{key}\" must be an integer, got #{inspect(v)}")
+
+      {:ok, v} when v < min ->
+        invalid("\"#{key}\" must be at least #{min}, got #{v}")
+
+      {:ok, v} when is_integer(max) and v > max ->
+        too_large("\"#{key}\" is #{v}, above the limit of #{max}")
+
+      {:ok, v} ->
+        {:ok, v}
+    end
+  end
+
+  defp seed(map) do
+    case integer(map, "seed", nil, 0, @limits["max_seed"]) do
+      {:ok, nil} -> {:ok, :rand.uniform(@limits["max_seed"] + 1) - 1}
+      other -> other
+    end
+  end
+
+  defp temperature(map) do
+    max = @limits["max_temperature"]
+
+    case Map.get(map, "temperature", 0.0) do
+      t when not is_number(t) -> malformed("\"temperature\" must be a number")
+      t when t < 0 -> invalid("\"temperature\" must be >= 0 (0 is greedy), got #{t}")
+      t when t > max -> too_large("\"temperature\" is #{t}, above the limit of #{max}")
+      t -> {:ok, t * 1.0}
+    end
+  end
+
+  defp prompt(map) do
+    max = @limits["max_prompt_chars"]
+
+    case Map.get(map, "prompt") do
+      p when not is_binary(p) ->
+        malformed("\"prompt\" is a required string")
+
+      "" ->
+        invalid("\"prompt\" is empty")
+
+      p ->
+        if String.length(p) > max,
+          do: too_large("\"prompt\" is longer than #{max} characters"),
+          else: {:ok, p}
+    end
+  end
+
+  defp matrix(map, key, limit) do
+    case Map.get(map, key) do
+      rows when not is_list(rows) ->
+        malformed("\"#{key}\" is a required list of rows of numbers")
+
+      [] ->
+        invalid("\"#{key}\" has no rows")
+
+      rows when length(rows) > limit ->
+        too_large("\"#{key}\" has #{length(rows)} rows, above the limit of #{limit}")
+
+      rows ->
+        cond do
+          not Enum.all?(
+            rows,
+            &(is_list(&1) and &1 != [] and Enum.all?(&1, fn v -> is_number(v) end))
+          ) ->
+            malformed("every row of \"#{key}\" must be a non-empty list of numbers")
+
+          rows |> Enum.map(&length/1) |> Enum.uniq() |> length() > 1 ->
+            invalid("the rows of \"#{key}\" have different widths")
+
+          true ->
+            {:ok, rows}
+        end
+    end
+  end
+
+  defp find_model(lookup, id) do
+    case lookup.(id) do
+      {:ok, model} -> {:ok, model}
+      :error -> {:error, :unknown_model, "no model '#{id}' is served"}
+    end
+  end
+
+  defp check_op_of_arch(%{arch: arch}, op) do
+    if op in Map.get(@ops_by_arch, arch, []),
+      do: :ok,
+      else: {:error, :unknown_op, "op #{op} is not available for a #{arch} model"}
+  end
+
+  defp malformed(message), do: {:error, :malformed_request, message}
+  defp invalid(message), do: {:error, :invalid_argument, message}
+  defp too_large(message), do: {:error, :too_large, message}
+end
