@@ -17,7 +17,13 @@ CARGO          := cargo
 
 ARTIFACTS := artifacts/vae.safetensors artifacts/wgan.safetensors artifacts/gpt.safetensors
 
-.PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean
+# Elixir without Hex: Mix keeps its state inside the repo and never asks Hex for anything.
+MIX      := cd serve_ex && MIX_HOME=$(abspath .mix) HEX_HOME=$(abspath .mix/hex) mix
+NIF      := serve_ex/priv/native/libinfer_nif.so
+SERVICE_MODELS := runs/service_models/vae.safetensors
+
+.PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
+        elixir broker nif ex-lint ex-test serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +47,23 @@ engine: $(ENGINE_STAMP)  ## build the Rust engine and install the `infer_rs` Pyt
 train: $(STAMP)  ## train one model: MODEL=vae|wgan|gpt [EPOCHS=n] [DATA=path] [ARGS="--flag ..."]
 	$(PY) -m train --model $(MODEL) --threads $(THREADS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
+elixir:  ## install Elixir (Debian's package) if it is missing
+	@command -v mix >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q elixir)
+
+broker:  ## start RabbitMQ if it is not running, and wait until it answers
+	@rabbitmqctl -q status >/dev/null 2>&1 || rabbitmq-server -detached
+	@for i in $$(seq 90); do rabbitmqctl -q await_startup >/dev/null 2>&1 && exit 0; sleep 1; done; \
+	  echo "RabbitMQ did not start; see /var/log/rabbitmq" >&2; exit 1
+
+$(NIF): $(ENGINE_SOURCES)
+	cd infer_rs && $(CARGO) build --release -p infer_nif
+	mkdir -p serve_ex/priv/native && cp infer_rs/target/release/libinfer_nif.so $(NIF)
+
+nif: $(NIF)  ## build the Rust NIF into serve_ex/priv/native
+
+$(SERVICE_MODELS): train/golden.py | $(STAMP)
+	$(PY) -m train.golden --out runs/golden_check --service-models runs/service_models
+
 # The demo's small models; `make models` trains whichever is missing.
 artifacts/vae.safetensors: | $(STAMP)
 	$(PY) -m train --model vae --epochs 15 --threads $(THREADS)
@@ -57,6 +80,16 @@ demo: | $(STAMP) $(ENGINE_STAMP)  ## train small versions of all three models, r
 	PYTHONPATH=. $(PY) infer_rs/examples/demo.py
 	@echo; echo "weights:"; ls -1 $(ARTIFACTS)
 	@echo "plots and samples:"; ls -1 runs/*/*.png runs/*/samples.txt runs/engine_samples.png
+
+ex-lint: elixir $(NIF)  ## mix format --check-formatted and mix compile --warnings-as-errors
+	$(MIX) format --check-formatted
+	$(MIX) compile --force --warnings-as-errors
+
+ex-test: elixir broker $(NIF) $(SERVICE_MODELS)  ## ExUnit: units with a fake AMQP client, NIF golden tests, the real broker
+	$(MIX) test --include rabbitmq
+
+serve: elixir broker $(NIF) $(ARTIFACTS)  ## run the service in the foreground on artifacts/ (Ctrl-C stops it)
+	MODEL_DIR=$${MODEL_DIR:-$(abspath artifacts)} $(MIX) run --no-halt
 
 lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 	$(VENV)/bin/ruff check .
@@ -77,7 +110,7 @@ c-test:  ## the C ABI: compile tests/test_capi.c against the library, run it und
 pytest: $(STAMP) $(ENGINE_STAMP)  ## the Python suites (training, schema, engine against torch)
 	$(PY) -m pytest tests/python
 
-test: lint rust-test c-test pytest  ## every suite and linter
+test: lint ex-lint rust-test c-test ex-test pytest  ## every suite and linter
 
 golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 	$(PY) -m train.golden
@@ -91,4 +124,4 @@ bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch, 1 and 2 t
 bench: bench-engine quality  ## every benchmark
 
 clean:  ## remove trained weights, runs, caches and the Rust build (keeps .venv)
-	rm -rf artifacts runs .pytest_cache .ruff_cache infer_rs/target $(ENGINE_STAMP)
+	rm -rf artifacts runs .pytest_cache .ruff_cache infer_rs/target $(ENGINE_STAMP) serve_ex/_build serve_ex/priv/native

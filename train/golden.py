@@ -96,10 +96,30 @@ def write(out: Path) -> list[Path]:
     return written
 
 
+# Printable ASCII and newline: holds every prompt of shared_schema/examples, not "\u2603".
+SERVICE_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+def write_service_models(out: Path) -> list[Path]:
+    """Seeded, untrained models of the default sizes with the ids the wire examples use
+    (vae: z_dim 20, wgan: z_dim 100, gpt), for service tests that need no training."""
+    torch.manual_seed(0)
+    models = {
+        "vae": VAE(VAEConfig()),
+        "wgan": WGANGP(WGANConfig()),
+        "gpt": GPT(GPTConfig(vocab=SERVICE_VOCAB, n_layer=2)),
+    }
+    provenance = {"data": "none: seeded untrained weights", "purpose": "service tests"}
+    return [export(m.eval(), out / f"{name}.safetensors", provenance) for name, m in models.items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m train.golden", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=GOLDEN_DIR)
-    for path in write(p.parse_args().out):
+    p.add_argument("--service-models", type=Path, help="also write untrained full-size models here")
+    args = p.parse_args()
+    paths = write(args.out) + (write_service_models(args.service_models) if args.service_models else [])
+    for path in paths:
         print(path)
 
 

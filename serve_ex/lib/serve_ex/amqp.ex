@@ -18,6 +18,7 @@ defmodule ServeEx.AMQP do
         }
 
   @callback connect(url :: String.t()) :: {:ok, conn()} | {:error, term()}
+  @callback close_connection(conn()) :: :ok
   @callback open_channel(conn()) :: {:ok, chan()} | {:error, term()}
   @callback close_channel(chan()) :: :ok
   @callback declare_topology(chan(), queue :: String.t()) :: :ok

@@ -33,10 +33,12 @@ defmodule ServeEx.Connection do
 
   @impl true
   def init(opts) do
+    # The connection is linked: when this process dies, so does the connection, and
+    # with it every channel, so the broker requeues whatever was in flight.
+    Process.flag(:trap_exit, true)
     send(self(), :connect)
 
-    {:ok,
-     %{url: opts[:url], queue: opts[:queue], conn: nil, monitor: nil, backoff: @first_backoff_ms}}
+    {:ok, %{url: opts[:url], queue: opts[:queue], conn: nil, backoff: @first_backoff_ms}}
   end
 
   @impl true
@@ -56,8 +58,8 @@ defmodule ServeEx.Connection do
       AMQP.impl().close_channel(chan)
       Logger.info("connected to the broker; consuming #{state.queue}")
 
-      {:noreply,
-       %{state | conn: conn, monitor: Process.monitor(conn), backoff: @first_backoff_ms}}
+      Process.link(conn)
+      {:noreply, %{state | conn: conn, backoff: @first_backoff_ms}}
     else
       error ->
         wait = jittered(state.backoff)
@@ -67,13 +69,20 @@ defmodule ServeEx.Connection do
     end
   end
 
-  def handle_info({:DOWN, ref, :process, _pid, reason}, %{monitor: ref} = state) do
+  def handle_info({:EXIT, conn, reason}, %{conn: conn} = state) do
     Logger.warning("broker connection lost: #{inspect(reason)}; reconnecting")
     send(self(), :connect)
-    {:noreply, %{state | conn: nil, monitor: nil}}
+    {:noreply, %{state | conn: nil}}
   end
 
   def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, %{conn: conn}) when conn != nil do
+    AMQP.impl().close_connection(conn)
+  end
+
+  def terminate(_reason, _state), do: :ok
 
   defp jittered(ms), do: div(ms, 2) + :rand.uniform(ms)
 end

@@ -42,6 +42,12 @@ defmodule ServeEx.AMQP.Client do
   end
 
   @impl true
+  def close_connection(conn) do
+    _ = catch_exit(fn -> :amqp_connection.close(conn) end)
+    :ok
+  end
+
+  @impl true
   def open_channel(conn), do: :amqp_connection.open_channel(conn)
 
   @impl true

@@ -45,7 +45,8 @@ defmodule ServeEx.Pipeline.Acknowledger do
   def handle_info(:open, state) do
     with {:ok, chan} <- Connection.open_channel(state.connection),
          :ok <- AMQP.impl().confirm_select(chan) do
-      Process.monitor(chan)
+      # linked: the channel lives and dies with this process
+      Process.link(chan)
       Enum.each(Enum.reverse(state.waiting), &settle/1)
       {:noreply, %{state | chan: chan, waiting: []}}
     else
@@ -53,10 +54,6 @@ defmodule ServeEx.Pipeline.Acknowledger do
         Process.send_after(self(), :open, @retry_ms)
         {:noreply, state}
     end
-  end
-
-  def handle_info({:DOWN, _ref, :process, chan, reason}, %{chan: chan} = state) do
-    {:stop, {:reply_channel_down, reason}, state}
   end
 
   def handle_info(_other, state), do: {:noreply, state}

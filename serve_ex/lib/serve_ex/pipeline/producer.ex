@@ -32,7 +32,9 @@ defmodule ServeEx.Pipeline.Producer do
   def handle_info(:subscribe, state) do
     case Connection.open_channel(state.connection) do
       {:ok, chan} ->
-        Process.monitor(chan)
+        # Linked both ways: if this process dies (even by :kill) the channel closes and
+        # the broker requeues its unacked deliveries; if the channel dies, so does this.
+        Process.link(chan)
         :ok = AMQP.impl().consume(chan, state.queue, state.prefetch)
         {:noreply, %{state | chan: chan}}
 
@@ -40,10 +42,6 @@ defmodule ServeEx.Pipeline.Producer do
         Process.send_after(self(), :subscribe, @retry_ms)
         {:noreply, state}
     end
-  end
-
-  def handle_info({:DOWN, _ref, :process, chan, reason}, %{chan: chan} = state) do
-    {:stop, {:channel_down, reason}, state}
   end
 
   def handle_info(message, state) do

@@ -1,0 +1,85 @@
+defmodule ServeEx.EngineTest do
+  use ExUnit.Case, async: true
+
+  alias ServeEx.Engine
+  alias ServeEx.Test.{Paths, Safetensors}
+
+  doctest ServeEx.Engine
+  doctest ServeEx.Config
+  doctest ServeEx.Reply
+  doctest ServeEx.Request
+
+  defp model(name) do
+    {:ok, model} = Engine.load(Paths.golden("#{name}.safetensors"), name)
+    model
+  end
+
+  defp max_diff(got_bytes, want) do
+    got = for <<v::float-32-little <- got_bytes>>, do: v
+    assert length(got) == length(want)
+    got |> Enum.zip(want) |> Enum.map(fn {a, b} -> abs(a - b) end) |> Enum.max()
+  end
+
+  test "VAE decode reproduces the golden vectors" do
+    v = Safetensors.read(Paths.golden("vae_tiny.golden.safetensors"))
+    {[_rows, width], z} = v["decode.z"]
+    {shape, want} = v["decode.x"]
+
+    [{:ok, {rows, cols, bytes}}] =
+      Engine.decode_batch(model("vae_tiny"), [{Safetensors.f32_binary(z), width}])
+
+    assert [rows, cols] == shape
+    assert max_diff(bytes, want) <= 1.0e-5
+  end
+
+  test "WGAN generate from z reproduces the golden vectors" do
+    v = Safetensors.read(Paths.golden("wgan_tiny.golden.safetensors"))
+    {[_, width], z} = v["generate.z"]
+
+    [{:ok, {_, _, bytes}}] =
+      Engine.decode_batch(model("wgan_tiny"), [{Safetensors.f32_binary(z), width}])
+
+    assert max_diff(bytes, elem(v["generate.x"], 1)) <= 1.0e-5
+  end
+
+  test "GPT greedy text reproduces the golden tokens, within and past the block" do
+    for name <- ["gpt_tiny", "gpt_tiny_post_ln"] do
+      v = Safetensors.read(Paths.golden("#{name}.golden.safetensors"))
+      gpt = model(name)
+      vocab = String.codepoints(gpt.config["vocab"])
+      decode = fn ids -> Enum.map_join(ids, &Enum.at(vocab, &1)) end
+      {_, prompt_ids} = v["prompt.ids"]
+      prompt = decode.(prompt_ids)
+
+      for key <- ["greedy_within_block.ids", "greedy_past_block.ids"] do
+        {_, ids} = v[key]
+        new = length(ids) - length(prompt_ids)
+        assert [{:ok, text}] = Engine.generate_text_batch(gpt, [{prompt, new, 0.0, 0, 0}])
+        assert text == decode.(ids), "#{name} #{key}"
+      end
+    end
+  end
+
+  test "a batch keeps each request's own result and error" do
+    vae = model("vae_tiny")
+
+    [{:ok, {3, 16, _}}, {:error, {:invalid_argument, _}}, {:error, {:too_large, _}}] =
+      Engine.generate_batch(vae, [{3, 1}, {0, 2}, {5000, 3}])
+
+    [{:error, {:unknown_op, message}}] = Engine.generate_batch(model("gpt_tiny"), [{1, 1}])
+    assert message =~ "not available for a gpt model"
+  end
+
+  test "bad model files come back as errors, not crashes" do
+    dir = Path.join(System.tmp_dir!(), "serve_ex_bad_#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    junk = Path.join(dir, "junk.safetensors")
+    File.write!(junk, :crypto.strong_rand_bytes(300))
+    assert {:error, {:bad_model, message}} = Engine.load(junk, "junk")
+    assert message =~ "not a valid safetensors file"
+    cut = Path.join(dir, "cut.safetensors")
+    File.write!(cut, binary_part(File.read!(Paths.golden("vae_tiny.safetensors")), 0, 100))
+    assert {:error, {:bad_model, _}} = Engine.load(cut, "cut")
+    File.rm_rf!(dir)
+  end
+end

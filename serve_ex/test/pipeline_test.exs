@@ -1,0 +1,111 @@
+defmodule ServeEx.PipelineTest do
+  @moduledoc "The pipeline with a fake AMQP client: replies, acks, batching, failure policy, restarts."
+  use ExUnit.Case, async: false
+  @moduletag :capture_log
+
+  alias ServeEx.{Config, Connection, Engine, ModelRegistry}
+  alias ServeEx.Test.Paths
+
+  setup do
+    Application.put_env(:serve_ex, :amqp, ServeEx.AMQP.Fake)
+    Application.put_env(:serve_ex, :fake_amqp_owner, self())
+    ModelRegistry.load_dir(Paths.service_models())
+
+    config =
+      Config.from_env(%{"BATCH_SIZE" => "64", "BATCH_TIMEOUT_MS" => "30", "PROCESSORS" => "2"})
+
+    start_supervised!({Connection, url: config.amqp_url, queue: config.request_queue})
+    start_supervised!({ServeEx.Pipeline.Supervisor, config})
+    assert_receive {:consume, producer, _chan, "serve_ex.requests", 128}, 2_000
+
+    on_exit(fn -> Application.delete_env(:serve_ex, :amqp) end)
+    %{producer: producer}
+  end
+
+  defp deliver(producer, body, tag, opts \\ []) do
+    meta = %{
+      delivery_tag: tag,
+      redelivered: Keyword.get(opts, :redelivered, false),
+      reply_to: Keyword.get(opts, :reply_to, "replies"),
+      correlation_id: "c#{tag}"
+    }
+
+    send(producer, {:fake_deliver, body, meta})
+  end
+
+  defp reply_for(tag) do
+    cid = "c#{tag}"
+    assert_receive {:published, "replies", body, ^cid}, 2_000
+    :jsx.decode(body, [:return_maps])
+  end
+
+  test "a valid request is answered, then acked", %{producer: producer} do
+    deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 2, "seed": 5}), 1)
+    reply = reply_for(1)
+    assert reply["ok"] and reply["shape"] == [2, 784]
+    assert_receive {:ack, 1}
+
+    {:ok, vae} = ModelRegistry.lookup("vae")
+    [{:ok, {2, 784, direct}}] = Engine.generate_batch(vae, [{2, 5}])
+    assert Base.decode64!(reply["data"]) == direct
+  end
+
+  test "an invalid request gets an error reply and is acked, not requeued", %{producer: producer} do
+    deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 0}), 2)
+    assert %{"ok" => false, "error" => %{"code" => "invalid_argument"}} = reply_for(2)
+    assert_receive {:ack, 2}
+    refute_received {:reject, 2, _}
+  end
+
+  test "requests arriving together share one engine call", %{producer: producer} do
+    {_, before_sum} = :prometheus_histogram.value(:serve_ex_batch_rows)
+
+    for tag <- 10..14,
+        do: deliver(producer, ~s({"v": 1, "model": "wgan", "op": "generate", "n": 3}), tag)
+
+    for tag <- 10..14, do: assert(%{"ok" => true, "shape" => [3, 784]} = reply_for(tag))
+
+    {buckets, sum} = :prometheus_histogram.value(:serve_ex_batch_rows)
+    assert sum - before_sum == 15
+    # all 15 rows landed in one observation: the bucket for <= 16 rows counted it
+    assert Enum.at(buckets, 4) >= 1
+  end
+
+  test "a request whose handling fails is requeued once, then dead-lettered with a reply",
+       %{producer: producer} do
+    broken = %Engine{id: "broken", ref: make_ref(), arch: :vae, config: %{}}
+
+    :persistent_term.put(
+      {ModelRegistry, :models},
+      Map.put(ModelRegistry.models(), "broken", broken)
+    )
+
+    start_supervised!(
+      {ServeEx.Pipeline.Batcher, model: broken, batch_size: 1, batch_timeout_ms: 1},
+      id: :broken_batcher
+    )
+
+    body = ~s({"v": 1, "model": "broken", "op": "generate", "n": 1})
+    deliver(producer, body, 20)
+    assert_receive {:reject, 20, true}, 2_000
+    refute_received {:published, _, _, "c20"}
+
+    deliver(producer, body, 21, redelivered: true)
+    assert %{"ok" => false, "error" => %{"code" => "internal"}} = reply_for(21)
+    assert_receive {:reject, 21, false}
+  end
+
+  test "a message without reply_to is dead-lettered", %{producer: producer} do
+    deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 30, reply_to: nil)
+    assert_receive {:reject, 30, false}, 2_000
+  end
+
+  test "killing a batcher restarts the pipeline and the consumer", %{producer: producer} do
+    [{batcher, _}] = Registry.lookup(ServeEx.Pipeline.Registry, {:batcher, "vae"})
+    Process.exit(batcher, :kill)
+    assert_receive {:consume, new_producer, _chan, _queue, _prefetch}, 2_000
+    assert new_producer != producer
+    deliver(new_producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 40)
+    assert %{"ok" => true} = reply_for(40)
+  end
+end

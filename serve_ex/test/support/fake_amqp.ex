@@ -1,0 +1,42 @@
+defmodule ServeEx.AMQP.Fake do
+  @moduledoc """
+  A fake AMQP client for unit tests. Every operation is reported to the process stored
+  in the `:fake_amqp_owner` application env; a test delivers a message by sending
+  `{:fake_deliver, payload, meta}` to the producer it saw in `{:consume, producer, ...}`.
+  """
+  @behaviour ServeEx.AMQP
+
+  defp owner, do: Application.fetch_env!(:serve_ex, :fake_amqp_owner)
+  defp report(event), do: send(owner(), event) && :ok
+
+  defp idle_process, do: spawn(fn -> Process.sleep(:infinity) end)
+
+  @impl true
+  def connect(_url), do: {:ok, idle_process()}
+  @impl true
+  def close_connection(_conn), do: :ok
+  @impl true
+  def open_channel(_conn), do: {:ok, idle_process()}
+  @impl true
+  def close_channel(_chan), do: :ok
+  @impl true
+  def declare_topology(_chan, _queue), do: :ok
+  @impl true
+  def consume(chan, queue, prefetch), do: report({:consume, self(), chan, queue, prefetch})
+  @impl true
+  def ack(_chan, tag), do: report({:ack, tag})
+  @impl true
+  def reject(_chan, tag, requeue), do: report({:reject, tag, requeue})
+  @impl true
+  def confirm_select(_chan), do: :ok
+
+  @impl true
+  def publish(_chan, routing_key, payload, correlation_id),
+    do: report({:published, routing_key, IO.iodata_to_binary(payload), correlation_id})
+
+  @impl true
+  def wait_for_confirms(_chan, _timeout), do: true
+  @impl true
+  def classify({:fake_deliver, payload, meta}), do: {:deliver, payload, meta}
+  def classify(_), do: :other
+end
