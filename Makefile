@@ -74,12 +74,14 @@ artifacts/gpt.safetensors: | $(STAMP)
 
 models: $(ARTIFACTS)  ## train the demo models that are missing from artifacts/
 
-demo: | $(STAMP) $(ENGINE_STAMP)  ## train small versions of all three models, run them with the Rust engine
+demo: | $(STAMP) $(ENGINE_STAMP)  ## train small models, run them in the Rust engine, serve them over RabbitMQ
 	rm -f $(ARTIFACTS)
 	$(MAKE) --no-print-directory models
 	PYTHONPATH=. $(PY) infer_rs/examples/demo.py
+	$(MAKE) --no-print-directory elixir broker nif
+	PYTHONPATH=.:serve_ex/client $(PY) serve_ex/scripts/demo.py --models artifacts
 	@echo; echo "weights:"; ls -1 $(ARTIFACTS)
-	@echo "plots and samples:"; ls -1 runs/*/*.png runs/*/samples.txt runs/engine_samples.png
+	@echo "plots and samples:"; ls -1 runs/*/*.png runs/*/samples.txt runs/*.png
 
 ex-lint: elixir $(NIF)  ## mix format --check-formatted and mix compile --warnings-as-errors
 	$(MIX) format --check-formatted
@@ -107,7 +109,7 @@ c-test:  ## the C ABI: compile tests/test_capi.c against the library, run it und
 	valgrind --quiet --leak-check=full --show-possibly-lost=no --errors-for-leak-kinds=definite,indirect --error-exitcode=3 \
 	  infer_rs/target/test_capi shared_schema/golden
 
-pytest: $(STAMP) $(ENGINE_STAMP)  ## the Python suites (training, schema, engine against torch)
+pytest: $(STAMP) $(ENGINE_STAMP) elixir broker $(NIF)  ## the Python suites (training, schema, engine against torch, service end to end)
 	$(PY) -m pytest tests/python
 
 test: lint ex-lint rust-test c-test ex-test pytest  ## every suite and linter

@@ -146,8 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                     images = (images + 1) / 2
                 print(f"{images.shape[0]} images from '{args.model}': {save_grid(images, args.out)}")
             elif args.command == "text":
-                request = {"v": 1, "model": args.model, "op": "generate_text", "prompt": args.prompt,
-                           "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+                request = {
+                    "v": 1,
+                    "model": args.model,
+                    "op": "generate_text",
+                    "prompt": args.prompt,
+                    "max_new_tokens": args.max_new_tokens,
+                    "temperature": args.temperature,
+                }
                 for key in ("top_k", "seed"):
                     if getattr(args, key) is not None:
                         request[key] = getattr(args, key)

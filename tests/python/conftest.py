@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from train.cli import main as train_main
 from train.data import ImageSplit
 
 
@@ -17,3 +18,15 @@ def small_images() -> ImageSplit:
 @pytest.fixture(autouse=True)
 def _two_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """Briefly but really trained models, exported by the CLI."""
+    out = tmp_path_factory.mktemp("artifacts")
+    runs = tmp_path_factory.mktemp("runs")
+    common = ["--out", str(out), "--runs", str(runs), "--threads", "2"]
+    assert train_main(["--model", "vae", "--epochs", "2", *common]) == 0
+    assert train_main(["--model", "wgan", "--epochs", "1", *common]) == 0
+    assert train_main(["--model", "gpt", "--epochs", "1", "--steps-per-epoch", "40", *common]) == 0
+    return {name: out / f"{name}.safetensors" for name in ("vae", "wgan", "gpt")}

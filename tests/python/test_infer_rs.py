@@ -9,21 +9,8 @@ import pytest
 import torch
 
 import infer_rs
-from train.cli import main as train_main
 from train.export import load
 from train.golden import GOLDEN_DIR
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> dict:
-    """Briefly but really trained models, exported by the CLI."""
-    out = tmp_path_factory.mktemp("artifacts")
-    runs = tmp_path_factory.mktemp("runs")
-    common = ["--out", str(out), "--runs", str(runs), "--threads", "2"]
-    assert train_main(["--model", "vae", "--epochs", "2", *common]) == 0
-    assert train_main(["--model", "wgan", "--epochs", "1", *common]) == 0
-    assert train_main(["--model", "gpt", "--epochs", "1", "--steps-per-epoch", "40", *common]) == 0
-    return {name: out / f"{name}.safetensors" for name in ("vae", "wgan", "gpt")}
 
 
 def max_diff(a, b) -> float:

@@ -1,0 +1,180 @@
+"""Kill-and-recover: send N requests with many in flight to a running serve_ex while
+killing parts of it, then count what came back.
+
+During the run it:
+  1. kills the producer (its AMQP channel dies with it) with Process.exit(pid, :kill);
+  2. kills the VAE batcher;
+  3. SIGKILLs the whole BEAM OS process and starts it again, as a process manager would.
+
+Every reply is checked against infer_rs on the same model and seed. The client never
+resends: whatever the service accepted must come back through the broker's
+redelivery. At the end it prints sent, answered, lost, duplicates and wrong answers,
+and for each kill the longest gap without replies after it.
+
+    python serve_ex/scripts/kill_and_recover.py --models artifacts -n 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from service import PRODUCER, Service, batcher  # noqa: E402
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    answered: int = 0
+    duplicates: int = 0
+    wrong: int = 0
+    kills: list[dict] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.answered
+
+    def summary(self) -> str:
+        lines = [
+            f"sent {self.sent}, answered {self.answered}, lost {self.lost}, "
+            f"duplicate replies {self.duplicates}, wrong answers {self.wrong}",
+        ]
+        for k in self.kills:
+            lines.append(
+                f"  {k['what']:<34} at request {k['at']:>5}: longest gap without replies "
+                f"{k['gap_ms']:.0f} ms"
+                + (f", node back up in {k['restart_s']:.1f} s" if "restart_s" in k else "")
+            )
+        return "\n".join(lines)
+
+
+class Expected:
+    """What infer_rs gives for (n, seed) on the served VAE."""
+
+    def __init__(self, model_path: Path) -> None:
+        import infer_rs
+
+        self.model = infer_rs.Model(model_path)
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def matches(self, n: int, seed: int, reply: dict) -> bool:
+        if not reply.get("ok") or reply.get("shape") != [n, 784]:
+            return False
+        got = np.frombuffer(base64.b64decode(reply["data"]), dtype="<f4").reshape(n, 784)
+        want = self.cache.setdefault((n, seed), self.model.generate(n, seed=seed))
+        return float(np.abs(got - want).max()) <= 1e-6
+
+
+def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, queue: str) -> Report:
+    expected = Expected(model_dir / "vae.safetensors")
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    reply_queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+    pending: dict[str, tuple[int, int]] = {}
+    replies: dict[str, int] = {}
+    reply_times: list[float] = []
+    report = Report()
+
+    def on_reply(_ch, _m, props, body):
+        cid = props.correlation_id
+        replies[cid] = replies.get(cid, 0) + 1
+        reply_times.append(time.monotonic())
+        if replies[cid] > 1:
+            report.duplicates += 1
+            return
+        n, seed = pending.pop(cid)
+        report.answered += 1
+        if not expected.matches(n, seed, json.loads(body)):
+            report.wrong += 1
+
+    channel.basic_consume(reply_queue, on_reply, auto_ack=True)
+
+    def kill_in_background(what: str, action) -> None:
+        """The kill runs beside the client loop, which keeps collecting replies."""
+        kill = {"what": what, "at": report.sent}
+        report.kills.append(kill)
+
+        def act():
+            if action is None:
+                service.sigkill()
+                kill["time"] = time.monotonic()
+                kill["restart_s"] = service.start()
+            else:
+                action()
+                kill["time"] = time.monotonic()
+
+        worker = threading.Thread(target=act)
+        worker.start()
+        workers.append(worker)
+
+    workers: list[threading.Thread] = []
+    kills = [
+        ("producer (Process.exit :kill)", lambda: service.kill_process(PRODUCER)),
+        ("vae batcher (Process.exit :kill)", lambda: service.kill_process(batcher("vae"))),
+        ("BEAM OS process (SIGKILL + restart)", None),
+    ]
+    started = time.monotonic()
+    settled = started  # when the last kill finished (or the run started)
+
+    def sending() -> bool:
+        # at least `total` requests, and load until a second after the last kill settled
+        quiet = not any(w.is_alive() for w in workers) and time.monotonic() - settled > 1.0
+        return report.sent < total or bool(kills) or not quiet
+
+    deadline = started + 300
+    while (sending() or pending) and time.monotonic() < deadline:
+        if workers and not workers[-1].is_alive() and report.kills[-1].get("settled") is None:
+            report.kills[-1]["settled"] = settled = time.monotonic()
+        if kills and not any(w.is_alive() for w in workers) and time.monotonic() - settled > 1.0:
+            kill_in_background(*kills.pop(0))
+        while sending() and len(pending) < inflight:
+            n, seed = 1 + report.sent % 4, report.sent
+            cid = uuid.uuid4().hex
+            pending[cid] = (n, seed)
+            body = json.dumps({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": seed})
+            props = pika.BasicProperties(reply_to=reply_queue, correlation_id=cid, delivery_mode=2)
+            channel.basic_publish("", queue, body, props)
+            report.sent += 1
+        connection.process_data_events(time_limit=0.01)
+    connection.process_data_events(time_limit=0.5)  # late duplicates
+    connection.close()
+    for worker in workers:
+        worker.join()
+    ends = [k["time"] for k in report.kills[1:]] + [float("inf")]
+    for kill, end in zip(report.kills, ends, strict=True):
+        # from the kill to each reply until the next kill: the longest silence
+        times = [kill["time"]] + [t for t in reply_times if kill["time"] <= t < end]
+        kill["gap_ms"] = 1000 * float(np.max(np.diff(times))) if len(times) > 1 else float("inf")
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=Path, default=Path("artifacts"), help="model dir holding vae.safetensors")
+    p.add_argument("-n", type=int, default=2000, help="requests to send")
+    p.add_argument("--inflight", type=int, default=64)
+    p.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    args = p.parse_args()
+    queue = f"serve_ex.killtest.{uuid.uuid4().hex[:8]}"
+    log = Path(tempfile.gettempdir()) / f"{queue}.log"
+    with Service(args.models.resolve(), queue, log) as service:
+        report = run(service, args.models.resolve(), args.n, args.inflight, args.url, queue)
+    print(report.summary())
+    print(f"service log: {log}")
+    return 0 if report.lost == 0 and report.wrong == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Run serve_ex as a child process, the way a process manager would: start it as a
+named Erlang node, wait until /healthz says ready, reach into it with --rpc-eval,
+SIGKILL it, start it again.
+
+Used by the kill-and-recover demo, the end-to-end tests and the service benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+SERVE_EX = Path(__file__).resolve().parents[1]
+REPO = SERVE_EX.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """One serve_ex node on 127.0.0.1, serving `model_dir` from `queue`."""
+
+    def __init__(self, model_dir: Path, queue: str, log: Path, **env: str) -> None:
+        self.node = f"serve_{secrets.token_hex(4)}"
+        self.cookie = secrets.token_hex(16)
+        self.port = free_port()
+        self.log = log
+        self.env = {
+            **os.environ,
+            "MIX_HOME": str(REPO / ".mix"),
+            "HEX_HOME": str(REPO / ".mix" / "hex"),
+            "MODEL_DIR": str(model_dir),
+            "REQUEST_QUEUE": queue,
+            "HTTP_PORT": str(self.port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start the node and wait until it is ready; returns the seconds it took."""
+        started = time.monotonic()
+        cmd = ["elixir", "--sname", self.node, "--cookie", self.cookie, "-S", "mix", "run", "--no-halt"]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(cmd, cwd=SERVE_EX, env=self.env, stdout=log, stderr=log)
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve_ex exited with {self.process.returncode}; see {self.log}")
+            if self.health().get("ready"):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise RuntimeError(f"serve_ex not ready after {timeout} s; see {self.log}")
+
+    def health(self) -> dict:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return json.loads(err.read())
+        except (OSError, ValueError):
+            return {}
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def rpc(self, expression: str) -> str:
+        """Evaluate Elixir code inside the running node."""
+        cmd = [
+            "elixir",
+            "--sname",
+            f"ctl_{secrets.token_hex(3)}",
+            "--cookie",
+            self.cookie,
+            "--rpc-eval",
+            f"{self.node}@{socket.gethostname().split('.')[0]}",
+            expression,
+        ]
+        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"rpc failed: {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    def kill_process(self, name: str) -> None:
+        """Process.exit(pid, :kill) on a registered process or a pipeline stage."""
+        self.rpc(f"Process.exit({name}, :kill)")
+
+    def sigkill(self) -> None:
+        """SIGKILL the BEAM OS process (this child, by its own PID)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.sigkill()
+
+    def __enter__(self) -> Service:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+PRODUCER = "Process.whereis(ServeEx.Pipeline.Producer)"
+
+
+def batcher(model_id: str) -> str:
+    return f'(Registry.lookup(ServeEx.Pipeline.Registry, {{:batcher, "{model_id}"}}) |> hd() |> elem(0))'

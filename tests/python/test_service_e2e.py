@@ -1,0 +1,106 @@
+"""End to end: the Python client, RabbitMQ, the Elixir service, the NIF, and back.
+
+Needs the broker on 127.0.0.1:5672, Elixir, and the NIF built (`make test` provides
+all three). Served outputs are compared with infer_rs called directly on the same
+files and seeds.
+"""
+
+import json
+import random
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import infer_rs
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "serve_ex" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import kill_and_recover  # noqa: E402
+from serve_client import Client, tensor  # noqa: E402
+from service import Service  # noqa: E402
+
+EXAMPLES = json.loads(
+    (Path(__file__).resolve().parents[2] / "shared_schema/examples/requests.json").read_text()
+)
+
+
+@pytest.fixture(scope="module")
+def service(trained, tmp_path_factory):
+    queue = f"serve_ex.e2e.{uuid.uuid4().hex[:8]}"
+    log = tmp_path_factory.mktemp("service") / "serve_ex.log"
+    with Service(trained["vae"].parent, queue, log) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with Client(queue=service.env["REQUEST_QUEUE"]) as c:
+        yield c
+
+
+def test_served_images_equal_infer_rs(client, trained):
+    for name in ("vae", "wgan"):
+        served = tensor(client.call({"v": 1, "model": name, "op": "generate", "n": 16, "seed": 42}))
+        direct = infer_rs.Model(trained[name]).generate(16, seed=42)
+        assert served.shape == (16, 784)
+        assert np.abs(served - direct).max() <= 1e-6, name
+    z = np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32)
+    served = tensor(client.call({"v": 1, "model": "vae", "op": "decode", "z": z.tolist()}))
+    np.testing.assert_array_equal(served, infer_rs.Model(trained["vae"]).decode(z))
+
+
+def test_served_text_equals_infer_rs(client, trained):
+    request = {
+        "v": 1,
+        "model": "gpt",
+        "op": "generate_text",
+        "prompt": "ROMEO:",
+        "max_new_tokens": 120,
+        "temperature": 0.8,
+        "top_k": 20,
+        "seed": 3,
+    }
+    reply = client.call(request)
+    direct = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 120, temperature=0.8, top_k=20, seed=3)
+    assert reply == {"v": 1, "ok": True, "text": direct}
+
+
+@pytest.mark.parametrize("example", EXAMPLES["examples"], ids=lambda e: e["name"])
+def test_every_example_gets_its_labelled_reply(client, example):
+    body = example["raw"].encode() if "raw" in example else json.dumps(example["body"]).encode()
+    reply = client.call(body)
+    if example["expect"] == "ok":
+        assert reply["ok"] is True, reply
+    else:
+        assert reply["ok"] is False and reply["error"]["code"] == example["expect"], reply
+        assert reply["error"]["message"]
+
+
+def test_random_bytes_get_error_replies_and_the_service_keeps_serving(client):
+    rng = random.Random(7)
+    ids = [client.send(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400)))) for _ in range(100)]
+    replies = [client.wait(i) for i in ids]
+    assert all(r["ok"] is False and r["error"]["code"] == "malformed_request" for r in replies)
+    assert tensor(client.call({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1})).shape == (
+        1,
+        784,
+    )
+
+
+def test_kill_and_recover_loses_nothing(trained, tmp_path):
+    queue = f"serve_ex.kill.{uuid.uuid4().hex[:8]}"
+    with Service(trained["vae"].parent, queue, tmp_path / "serve_ex.log") as service:
+        report = kill_and_recover.run(
+            service,
+            trained["vae"].parent,
+            total=600,
+            inflight=32,
+            url="amqp://guest:guest@127.0.0.1:5672/%2F",
+            queue=queue,
+        )
+    print(report.summary())
+    assert [k["what"].split()[0] for k in report.kills] == ["producer", "vae", "BEAM"]
+    assert report.sent >= 600 and report.lost == 0 and report.wrong == 0
