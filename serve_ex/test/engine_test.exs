@@ -14,8 +14,8 @@ defmodule ServeEx.EngineTest do
     model
   end
 
-  defp max_diff(got_bytes, want) do
-    got = for <<v::float-32-little <- got_bytes>>, do: v
+  defp max_diff(got_base64, want) do
+    got = for <<v::float-32-little <- Base.decode64!(got_base64)>>, do: v
     assert length(got) == length(want)
     got |> Enum.zip(want) |> Enum.map(fn {a, b} -> abs(a - b) end) |> Enum.max()
   end

@@ -4,23 +4,7 @@ defmodule ServeEx.RabbitMQTest do
   @moduletag :rabbitmq
   @moduletag :capture_log
 
-  require Record
-
-  for {name, fields} <- Record.extract_all(from_lib: "amqp_client/include/amqp_client.hrl"),
-      name in [
-        :"basic.publish",
-        :"basic.consume",
-        :"basic.deliver",
-        :P_basic,
-        :amqp_msg,
-        :"queue.declare"
-      ] do
-    Record.defrecordp(
-      :"r_#{name |> to_string() |> String.replace(".", "_") |> String.downcase()}",
-      name,
-      fields
-    )
-  end
+  import ServeEx.AMQP.Records
 
   alias ServeEx.{Config, Connection, ModelRegistry}
   alias ServeEx.Test.Paths

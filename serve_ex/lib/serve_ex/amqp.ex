@@ -25,7 +25,8 @@ defmodule ServeEx.AMQP do
   @callback consume(chan(), queue :: String.t(), prefetch :: pos_integer()) :: :ok
   @callback ack(chan(), delivery_tag :: non_neg_integer()) :: :ok
   @callback reject(chan(), delivery_tag :: non_neg_integer(), requeue :: boolean()) :: :ok
-  @callback confirm_select(chan()) :: :ok
+  @doc "Puts the channel in publisher-confirm mode; confirms go to `handler` (see `classify/1`)."
+  @callback confirm_select(chan(), handler :: pid()) :: :ok
   @callback publish(
               chan(),
               routing_key :: String.t(),
@@ -33,9 +34,12 @@ defmodule ServeEx.AMQP do
               correlation_id :: String.t() | nil
             ) ::
               :ok
-  @callback wait_for_confirms(chan(), timeout :: pos_integer()) :: boolean()
   @callback classify(message :: term()) ::
-              {:deliver, payload :: binary(), meta()} | :consume_ok | :cancelled | :other
+              {:deliver, payload :: binary(), meta()}
+              | {:confirm, seqno :: pos_integer(), multiple :: boolean(), :ack | :nack}
+              | :consume_ok
+              | :cancelled
+              | :other
 
   @doc "The configured implementation."
   @spec impl() :: module()

@@ -10,7 +10,7 @@ defmodule ServeEx.Config do
   | `REQUEST_QUEUE` | `serve_ex.requests` | the queue consumed |
   | `PROCESSORS` | `2` | processor processes (decode and validate) |
   | `BATCH_SIZE` | `64` | rows (images or prompts) that make a batcher flush |
-  | `BATCH_TIMEOUT_MS` | `2` | longest wait before a partial batch flushes |
+  | `BATCH_TIMEOUT_MS` | `0` | longest wait before a partial batch flushes; 0 flushes as soon as the batcher has taken in every request already waiting for it, so batches grow with load and a lone request never waits |
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
   | `HTTP_IP` / `HTTP_PORT` | `127.0.0.1` / `9090` | health and metrics |
   """
@@ -45,7 +45,7 @@ defmodule ServeEx.Config do
       request_queue: queue(env),
       processors: int(env, "PROCESSORS", 2, 1..64),
       batch_size: batch_size,
-      batch_timeout_ms: int(env, "BATCH_TIMEOUT_MS", 2, 0..10_000),
+      batch_timeout_ms: int(env, "BATCH_TIMEOUT_MS", 0, 0..10_000),
       prefetch: int(env, "PREFETCH", 2 * batch_size, 1..65_535),
       http_ip: ip(env),
       http_port: int(env, "HTTP_PORT", 9090, 0..65_535)

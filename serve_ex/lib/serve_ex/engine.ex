@@ -2,7 +2,8 @@ defmodule ServeEx.Engine do
   @moduledoc """
   The Rust inference engine (`infer_core`) as seen from Elixir.
 
-  Models are NIF resources, loaded once and shared by every process. Batch functions
+  Models are NIF resources, loaded once and shared by every process. Output tensors
+  are `{rows, cols, base64}` of the little-endian f32 values. Batch functions
   take many requests and return one result per request, in order; a request's error
   never affects the others. Errors are `{:error, {kind, message}}` where `kind` is a
   wire error code (`:invalid_argument`, `:too_large`, `:unknown_op`, `:internal`) or
@@ -20,7 +21,7 @@ defmodule ServeEx.Engine do
           config: map()
         }
   @type reason :: {atom(), String.t()}
-  @type tensor :: {rows :: pos_integer(), cols :: pos_integer(), f32_le :: binary()}
+  @type tensor :: {rows :: pos_integer(), cols :: pos_integer(), f32_le_base64 :: binary()}
 
   @doc """
   Loads and checks a `.safetensors` exported by `train/`.

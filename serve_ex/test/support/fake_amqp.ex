@@ -28,15 +28,19 @@ defmodule ServeEx.AMQP.Fake do
   @impl true
   def reject(_chan, tag, requeue), do: report({:reject, tag, requeue})
   @impl true
-  def confirm_select(_chan), do: :ok
+  def confirm_select(_chan, _handler), do: :ok
 
+  # Confirms each publish at once, numbering them as the broker would.
   @impl true
-  def publish(_chan, routing_key, payload, correlation_id),
-    do: report({:published, routing_key, IO.iodata_to_binary(payload), correlation_id})
+  def publish(_chan, routing_key, payload, correlation_id) do
+    seqno = Process.get(:fake_seqno, 0) + 1
+    Process.put(:fake_seqno, seqno)
+    send(self(), {:fake_confirm, seqno})
+    report({:published, routing_key, IO.iodata_to_binary(payload), correlation_id})
+  end
 
-  @impl true
-  def wait_for_confirms(_chan, _timeout), do: true
   @impl true
   def classify({:fake_deliver, payload, meta}), do: {:deliver, payload, meta}
+  def classify({:fake_confirm, seqno}), do: {:confirm, seqno, false, :ack}
   def classify(_), do: :other
 end

@@ -6,31 +6,7 @@ defmodule ServeEx.AMQP.Client do
   """
   @behaviour ServeEx.AMQP
 
-  require Record
-
-  for {name, fields} <- Record.extract_all(from_lib: "amqp_client/include/amqp_client.hrl"),
-      name in [
-        :"basic.qos",
-        :"basic.consume",
-        :"basic.consume_ok",
-        :"basic.cancel",
-        :"basic.deliver",
-        :"basic.ack",
-        :"basic.reject",
-        :"basic.publish",
-        :P_basic,
-        :amqp_msg,
-        :"queue.declare",
-        :"exchange.declare",
-        :"queue.bind",
-        :"confirm.select"
-      ] do
-    Record.defrecordp(
-      :"r_#{name |> to_string() |> String.replace(".", "_") |> String.downcase()}",
-      name,
-      fields
-    )
-  end
+  import ServeEx.AMQP.Records
 
   alias ServeEx.Topology
 
@@ -120,10 +96,10 @@ defmodule ServeEx.AMQP.Client do
     do: cast(chan, r_basic_reject(delivery_tag: tag, requeue: requeue))
 
   @impl true
-  def confirm_select(chan) do
+  def confirm_select(chan, handler) do
     select_ok = :"confirm.select_ok"
     {^select_ok} = :amqp_channel.call(chan, r_confirm_select())
-    :ok
+    :amqp_channel.register_confirm_handler(chan, handler)
   end
 
   @impl true
@@ -138,14 +114,6 @@ defmodule ServeEx.AMQP.Client do
     msg = r_amqp_msg(props: props, payload: IO.iodata_to_binary(payload))
     :amqp_channel.call(chan, r_basic_publish(exchange: "", routing_key: routing_key), msg)
     :ok
-  end
-
-  @impl true
-  def wait_for_confirms(chan, timeout_ms) do
-    # amqp_client takes the timeout in seconds
-    :amqp_channel.wait_for_confirms(chan, max(div(timeout_ms, 1000), 1)) == true
-  catch
-    :exit, _ -> false
   end
 
   @impl true
@@ -165,6 +133,10 @@ defmodule ServeEx.AMQP.Client do
      }}
   end
 
+  def classify(r_basic_ack(delivery_tag: seqno, multiple: multiple)),
+    do: {:confirm, seqno, multiple, :ack}
+
+  def classify({:"basic.nack", seqno, multiple, _requeue}), do: {:confirm, seqno, multiple, :nack}
   def classify(r_basic_consume_ok()), do: :consume_ok
   def classify(r_basic_cancel()), do: :cancelled
   def classify(_), do: :other

@@ -2,8 +2,9 @@ defmodule ServeEx.Pipeline.Acknowledger do
   @moduledoc """
   The reply publisher and acknowledger. For each settled message it publishes the
   reply to `reply_to` with the request's `correlation_id` on its own channel in
-  publisher-confirm mode, waits for the broker's confirms, and only then acks the
-  delivery on the channel that received it.
+  publisher-confirm mode, and acks the delivery (on the channel that received it) only
+  when the broker has confirmed the reply. Confirms come back asynchronously, keyed by
+  the publish sequence number, so many replies are in flight at once.
 
   Failure policy:
   - a reply (a result, or an error reply for invalid input) is acked: invalid input is
@@ -12,8 +13,9 @@ defmodule ServeEx.Pipeline.Acknowledger do
     its redelivery, it gets an `internal` error reply and is rejected without requeue,
     so it lands in the dead-letter queue (`ServeEx.Topology`) and is not retried forever;
   - a message without `reply_to` cannot be answered and is dead-lettered;
-  - if the broker does not confirm the replies, their deliveries are requeued: the
-    client may see a duplicate reply, never a missing one.
+  - if the broker refuses (nacks) a reply, its delivery is requeued: the client may see
+    a duplicate reply, never a missing one. If this process or its channel dies with
+    replies unconfirmed, the pipeline restarts and the broker requeues those deliveries.
   """
   use GenServer
   require Logger
@@ -22,7 +24,6 @@ defmodule ServeEx.Pipeline.Acknowledger do
 
   @type outcome :: {:reply, iodata(), atom()} | {:failed, String.t()} | {:dead, String.t()}
 
-  @confirm_timeout_ms 5_000
   @retry_ms 200
 
   @spec start_link(keyword()) :: GenServer.on_start()
@@ -38,17 +39,17 @@ defmodule ServeEx.Pipeline.Acknowledger do
   @impl true
   def init(opts) do
     send(self(), :open)
-    {:ok, %{connection: opts[:connection], chan: nil, waiting: []}}
+    {:ok, %{connection: opts[:connection], chan: nil, waiting: [], pending: %{}, next_seqno: 1}}
   end
 
   @impl true
   def handle_info(:open, state) do
     with {:ok, chan} <- Connection.open_channel(state.connection),
-         :ok <- AMQP.impl().confirm_select(chan) do
+         :ok <- AMQP.impl().confirm_select(chan, self()) do
       # linked: the channel lives and dies with this process
       Process.link(chan)
       Enum.each(Enum.reverse(state.waiting), &settle/1)
-      {:noreply, %{state | chan: chan, waiting: []}}
+      {:noreply, %{state | chan: chan, waiting: [], next_seqno: 1}}
     else
       _ ->
         Process.send_after(self(), :open, @retry_ms)
@@ -56,7 +57,29 @@ defmodule ServeEx.Pipeline.Acknowledger do
     end
   end
 
-  def handle_info(_other, state), do: {:noreply, state}
+  def handle_info(message, state) do
+    case AMQP.impl().classify(message) do
+      {:confirm, seqno, multiple, verdict} ->
+        {:noreply, confirmed(state, seqno, multiple, verdict)}
+
+      _ ->
+        {:noreply, state}
+    end
+  end
+
+  # The broker confirmed (or refused) publish `seqno`, or every one up to it.
+  defp confirmed(state, seqno, multiple, verdict) do
+    done = if multiple, do: for({s, _} <- state.pending, s <= seqno, do: s), else: [seqno]
+
+    if verdict == :nack,
+      do: Logger.warning("the broker refused #{length(done)} replies; requeueing their requests")
+
+    for s <- done, {message, action, settle} = state.pending[s] do
+      finish(message, action, if(verdict == :ack, do: settle, else: :requeue))
+    end
+
+    %{state | pending: Map.drop(state.pending, done)}
+  end
 
   @impl true
   def handle_cast({:settle, outcomes}, %{chan: nil} = state) do
@@ -64,22 +87,20 @@ defmodule ServeEx.Pipeline.Acknowledger do
   end
 
   def handle_cast({:settle, outcomes}, state) do
-    outcomes = Enum.map(outcomes, &decide/1)
+    {:noreply, Enum.reduce(outcomes, state, &start_settling(decide(&1), &2))}
+  end
 
-    for {message, {:publish, body, _label}, _settle} <- outcomes do
-      AMQP.impl().publish(state.chan, message.reply_to, body, message.correlation_id)
-    end
+  # A reply is published now and its delivery settled when the broker confirms it;
+  # confirms arrive asynchronously, so publishing never waits for them.
+  defp start_settling({message, {:publish, body, _} = action, settle}, state) do
+    :ok = AMQP.impl().publish(state.chan, message.reply_to, body, message.correlation_id)
+    pending = Map.put(state.pending, state.next_seqno, {message, action, settle})
+    %{state | pending: pending, next_seqno: state.next_seqno + 1}
+  end
 
-    confirmed = AMQP.impl().wait_for_confirms(state.chan, @confirm_timeout_ms)
-
-    unless confirmed,
-      do: Logger.warning("replies not confirmed by the broker; requeueing their requests")
-
-    for {message, action, settle} <- outcomes do
-      finish(message, action, if(confirmed, do: settle, else: :requeue))
-    end
-
-    {:noreply, state}
+  defp start_settling({message, :nothing, settle}, state) do
+    finish(message, :nothing, settle)
+    state
   end
 
   # {message, what to publish (or :nothing), how to settle the delivery}

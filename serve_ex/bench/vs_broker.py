@@ -1,0 +1,160 @@
+"""serve_ex against the broker's no-op ceiling and a plain pika + torch consumer, side by
+side in one run, on VAE generate requests (n = 1 and n = 16) at 1 and 64 in flight.
+
+The load comes from ServeEx.Bench.Load (amqp_client, so the client is not the limit);
+all processes share the machine's 2 cores. Writes runs/bench/service.md.
+
+    python serve_ex/bench/vs_broker.py --models artifacts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+SERVE_EX = Path(__file__).resolve().parents[1]
+REPO = SERVE_EX.parent
+sys.path.insert(0, str(SERVE_EX / "scripts"))
+from service import Service  # noqa: E402
+
+MIX_ENV = {**os.environ, "MIX_HOME": str(REPO / ".mix"), "HEX_HOME": str(REPO / ".mix" / "hex")}
+
+
+def mix_eval(call: str, *args: str, **popen) -> subprocess.Popen:
+    cmd = ["mix", "run", "--no-start", "-e", call, "--", *args]
+    return subprocess.Popen(cmd, cwd=SERVE_EX, env=MIX_ENV, **popen)
+
+
+def load(queue: str, n: int, inflight: int, seconds: float) -> dict:
+    body = json.dumps({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": 1})
+    proc = mix_eval(
+        "ServeEx.Bench.Load.main(System.argv())",
+        queue,
+        body,
+        str(inflight),
+        str(seconds),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=seconds + 90)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_ready(proc: subprocess.Popen, marker: str, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if marker in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"baseline exited; see {log}")
+        time.sleep(0.1)
+    raise RuntimeError(f"baseline not ready; see {log}")
+
+
+def measure(name: str, queue: str, seconds: float, rows: list, loads) -> None:
+    for n, inflight in loads:
+        result = load(queue, n, inflight, seconds)
+        rows.append({"target": name, "n": n, "inflight": inflight, **result})
+        print(
+            f"{name:<14} n={n:<3} inflight={inflight:<3} {result['per_second']:>8,.0f} req/s "
+            f"p50 {result['p50_us'] / 1000:.2f} ms  p99 {result['p99_us'] / 1000:.2f} ms",
+            flush=True,
+        )
+
+
+def batch_histogram(metrics: str) -> str:
+    buckets = [line for line in metrics.splitlines() if line.startswith("serve_ex_batch_rows_bucket")]
+    counts = [(line.split('le="')[1].split('"')[0], float(line.rsplit(" ", 1)[1])) for line in buckets]
+    previous, parts = 0.0, []
+    for le, cumulative in counts:
+        if cumulative - previous:
+            parts.append(f"<= {le}: {int(cumulative - previous)}")
+        previous = cumulative
+    return ", ".join(parts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=Path, default=Path("artifacts"))
+    p.add_argument("--seconds", type=float, default=4.0)
+    args = p.parse_args()
+    loads = [(1, 1), (1, 64), (16, 1), (16, 64)]
+    rows: list[dict] = []
+    tmp = Path(tempfile.mkdtemp(prefix="serve_bench_"))
+
+    queue = f"serve_ex.bench.{uuid.uuid4().hex[:6]}"
+    with Service(args.models.resolve(), queue, tmp / "service.log") as service:
+        measure("serve_ex", queue, args.seconds, rows, loads)
+        histogram = batch_histogram(service.metrics())
+
+    queue = f"serve_ex.bench.noop.{uuid.uuid4().hex[:6]}"
+    log = tmp / "noop.log"
+    noop = mix_eval(
+        "ServeEx.Bench.NoopResponder.main(System.argv())",
+        queue,
+        "64",
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_ready(noop, "ready", log)
+        measure("no-op (ceiling)", queue, args.seconds, rows, [(1, 1), (1, 64)])
+    finally:
+        noop.terminate()
+
+    queue = f"serve_ex.bench.torch.{uuid.uuid4().hex[:6]}"
+    log = tmp / "torch.log"
+    torch_proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVE_EX / "bench" / "torch_consumer.py"),
+            queue,
+            str(args.models / "vae.safetensors"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_ready(torch_proc, "ready", log)
+        measure("pika + torch", queue, args.seconds, rows, loads)
+    finally:
+        torch_proc.terminate()
+
+    def rate(target, n, inflight):
+        return next(
+            r["per_second"] for r in rows if (r["target"], r["n"], r["inflight"]) == (target, n, inflight)
+        )
+
+    lines = [
+        "Service benchmark: VAE generate requests through RabbitMQ on one 2-core machine (broker, service, "
+        f"load generator and baselines share it); {args.seconds:.0f} s per row after 1 s of warm-up; "
+        "quorum queue, persistent messages. serve_ex: 2 processors, batch size 64, batch timeout 2 ms, "
+        "prefetch 128.",
+        "",
+        "| target | n | in flight | req/s | p50 | p99 | vs no-op | vs pika + torch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        noop_ratio = f"{r['per_second'] / rate('no-op (ceiling)', 1, r['inflight']):.0%}"
+        torch_ratio = f"{r['per_second'] / rate('pika + torch', r['n'], r['inflight']):.1f}x"
+        lines.append(
+            f"| {r['target']} | {r['n']} | {r['inflight']} | {r['per_second']:,.0f} | {r['p50_us'] / 1000:.2f} ms "
+            f"| {r['p99_us'] / 1000:.2f} ms | {noop_ratio} | {torch_ratio} |"
+        )
+    lines += ["", f"serve_ex rows per engine call over the run (histogram): {histogram}"]
+    out = "\n".join(lines) + "\n"
+    Path("runs/bench").mkdir(parents=True, exist_ok=True)
+    Path("runs/bench/service.md").write_text(out)
+    print("\n" + out)
+
+
+if __name__ == "__main__":
+    main()
