@@ -23,7 +23,7 @@ NIF      := serve_ex/priv/native/libinfer_nif.so
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve
+        elixir broker nif ex-lint ex-test serve bench-service
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -123,7 +123,11 @@ quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, 
 bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch, 1 and 2 threads (about 2 minutes)
 	$(PY) infer_rs/bench/vs_torch.py --artifacts artifacts
 
-bench: bench-engine quality  ## every benchmark
+bench-service: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_ex vs a no-op responder vs pika+torch (about 2 minutes)
+	$(MIX) compile
+	PYTHONPATH=. $(PY) serve_ex/bench/vs_broker.py --models artifacts
+
+bench: bench-engine bench-service quality  ## every benchmark
 
 clean:  ## remove trained weights, runs, caches and the Rust build (keeps .venv)
 	rm -rf artifacts runs .pytest_cache .ruff_cache infer_rs/target $(ENGINE_STAMP) serve_ex/_build serve_ex/priv/native

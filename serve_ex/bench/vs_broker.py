@@ -27,22 +27,26 @@ from service import Service  # noqa: E402
 MIX_ENV = {**os.environ, "MIX_HOME": str(REPO / ".mix"), "HEX_HOME": str(REPO / ".mix" / "hex")}
 
 
-def mix_eval(call: str, *args: str, **popen) -> subprocess.Popen:
-    cmd = ["mix", "run", "--no-start", "-e", call, "--", *args]
-    return subprocess.Popen(cmd, cwd=SERVE_EX, env=MIX_ENV, **popen)
+def mix_command(call: str, *args: str) -> list[str]:
+    return ["mix", "run", "--no-start", "-e", call, "--", *args]
+
+
+def run_baseline(cmd: list[str], env: dict, cwd: Path, log: Path, measure_it) -> None:
+    """Start a baseline responder, wait for its "ready" line, measure, stop it."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(proc, "ready", log)
+            measure_it()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def load(queue: str, n: int, inflight: int, seconds: float) -> dict:
     body = json.dumps({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": 1})
-    proc = mix_eval(
-        "ServeEx.Bench.Load.main(System.argv())",
-        queue,
-        body,
-        str(inflight),
-        str(seconds),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cmd = mix_command("ServeEx.Bench.Load.main(System.argv())", queue, body, str(inflight), str(seconds))
+    proc = subprocess.Popen(cmd, cwd=SERVE_EX, env=MIX_ENV, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=seconds + 90)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -95,38 +99,23 @@ def main() -> None:
         histogram = batch_histogram(service.metrics())
 
     queue = f"serve_ex.bench.noop.{uuid.uuid4().hex[:6]}"
-    log = tmp / "noop.log"
-    noop = mix_eval(
-        "ServeEx.Bench.NoopResponder.main(System.argv())",
-        queue,
-        "64",
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
+    run_baseline(
+        mix_command("ServeEx.Bench.NoopResponder.main(System.argv())", queue, "64"),
+        MIX_ENV,
+        SERVE_EX,
+        tmp / "noop.log",
+        lambda: measure("no-op (ceiling)", queue, args.seconds, rows, [(1, 1), (1, 64)]),
     )
-    try:
-        wait_ready(noop, "ready", log)
-        measure("no-op (ceiling)", queue, args.seconds, rows, [(1, 1), (1, 64)])
-    finally:
-        noop.terminate()
 
     queue = f"serve_ex.bench.torch.{uuid.uuid4().hex[:6]}"
-    log = tmp / "torch.log"
-    torch_proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(SERVE_EX / "bench" / "torch_consumer.py"),
-            queue,
-            str(args.models / "vae.safetensors"),
-        ],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
+    consumer = SERVE_EX / "bench" / "torch_consumer.py"
+    run_baseline(
+        [sys.executable, str(consumer), queue, str(args.models / "vae.safetensors")],
+        {**os.environ, "PYTHONPATH": str(REPO)},
+        REPO,
+        tmp / "torch.log",
+        lambda: measure("pika + torch", queue, args.seconds, rows, loads),
     )
-    try:
-        wait_ready(torch_proc, "ready", log)
-        measure("pika + torch", queue, args.seconds, rows, loads)
-    finally:
-        torch_proc.terminate()
 
     def rate(target, n, inflight):
         return next(
@@ -145,9 +134,10 @@ def main() -> None:
     for r in rows:
         noop_ratio = f"{r['per_second'] / rate('no-op (ceiling)', 1, r['inflight']):.0%}"
         torch_ratio = f"{r['per_second'] / rate('pika + torch', r['n'], r['inflight']):.1f}x"
+        latency = f"{r['p50_us'] / 1000:.2f} ms | {r['p99_us'] / 1000:.2f} ms"
         lines.append(
-            f"| {r['target']} | {r['n']} | {r['inflight']} | {r['per_second']:,.0f} | {r['p50_us'] / 1000:.2f} ms "
-            f"| {r['p99_us'] / 1000:.2f} ms | {noop_ratio} | {torch_ratio} |"
+            f"| {r['target']} | {r['n']} | {r['inflight']} | {r['per_second']:,.0f} | {latency} "
+            f"| {noop_ratio} | {torch_ratio} |"
         )
     lines += ["", f"serve_ex rows per engine call over the run (histogram): {histogram}"]
     out = "\n".join(lines) + "\n"
