@@ -12,7 +12,8 @@ defmodule ServeEx.Config do
   | `BATCH_SIZE` | `64` | rows (images or prompts) that make a batcher flush |
   | `BATCH_TIMEOUT_MS` | `0` | longest wait before a partial batch flushes; 0 flushes as soon as the batcher has taken in every request already waiting for it, so batches grow with load and a lone request never waits |
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
-  | `HTTP_IP` / `HTTP_PORT` | `127.0.0.1` / `9090` | health and metrics |
+  | `HTTP_IP` | `127.0.0.1` | address of the health and metrics endpoint |
+  | `HTTP_PORT` | `9090` | its port |
   """
 
   @enforce_keys [
