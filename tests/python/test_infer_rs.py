@@ -26,6 +26,8 @@ def test_vae_decode_and_encode_equal_torch(trained):
         mu, logvar = ours.encode(x.numpy())
         ref_mu, ref_logvar = ref.encode(x)
     assert max_diff(mu, ref_mu) <= 1e-5 and max_diff(logvar, ref_logvar) <= 1e-5
+    with torch.no_grad():
+        assert max_diff(ours.reconstruct(x.numpy()), ref.decode(ref_mu)) <= 1e-5
 
 
 def test_wgan_generate_from_z_equals_torch(trained):

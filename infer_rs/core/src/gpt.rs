@@ -325,20 +325,6 @@ impl Gpt {
         let ids = self.generate(&self.encode(prompt)?, max_new_tokens, sampling)?;
         Ok(self.decode(&ids))
     }
-
-    /// One generate_text per prompt; the batch limit applies to the number of prompts.
-    pub fn generate_texts(
-        &self,
-        prompts: &[&str],
-        max_new_tokens: usize,
-        sampling: Sampling,
-    ) -> Result<Vec<String>> {
-        crate::batch::check_count("prompts", prompts.len())?;
-        prompts
-            .iter()
-            .map(|p| self.generate_text(p, max_new_tokens, sampling))
-            .collect()
-    }
 }
 
 fn check_sampling(max_new_tokens: usize, s: Sampling, vocab: usize) -> Result<()> {

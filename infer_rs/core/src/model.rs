@@ -86,6 +86,14 @@ impl Model {
         }
     }
 
+    /// decode(mu(x)) for VAE image rows x: the posterior mean's reconstruction.
+    pub fn reconstruct(&self, x: Rows) -> Result<Matrix> {
+        match self {
+            Self::Vae(m) => m.reconstruct(x, None),
+            _ => self.unavailable("reconstruct"),
+        }
+    }
+
     /// Many generate requests (n, seed) through one pass of the network.
     pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
         match self {

@@ -108,6 +108,18 @@ impl PyModel {
         Ok((to_numpy(py, mu)?, to_numpy(py, logvar)?))
     }
 
+    fn reconstruct<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyArrayLike2<'py, f32, AllowTypeChange>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (data, width) = rows(&x);
+        let out = py
+            .allow_threads(|| self.inner.reconstruct(Rows { data: &data, width }))
+            .map_err(py_err)?;
+        to_numpy(py, out)
+    }
+
     fn logits<'py>(&self, py: Python<'py>, prompt: &str) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let out = py
             .allow_threads(|| self.inner.logits(prompt))
