@@ -91,7 +91,7 @@ ex-test: elixir broker $(NIF) $(SERVICE_MODELS)  ## ExUnit: units with a fake AM
 	$(MIX) test --include rabbitmq
 
 serve: elixir broker $(NIF) $(ARTIFACTS)  ## run the service in the foreground on artifacts/ (Ctrl-C stops it)
-	MODEL_DIR=$${MODEL_DIR:-$(abspath artifacts)} $(MIX) run --no-halt
+	MODEL_DIR=$${MODEL_DIR:-$(abspath artifacts)} ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" $(MIX) run --no-halt
 
 lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,8 @@ defmodule ServeEx.Application do
     children =
       if Application.get_env(:serve_ex, :start_service, true) do
         config = ServeEx.Config.from_env()
+        # read by the engine's thread pool when the first model loads
+        System.put_env("RAYON_NUM_THREADS", Integer.to_string(config.engine_threads))
 
         [
           {ServeEx.ModelRegistry, config.model_dir},

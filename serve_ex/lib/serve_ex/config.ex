@@ -12,6 +12,7 @@ defmodule ServeEx.Config do
   | `BATCH_SIZE` | `64` | rows (images or prompts) that make a batcher flush |
   | `BATCH_TIMEOUT_MS` | `0` | longest wait before a partial batch flushes; 0 flushes as soon as the batcher has taken in every request already waiting for it, so batches grow with load and a lone request never waits |
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
+  | `ENGINE_THREADS` | `1` | threads per engine call; the VM already runs one call per dirty CPU scheduler, and a second engine thread per call only fights them for the cores |
   | `HTTP_IP` | `127.0.0.1` | address of the health and metrics endpoint |
   | `HTTP_PORT` | `9090` | its port |
   """
@@ -24,7 +25,7 @@ defmodule ServeEx.Config do
     :batch_size,
     :batch_timeout_ms
   ]
-  defstruct @enforce_keys ++ [:prefetch, :http_ip, :http_port]
+  defstruct @enforce_keys ++ [:prefetch, :engine_threads, :http_ip, :http_port]
 
   @type t :: %__MODULE__{}
 
@@ -48,6 +49,7 @@ defmodule ServeEx.Config do
       batch_size: batch_size,
       batch_timeout_ms: int(env, "BATCH_TIMEOUT_MS", 0, 0..10_000),
       prefetch: int(env, "PREFETCH", 2 * batch_size, 1..65_535),
+      engine_threads: int(env, "ENGINE_THREADS", 1, 1..2),
       http_ip: ip(env),
       http_port: int(env, "HTTP_PORT", 9090, 0..65_535)
     }

@@ -107,12 +107,13 @@ defmodule ServeEx.AMQP.Client do
     props =
       r_p_basic(
         content_type: "application/json",
-        delivery_mode: 2,
+        # transient: a reply queue is exclusive to its client and dies with it anyway
+        delivery_mode: 1,
         correlation_id: correlation_id || :undefined
       )
 
     msg = r_amqp_msg(props: props, payload: IO.iodata_to_binary(payload))
-    :amqp_channel.call(chan, r_basic_publish(exchange: "", routing_key: routing_key), msg)
+    :amqp_channel.cast(chan, r_basic_publish(exchange: "", routing_key: routing_key), msg)
     :ok
   end
 

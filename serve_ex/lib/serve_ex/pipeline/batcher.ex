@@ -49,7 +49,7 @@ defmodule ServeEx.Pipeline.Batcher do
         {:noreply, flush(state)}
 
       state.timer == nil ->
-        {:noreply, %{state | timer: Process.send_after(self(), :timeout, state.timeout)}}
+        {:noreply, %{state | timer: start_timer(state.timeout)}}
 
       true ->
         {:noreply, state}
@@ -59,10 +59,15 @@ defmodule ServeEx.Pipeline.Batcher do
   @impl true
   def handle_info(:timeout, state), do: {:noreply, flush(%{state | timer: nil})}
 
+  # A zero timeout is a message to self, behind every request already in the mailbox:
+  # the batch takes in what is waiting, then flushes. (Timers have millisecond ticks.)
+  defp start_timer(0), do: send(self(), :timeout) && :immediate
+  defp start_timer(ms), do: Process.send_after(self(), :timeout, ms)
+
   defp flush(%{pending: []} = state), do: state
 
   defp flush(state) do
-    if state.timer, do: Process.cancel_timer(state.timer)
+    if is_reference(state.timer), do: Process.cancel_timer(state.timer)
     messages = Enum.reverse(state.pending)
     Metrics.batch(state.rows)
 
