@@ -125,8 +125,9 @@ def main() -> None:
     lines = [
         "Service benchmark: VAE generate requests through RabbitMQ on one 2-core machine (broker, service, "
         f"load generator and baselines share it); {args.seconds:.0f} s per row after 1 s of warm-up; "
-        "quorum queue, persistent messages. serve_ex: 2 processors, batch size 64, batch timeout 2 ms, "
-        "prefetch 128.",
+        "quorum queue, persistent requests. serve_ex: 2 processors, batch size 64, batch timeout 0 "
+        "(flush once the waiting requests are in), prefetch 128, one engine thread per call. "
+        "The no-op answers every request with a tiny reply, so its n=1 rows are the ceiling for both n.",
         "",
         "| target | n | in flight | req/s | p50 | p99 | vs no-op | vs pika + torch |",
         "|---|---|---|---|---|---|---|---|",
