@@ -11,8 +11,21 @@ defmodule ServeEx.AMQP.Fake do
 
   defp idle_process, do: spawn(fn -> Process.sleep(:infinity) end)
 
+  # Refuses as many connections as `:fake_connect_failures` says, like a broker that is down.
   @impl true
-  def connect(_url), do: {:ok, idle_process()}
+  def connect(_url) do
+    case Application.get_env(:serve_ex, :fake_connect_failures, 0) do
+      0 ->
+        conn = idle_process()
+        report({:connected, conn})
+        {:ok, conn}
+
+      n ->
+        Application.put_env(:serve_ex, :fake_connect_failures, n - 1)
+        {:error, :econnrefused}
+    end
+  end
+
   @impl true
   def close_connection(_conn), do: :ok
   @impl true
