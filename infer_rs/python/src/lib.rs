@@ -36,6 +36,19 @@ fn rows(array: &PyArrayLike2<'_, f32, AllowTypeChange>) -> (Vec<f32>, usize) {
     (view.iter().copied().collect(), view.ncols())
 }
 
+/// Rows in, rows out, with the GIL released while `op` runs.
+fn rows_to_rows<'py>(
+    py: Python<'py>,
+    input: &PyArrayLike2<'py, f32, AllowTypeChange>,
+    op: impl FnOnce(Rows) -> infer_core::Result<Matrix> + Send,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (data, width) = rows(input);
+    let out = py
+        .allow_threads(|| op(Rows { data: &data, width }))
+        .map_err(py_err)?;
+    to_numpy(py, out)
+}
+
 /// The given seed, or a fresh one from the process's random state.
 fn seed_or_random(seed: Option<u64>) -> u64 {
     seed.unwrap_or_else(|| RandomState::new().build_hasher().finish())
@@ -88,11 +101,7 @@ impl PyModel {
         py: Python<'py>,
         z: PyArrayLike2<'py, f32, AllowTypeChange>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let (data, width) = rows(&z);
-        let out = py
-            .allow_threads(|| self.inner.decode(Rows { data: &data, width }))
-            .map_err(py_err)?;
-        to_numpy(py, out)
+        rows_to_rows(py, &z, |input| self.inner.decode(input))
     }
 
     #[allow(clippy::type_complexity)]
@@ -113,11 +122,7 @@ impl PyModel {
         py: Python<'py>,
         x: PyArrayLike2<'py, f32, AllowTypeChange>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let (data, width) = rows(&x);
-        let out = py
-            .allow_threads(|| self.inner.reconstruct(Rows { data: &data, width }))
-            .map_err(py_err)?;
-        to_numpy(py, out)
+        rows_to_rows(py, &x, |input| self.inner.reconstruct(input))
     }
 
     fn logits<'py>(&self, py: Python<'py>, prompt: &str) -> PyResult<Bound<'py, PyArray2<f32>>> {
