@@ -68,7 +68,7 @@ $(SERVICE_MODELS): train/golden.py | $(STAMP)
 artifacts/vae.safetensors: | $(STAMP)
 	$(PY) -m train --model vae --epochs 15 --threads $(THREADS)
 artifacts/wgan.safetensors: | $(STAMP)
-	$(PY) -m train --model wgan --epochs 20 --threads $(THREADS)
+	$(PY) -m train --model wgan --epochs 45 --threads $(THREADS)
 artifacts/gpt.safetensors: | $(STAMP)
 	$(PY) -m train --model gpt --epochs 3 --steps-per-epoch 150 --threads $(THREADS)
 
