@@ -42,10 +42,6 @@ defmodule ServeEx.Request do
           rows: pos_integer()
         }
 
-  @doc "The wire limits (`shared_schema/wire/limits.json`)."
-  @spec limits() :: map()
-  def limits, do: @limits
-
   @doc """
   Parses `body`; `lookup` resolves a model id to a loaded model or `:error`.
 
