@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -99,23 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    fields = {"seed": 0, **DEFAULTS[args.model]}
-    for key in (
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "warmup_steps",
-        "min_lr_ratio",
-        "grad_clip",
-        "patience",
-        "seed",
-        "max_seconds",
-    ):
-        if getattr(args, key) is not None:
-            fields[key] = getattr(args, key)
-    fields.pop("batch_size")
-    return TrainConfig(**fields)
+    """The model's defaults, overridden by every trainer flag given on the command line."""
+    defaults = {"seed": 0, **DEFAULTS[args.model]}
+    given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    merged = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    return TrainConfig(**{k: v for k, v in merged.items() if k in given})
 
 
 def batch_size(args: argparse.Namespace) -> int:

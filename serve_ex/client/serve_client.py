@@ -14,6 +14,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,15 @@ class ServeError(Exception):
 class Client:
     """One connection with an exclusive reply queue; requests may overlap."""
 
-    def __init__(self, url: str = DEFAULT_URL, queue: str = DEFAULT_QUEUE) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        queue: str = DEFAULT_QUEUE,
+        on_reply: Callable[[str, dict], None] | None = None,
+    ) -> None:
+        """`on_reply(correlation_id, reply)` is called for every reply, duplicates included."""
         self.queue = queue
+        self.on_reply = on_reply
         self.connection = pika.BlockingConnection(pika.URLParameters(url))
         self.channel = self.connection.channel()
         self.reply_queue = self.channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
@@ -43,7 +51,10 @@ class Client:
         self.channel.basic_consume(self.reply_queue, self._on_reply, auto_ack=True)
 
     def _on_reply(self, _ch, _method, props, body: bytes) -> None:
-        self.replies.setdefault(props.correlation_id, []).append(json.loads(body))
+        reply = json.loads(body)
+        self.replies.setdefault(props.correlation_id, []).append(reply)
+        if self.on_reply:
+            self.on_reply(props.correlation_id, reply)
 
     def send(self, request: dict | bytes, correlation_id: str | None = None) -> str:
         """Publish a request (a dict, or raw bytes sent as they are); returns its id."""
@@ -97,21 +108,12 @@ def text(reply: dict) -> str:
     return reply["text"]
 
 
-def save_grid(images: np.ndarray, path: Path, side: int = 28) -> Path:
-    import matplotlib
+def save_grid(images: np.ndarray, path: Path) -> Path:
+    """A PNG grid of (N, 784) images in [0, 1], drawn by the training stage's plotting."""
+    from train.plots import image_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = min(len(images), 10)
-    rows = -(-len(images) // columns)
-    canvas = np.zeros((rows * side, columns * side), dtype=np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[r * side : (r + 1) * side, c * side : (c + 1) * side] = image.reshape(side, side)
     path.parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(path, np.clip(canvas, 0, 1), cmap="gray", vmin=0, vmax=1)
-    return path
+    return image_grid(np.clip(images, 0, 1), path, f"{len(images)} served samples")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import sys
 import tempfile
 import threading
@@ -28,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
+from serve_client import Client  # noqa: E402
 from service import PRODUCER, Service, batcher  # noqa: E402
 
 
@@ -79,27 +79,21 @@ class Expected:
 
 def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, queue: str) -> Report:
     expected = Expected(model_dir / "vae.safetensors")
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    reply_queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
     pending: dict[str, tuple[int, int]] = {}
-    replies: dict[str, int] = {}
     reply_times: list[float] = []
     report = Report()
 
-    def on_reply(_ch, _m, props, body):
-        cid = props.correlation_id
-        replies[cid] = replies.get(cid, 0) + 1
+    def on_reply(cid: str, reply: dict) -> None:
         reply_times.append(time.monotonic())
-        if replies[cid] > 1:
+        if cid not in pending:  # answered before: a redelivery's second reply
             report.duplicates += 1
             return
         n, seed = pending.pop(cid)
         report.answered += 1
-        if not expected.matches(n, seed, json.loads(body)):
+        if not expected.matches(n, seed, reply):
             report.wrong += 1
 
-    channel.basic_consume(reply_queue, on_reply, auto_ack=True)
+    client = Client(url, queue, on_reply=on_reply)
 
     def kill_in_background(what: str, action) -> None:
         """The kill runs beside the client loop, which keeps collecting replies."""
@@ -143,13 +137,11 @@ def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, 
             n, seed = 1 + report.sent % 4, report.sent
             cid = uuid.uuid4().hex
             pending[cid] = (n, seed)
-            body = json.dumps({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": seed})
-            props = pika.BasicProperties(reply_to=reply_queue, correlation_id=cid, delivery_mode=2)
-            channel.basic_publish("", queue, body, props)
+            client.send({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": seed}, cid)
             report.sent += 1
-        connection.process_data_events(time_limit=0.01)
-    connection.process_data_events(time_limit=0.5)  # late duplicates
-    connection.close()
+        client.poll(0.01)
+    client.poll(0.5)  # late duplicates
+    client.close()
     for worker in workers:
         worker.join()
     ends = [k["time"] for k in report.kills[1:]] + [float("inf")]

@@ -261,18 +261,10 @@ pub unsafe extern "C" fn vae_generate(
 ) -> InferStatus {
     guarded(|| {
         let out = out.as_mut().ok_or_else(|| null("out"))?;
-        let model = core(Model::load(utf8(path, "path")?))?;
-        if model.arch() != "vae" {
-            return Err((
-                InferStatus::Argument,
-                format!(
-                    "{} is a {} model, not a vae",
-                    utf8(path, "path")?,
-                    model.arch()
-                ),
-            ));
-        }
-        write_matrix(core(model.generate(n, seed))?, out);
+        write_matrix(
+            core(Model::vae_generate(utf8(path, "path")?, n, seed))?,
+            out,
+        );
         Ok(())
     })
 }

@@ -129,36 +129,42 @@ pub fn run_stacked(
         .collect()
 }
 
+/// Rows owned by the caller: the values and the width of a row.
+pub type OwnedRows = (Vec<f32>, usize);
+
 /// The latent rows of generate requests (n, seed), each drawn from its own seed; an
 /// out-of-range n keeps its error.
-pub fn seeded_latents(requests: &[(usize, u64)], width: usize) -> Vec<Result<Vec<f32>>> {
+pub fn seeded_latents(requests: &[(usize, u64)], width: usize) -> Vec<Result<OwnedRows>> {
     requests
         .iter()
         .map(|&(n, seed)| {
             check_count("n", n)?;
-            Ok(crate::rng::Rng::new(seed).normals(n * width))
+            Ok((crate::rng::Rng::new(seed).normals(n * width), width))
         })
         .collect()
 }
 
-/// Run `batch` on the latents that were drawn, and put the draw errors back in place.
+/// Run `batch` on the inputs that were prepared, and put the others' errors back in
+/// place: one result per input, in order.
 pub fn merge_errors(
-    latents: Vec<Result<Vec<f32>>>,
-    width: usize,
+    inputs: Vec<Result<OwnedRows>>,
     batch: impl FnOnce(&[Rows]) -> Vec<Result<Matrix>>,
 ) -> Vec<Result<Matrix>> {
     let outputs = {
-        let drawn: Vec<Rows> = latents
+        let prepared: Vec<Rows> = inputs
             .iter()
             .flatten()
-            .map(|data| Rows { data, width })
+            .map(|(data, width)| Rows {
+                data,
+                width: *width,
+            })
             .collect();
-        batch(&drawn)
+        batch(&prepared)
     };
     let mut outputs = outputs.into_iter();
-    latents
+    inputs
         .into_iter()
-        .map(|latent| match latent {
+        .map(|input| match input {
             Ok(_) => outputs.next().unwrap_or_else(|| {
                 Err(InferError::InvalidArgument(
                     "a batch output is missing".into(),

@@ -14,6 +14,7 @@
 
 use crate::error::Result;
 use candle_core::Tensor;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Output columns per micro-kernel tile (two 8-wide vectors).
@@ -176,9 +177,10 @@ impl SharedOut {
     }
 
     /// # Safety
-    /// No other thread writes `at..at + NR` concurrently.
+    /// `at + NR <= len` (`Dense::tiles` checks the whole output once per call), and no
+    /// other thread writes `at..at + NR` concurrently.
     unsafe fn write(self, at: usize, values: &[f32; NR]) {
-        assert!(at + NR <= self.len, "tile past the end of the output");
+        debug_assert!(at + NR <= self.len, "tile past the end of the output");
         std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(at), NR);
     }
 }
@@ -411,13 +413,19 @@ impl Mlp {
     }
 
     /// `layers` applied to x; returns the activations and their row stride.
-    fn run(&self, layers: &[Dense], x: &[f32], rows: usize, parallel: bool) -> (Vec<f32>, usize) {
-        let mut input = x.to_vec();
+    fn run<'a>(
+        &self,
+        layers: &[Dense],
+        x: &'a [f32],
+        rows: usize,
+        parallel: bool,
+    ) -> (Cow<'a, [f32]>, usize) {
+        let mut input = Cow::Borrowed(x); // the caller's rows are read in place, not copied
         let mut ld = self.in_dim();
         for layer in layers {
             let mut output = vec![0f32; rows * layer.padded_out];
             layer.forward(&input, ld, rows, &mut output, parallel);
-            input = output;
+            input = Cow::Owned(output);
             ld = layer.padded_out;
         }
         (input, ld)

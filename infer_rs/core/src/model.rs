@@ -27,6 +27,16 @@ impl Model {
         }
     }
 
+    /// Load the VAE at `path` and generate n images from `seed`: the one-call API of the
+    /// bindings, refusing a file of another architecture.
+    pub fn vae_generate(path: impl AsRef<Path>, n: usize, seed: u64) -> Result<Matrix> {
+        let model = Self::load(path)?;
+        match model {
+            Self::Vae(m) => m.generate(n, seed),
+            other => other.unavailable("vae_generate"),
+        }
+    }
+
     pub fn arch(&self) -> &'static str {
         match self {
             Self::Vae(_) => "vae",

@@ -11,6 +11,7 @@ use crate::rng::Rng;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// The config stored in the file's metadata (`shared_schema/configs/vae.schema.json`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -91,11 +92,11 @@ impl Vae {
         })
     }
 
-    /// Rows of `v` with one_hot(y) appended for a conditional model.
-    fn condition(&self, v: Rows, labels: Option<&[u32]>) -> Result<Vec<f32>> {
+    /// Rows of `v` with one_hot(y) appended for a conditional model; `v` itself otherwise.
+    fn condition<'a>(&self, v: Rows<'a>, labels: Option<&[u32]>) -> Result<Cow<'a, [f32]>> {
         let rows = v.data.len() / v.width;
         match (self.cfg.n_classes, labels) {
-            (0, None) => Ok(v.data.to_vec()),
+            (0, None) => Ok(Cow::Borrowed(v.data)),
             (0, Some(_)) => Err(InferError::InvalidArgument(
                 "labels given to a VAE that is not conditional".into(),
             )),
@@ -120,7 +121,7 @@ impl Vae {
                     out.extend_from_slice(row);
                     out.extend((0..n_classes).map(|c| if c == label as usize { 1.0 } else { 0.0 }));
                 }
-                Ok(out)
+                Ok(Cow::Owned(out))
             }
         }
     }
@@ -201,7 +202,8 @@ impl Vae {
                 .map(|&(n, seed)| self.generate(n, seed))
                 .collect();
         }
-        let latents = seeded_latents(requests, self.cfg.z_dim);
-        merge_errors(latents, self.cfg.z_dim, |inputs| self.decode_batch(inputs))
+        merge_errors(seeded_latents(requests, self.cfg.z_dim), |inputs| {
+            self.decode_batch(inputs)
+        })
     }
 }

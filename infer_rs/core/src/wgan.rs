@@ -91,10 +91,8 @@ impl Generator {
     /// Many generate requests (n, seed) in one pass; each equals `generate(n, seed)`
     /// up to float rounding.
     pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
-        merge_errors(
-            seeded_latents(requests, self.cfg.z_dim),
-            self.cfg.z_dim,
-            |inputs| self.decode_batch(inputs),
-        )
+        merge_errors(seeded_latents(requests, self.cfg.z_dim), |inputs| {
+            self.decode_batch(inputs)
+        })
     }
 }

@@ -6,6 +6,7 @@
 //! exception, so none takes the VM down.
 
 use base64::Engine as _;
+use infer_core::batch::merge_errors;
 use infer_core::{InferError, Matrix, Model, Rows, Sampling};
 use rustler::{Atom, Binary, Env, OwnedBinary, ResourceArc};
 use std::panic::AssertUnwindSafe;
@@ -50,11 +51,18 @@ fn reason(err: InferError) -> Reason {
 /// because base64 in Rust is many times faster than in the VM.
 fn matrix<'a>(env: Env<'a>, m: Matrix) -> Result<(usize, usize, Binary<'a>), Reason> {
     let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
-    let mut binary =
-        OwnedBinary::new(text.len()).ok_or((atoms::internal(), "out of memory".to_string()))?;
-    binary.as_mut_slice().copy_from_slice(text.as_bytes());
+    let engine = base64::engine::general_purpose::STANDARD;
+    let len = base64::encoded_len(bytes.len(), true).ok_or(out_of_memory())?;
+    let mut binary = OwnedBinary::new(len).ok_or(out_of_memory())?;
+    // encoded straight into the binary the reply is built from: no intermediate String
+    engine
+        .encode_slice(&bytes, binary.as_mut_slice())
+        .map_err(|e| (atoms::internal(), e.to_string()))?;
     Ok((m.rows, m.cols, binary.release(env)))
+}
+
+fn out_of_memory() -> Reason {
+    (atoms::internal(), "out of memory".to_string())
 }
 
 /// `{:ok, {model, arch, config_json}}` for an exported `.safetensors`.
@@ -112,28 +120,13 @@ fn model_decode_batch<'a>(
     resource: ResourceArc<ModelResource>,
     inputs: Vec<(Binary<'a>, usize)>,
 ) -> Vec<Result<(usize, usize, Binary<'a>), Reason>> {
-    let decoded: Vec<Result<Vec<f32>, InferError>> =
-        inputs.iter().map(|(b, _)| floats(b.as_slice())).collect();
-    let valid: Vec<Rows> = decoded
+    let decoded = inputs
         .iter()
-        .zip(&inputs)
-        .filter_map(|(d, (_, width))| {
-            d.as_ref().ok().map(|data| Rows {
-                data,
-                width: *width,
-            })
-        })
+        .map(|(bytes, width)| floats(bytes.as_slice()).map(|data| (data, *width)))
         .collect();
-    let mut outputs = resource.model.decode_batch(&valid).into_iter();
-    decoded
+    merge_errors(decoded, |rows| resource.model.decode_batch(rows))
         .into_iter()
-        .map(|d| match d {
-            Err(e) => Err(reason(e)),
-            Ok(_) => match outputs.next() {
-                Some(out) => out.map_err(reason).and_then(|m| matrix(env, m)),
-                None => Err((atoms::internal(), "a batch output is missing".to_string())),
-            },
-        })
+        .map(|r| r.map_err(reason).and_then(|m| matrix(env, m)))
         .collect()
 }
 

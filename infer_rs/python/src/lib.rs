@@ -171,16 +171,7 @@ fn vae_generate(
 ) -> PyResult<Bound<'_, PyArray2<f32>>> {
     let seed = seed_or_random(seed);
     let out = py
-        .allow_threads(|| {
-            let model = Model::load(&path)?;
-            if model.arch() != "vae" {
-                return Err(infer_core::InferError::WrongArchitecture {
-                    op: "vae_generate",
-                    arch: model.arch(),
-                });
-            }
-            model.generate(n, seed)
-        })
+        .allow_threads(|| Model::vae_generate(&path, n, seed))
         .map_err(py_err)?;
     to_numpy(py, out)
 }
