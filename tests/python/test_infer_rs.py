@@ -10,7 +10,7 @@ import torch
 
 import infer_rs
 from train.export import load
-from train.golden import GOLDEN_DIR
+from train.golden import GOLDEN_DIR, tolerances
 
 
 def max_diff(a, b) -> float:
@@ -45,17 +45,34 @@ def test_gpt_logits_and_greedy_text_equal_torch(trained):
         ref_text = ref.decode(ref.generate(ref.encode(prompt)[None, :], 200)[0])
     assert ours.arch == "gpt" and ours.config["vocab"] == ref.cfg.vocab
     assert max_diff(ours.logits(prompt), ref_logits[0]) <= 1e-4
-    assert ours.generate_text(prompt, 200) == ref_text
+    assert_same_greedy_text(ref, ours.generate_text(prompt, 200), ref_text, len(prompt))
 
 
-def test_gpt_logits_match_on_golden_models():
+def assert_same_greedy_text(ref, ours: str, expected: str, start: int) -> None:
+    """Greedy texts are equal, unless they part where torch's two best logits lie within
+    rounding of a tie: there either choice is a correct float32 evaluation, and the texts
+    may go different ways after it."""
+    if ours == expected:
+        return
+    split = next(i for i, (a, b) in enumerate(zip(ours, expected, strict=False)) if a != b)
+    assert split >= start, "the prompt came back changed"
+    ids = ref.encode(expected[:split])[None, -ref.cfg.block_size :]
+    with torch.no_grad():
+        logits = ref(ids)[0][0, -1]
+    tol = tolerances(ref, {"logits": logits}, {"logits": lambda: ref(ids)})["logits"]
+    ours_id, theirs_id = ref.encode(ours[split]), ref.encode(expected[split])
+    gap = float(logits[theirs_id] - logits[ours_id])
+    assert gap <= 2 * tol, f"texts part at {split}: torch prefers {expected[split]!r} by {gap} > 2 x {tol}"
+
+
+def test_gpt_greedy_text_matches_torch_on_golden_models():
     for name in ("gpt_tiny", "gpt_tiny_post_ln"):
         ref = load(GOLDEN_DIR / f"{name}.safetensors")
         ours = infer_rs.Model(GOLDEN_DIR / f"{name}.safetensors")
         prompt = "hi, bad"
         with torch.no_grad():
             expected = ref.decode(ref.generate(ref.encode(prompt)[None, :], 40)[0])
-        assert ours.generate_text(prompt, 40) == expected
+        assert_same_greedy_text(ref, ours.generate_text(prompt, 40), expected, len(prompt))
 
 
 def test_vae_generate_function(trained):

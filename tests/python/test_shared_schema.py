@@ -7,9 +7,10 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from train.golden import CASES, GOLDEN_DIR, write
+from train.golden import CASES, GOLDEN_DIR, U, reassociation_tolerance, write
 from train.manifest import SCHEMA_DIR
 
 WIRE = SCHEMA_DIR / "wire"
@@ -77,14 +78,43 @@ def test_replies_validate():
 
 
 def test_golden_vectors_reproduce_from_their_generator(tmp_path):
+    """A fresh run of train/golden.py gives the stored files on any CPU. Weights and inputs
+    come from torch's normal sampler (Box-Muller: a log, a cosine and a square root, each
+    within an ulp or two), so they agree to 8 ulps; outputs agree within the reassociation
+    tolerance stored beside them; token ids and tolerances' keys agree exactly."""
     write(tmp_path)
     for name in CASES:
         for suffix in (".safetensors", ".golden.safetensors"):
-            stored = load_file(GOLDEN_DIR / f"{name}{suffix}")
-            fresh = load_file(tmp_path / f"{name}{suffix}")
+            path = GOLDEN_DIR / f"{name}{suffix}"
+            stored, fresh = load_file(path), load_file(tmp_path / f"{name}{suffix}")
+            tolerance = json.loads(safe_open(path, "pt").metadata().get("tolerance", "{}"))
             assert stored.keys() == fresh.keys(), name
             for key, value in stored.items():
-                if value.is_floating_point():
-                    torch.testing.assert_close(fresh[key], value, rtol=0, atol=1e-6, msg=f"{name} {key}")
+                what = f"{name} {key}"
+                if key in tolerance:
+                    torch.testing.assert_close(fresh[key], value, rtol=0, atol=tolerance[key], msg=what)
+                elif value.is_floating_point():
+                    torch.testing.assert_close(fresh[key], value, rtol=8 * U, atol=0, msg=what)
                 else:
                     assert torch.equal(fresh[key], value), f"{name} {key}"
+        if suffix == ".golden.safetensors":
+            fresh_tol = json.loads(safe_open(tmp_path / f"{name}{suffix}", "pt").metadata()["tolerance"])
+            assert fresh_tol.keys() == tolerance.keys(), name
+
+
+def test_reassociation_tolerance_bounds_a_reordered_sum():
+    """The bound holds where it can be checked exactly: a float32 sum of n terms taken
+    forwards and backwards differs by at most 2 gamma_n sum|terms|."""
+    gen = torch.Generator().manual_seed(0)
+    for n in (16, 128, 1024):
+        terms = torch.randn(200, n, generator=gen)
+        forward = terms.clone()
+        backward = terms.flip(1)
+        s_f = torch.zeros(200)
+        s_b = torch.zeros(200)
+        for j in range(n):
+            s_f += forward[:, j]
+            s_b += backward[:, j]
+        magnitude = terms.abs().sum(1)
+        bound = torch.tensor([reassociation_tolerance(n, float(m)) for m in magnitude])
+        assert bool(((s_f - s_b).abs() <= bound).all()), n

@@ -1,5 +1,6 @@
 //! The golden vectors of shared_schema/golden/: outputs PyTorch computed on tiny seeded
-//! models, reproduced by the engine (max abs diff <= 1e-5, identical greedy tokens).
+//! models, reproduced by the engine within the float32 reassociation tolerance stored
+//! beside each output (train/golden.py derives it), and identical greedy tokens.
 
 use infer_core::{Model, Rows, Sampling};
 use safetensors::SafeTensors;
@@ -10,11 +11,47 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared_schema/golden")
 }
 
-/// (shape, f32 values) or (shape, ids) of every tensor in NAME.golden.safetensors.
-fn vectors(name: &str) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
+/// The tensors of NAME.golden.safetensors, as (shape, values), and the tolerance of each
+/// float output.
+struct Golden {
+    tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
+    tolerance: HashMap<String, f64>,
+}
+
+impl std::ops::Index<&str> for Golden {
+    type Output = (Vec<usize>, Vec<f64>);
+    fn index(&self, key: &str) -> &Self::Output {
+        &self.tensors[key]
+    }
+}
+
+impl Golden {
+    /// Asserts that `got` is the output `key` within its stored tolerance.
+    fn assert_close(&self, got: &[f32], key: &str) {
+        let want = &self.tensors[key].1;
+        let tol = self.tolerance[key];
+        assert_eq!(got.len(), want.len(), "{key}: length");
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= tol, "{key}: max abs diff {worst:e} > {tol:e}");
+    }
+}
+
+fn vectors(name: &str) -> Golden {
     let bytes = std::fs::read(golden_dir().join(format!("{name}.golden.safetensors"))).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let tolerance = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("tolerance"))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .expect("golden metadata holds a tolerance");
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
+    let tensors = st
+        .tensors()
         .into_iter()
         .map(|(key, view)| {
             let values: Vec<f64> = match view.dtype() {
@@ -32,7 +69,8 @@ fn vectors(name: &str) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
             };
             (key, (view.shape().to_vec(), values))
         })
-        .collect()
+        .collect();
+    Golden { tensors, tolerance }
 }
 
 fn model(name: &str) -> Model {
@@ -48,26 +86,16 @@ fn rows(tensor: &(Vec<usize>, Vec<f64>)) -> Rows<'static> {
     }
 }
 
-fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).abs())
-        .fold(0.0, f64::max);
-    assert!(worst <= 1e-5, "{what}: max abs diff {worst:e} > 1e-5");
-}
-
 #[test]
 fn vae_decode_and_encode() {
     let v = vectors("vae_tiny");
     let m = model("vae_tiny");
     let out = m.decode(rows(&v["decode.z"])).unwrap();
     assert_eq!(vec![out.rows, out.cols], v["decode.x"].0);
-    assert_close(&out.data, &v["decode.x"].1, "decode");
+    v.assert_close(&out.data, "decode.x");
     let (mu, logvar) = m.encode(rows(&v["encode.x"])).unwrap();
-    assert_close(&mu.data, &v["encode.mu"].1, "mu");
-    assert_close(&logvar.data, &v["encode.logvar"].1, "logvar");
+    v.assert_close(&mu.data, "encode.mu");
+    v.assert_close(&logvar.data, "encode.logvar");
 }
 
 #[test]
@@ -75,7 +103,7 @@ fn wgan_generate_from_z() {
     let v = vectors("wgan_tiny");
     let out = model("wgan_tiny").decode(rows(&v["generate.z"])).unwrap();
     assert_eq!(vec![out.rows, out.cols], v["generate.x"].0);
-    assert_close(&out.data, &v["generate.x"].1, "generate");
+    v.assert_close(&out.data, "generate.x");
 }
 
 fn check_gpt(name: &str) {
@@ -85,7 +113,7 @@ fn check_gpt(name: &str) {
     };
     let prompt: Vec<u32> = v["prompt.ids"].1.iter().map(|&x| x as u32).collect();
     let logits = gpt.logits(&prompt).unwrap();
-    assert_close(&logits.data, &v["prompt.logits"].1, "logits");
+    v.assert_close(&logits.data, "prompt.logits");
     for key in ["greedy_within_block.ids", "greedy_past_block.ids"] {
         let want: Vec<u32> = v[key].1.iter().map(|&x| x as u32).collect();
         let got = gpt
@@ -130,7 +158,10 @@ fn same_seed_same_output() {
 
 #[test]
 fn batched_calls_equal_single_calls() {
-    for name in ["vae_tiny", "wgan_tiny"] {
+    // A batch may take another kernel than a single call, so the two agree within the
+    // reassociation tolerance of the same output, not bit for bit.
+    for (name, output) in [("vae_tiny", "decode.x"), ("wgan_tiny", "generate.x")] {
+        let tol = vectors(name).tolerance[output] as f32;
         let m = model(name);
         let requests = [(3, 1), (0, 2), (1, 3), (7, 4), (5000, 5)];
         let batched = m.generate_batch(&requests);
@@ -145,7 +176,7 @@ fn batched_calls_equal_single_calls() {
                         .zip(&got.data)
                         .map(|(a, b)| (a - b).abs())
                         .fold(0f32, f32::max);
-                    assert!(worst <= 1e-6, "{name} n={n}: {worst}");
+                    assert!(worst <= tol, "{name} n={n}: {worst} > {tol}");
                 }
                 (Err(want), Err(got)) => assert_eq!(want.to_string(), got.to_string()),
                 (want, got) => panic!("{name} n={n}: {want:?} vs {got:?}"),
