@@ -8,6 +8,8 @@ defmodule ServeEx.EngineTest do
   doctest ServeEx.Config
   doctest ServeEx.Reply
   doctest ServeEx.Request
+  doctest ServeEx.ReplyTo
+  doctest ServeEx.Pipeline.Acknowledger
 
   defp model(name) do
     {:ok, model} = Engine.load(Paths.golden("#{name}.safetensors"), name)

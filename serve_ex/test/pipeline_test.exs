@@ -6,6 +6,9 @@ defmodule ServeEx.PipelineTest do
   alias ServeEx.{Config, Connection, Engine, ModelRegistry}
   alias ServeEx.Test.Paths
 
+  # a broker-generated name, as a client's exclusive reply queue has
+  @reply_queue "amq.gen-Y2xpZW50LXJlcGx5LXF1ZQ"
+
   setup do
     Application.put_env(:serve_ex, :amqp, ServeEx.AMQP.Fake)
     Application.put_env(:serve_ex, :fake_amqp_owner, self())
@@ -15,10 +18,23 @@ defmodule ServeEx.PipelineTest do
       Config.from_env(%{"BATCH_SIZE" => "64", "BATCH_TIMEOUT_MS" => "30", "PROCESSORS" => "2"})
 
     start_supervised!({Connection, url: config.amqp_url, queue: config.request_queue})
+
+    start_supervised!(
+      {Connection,
+       url: config.amqp_url, queue: config.request_queue, name: ServeEx.ReplyConnection},
+      id: :reply_connection
+    )
+
     start_supervised!({ServeEx.Pipeline.Supervisor, config})
     assert_receive {:consume, producer, _chan, "serve_ex.requests", 128}, 2_000
 
-    on_exit(fn -> Application.delete_env(:serve_ex, :amqp) end)
+    on_exit(fn ->
+      for key <- [:amqp, :fake_unroutable, :fake_refused],
+          do: Application.delete_env(:serve_ex, key)
+
+      ServeEx.Status.set_draining(false)
+    end)
+
     %{producer: producer}
   end
 
@@ -26,7 +42,7 @@ defmodule ServeEx.PipelineTest do
     meta = %{
       delivery_tag: tag,
       redelivered: Keyword.get(opts, :redelivered, false),
-      reply_to: Keyword.get(opts, :reply_to, "replies"),
+      reply_to: Keyword.get(opts, :reply_to, @reply_queue),
       correlation_id: "c#{tag}"
     }
 
@@ -35,7 +51,7 @@ defmodule ServeEx.PipelineTest do
 
   defp reply_for(tag) do
     cid = "c#{tag}"
-    assert_receive {:published, "replies", body, ^cid}, 2_000
+    assert_receive {:published, @reply_queue, body, ^cid}, 2_000
     :jsx.decode(body, [:return_maps])
   end
 
@@ -107,5 +123,79 @@ defmodule ServeEx.PipelineTest do
     assert new_producer != producer
     deliver(new_producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 40)
     assert %{"ok" => true} = reply_for(40)
+  end
+
+  test "a reply_to that is not an accepted name gets no publish and is dead-lettered",
+       %{producer: producer} do
+    body = ~s({"v": 1, "model": "vae", "op": "generate", "n": 1})
+
+    for {name, tag} <- [
+          {"amq.rabbitmq.reply-to.AAAA.BBBB", 50},
+          {"serve_ex.requests", 51},
+          {"serve_ex.dead", 52}
+        ] do
+      deliver(producer, body, tag, reply_to: name)
+      assert_receive {:reject, ^tag, false}, 2_000
+      refute_received {:published, ^name, _, _}
+    end
+  end
+
+  test "an unroutable reply is acked and counted, not dropped silently or recomputed",
+       %{producer: producer} do
+    gone = "amq.gen-" <> String.duplicate("g", 22)
+    Application.put_env(:serve_ex, :fake_unroutable, [gone])
+    before = unroutable_count()
+    deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 60, reply_to: gone)
+    assert_receive {:published, ^gone, _, "c60"}, 2_000
+    assert_receive {:ack, 60}, 2_000
+    assert unroutable_count() == before + 1
+  end
+
+  defp unroutable_count do
+    case :prometheus_counter.value(:serve_ex_requests_total, ["vae", :unroutable]) do
+      :undefined -> 0
+      n -> n
+    end
+  end
+
+  test "a reply the broker refuses is dead-lettered, never computed again", %{producer: producer} do
+    refused = "amq.gen-" <> String.duplicate("r", 22)
+    Application.put_env(:serve_ex, :fake_refused, [refused])
+
+    deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 70,
+      reply_to: refused
+    )
+
+    assert_receive {:published, ^refused, _, "c70"}, 2_000
+    assert_receive {:reject, 70, false}, 2_000
+    refute_receive {:published, ^refused, _, "c70"}, 200
+  end
+
+  test "a bad number fails only its own request; its batch neighbours are answered",
+       %{producer: producer} do
+    good =
+      ~s({"v": 1, "model": "vae", "op": "decode", "z": [[#{Enum.join(List.duplicate("0.5", 20), ",")}]]})
+
+    huge =
+      ~s({"v": 1, "model": "vae", "op": "decode", "z": [[1#{String.duplicate("0", 320)}#{String.duplicate(",0", 19)}]]})
+
+    deliver(producer, good, 80)
+    deliver(producer, huge, 81)
+    deliver(producer, good, 82)
+    assert %{"ok" => true} = reply_for(80)
+    assert %{"ok" => false, "error" => %{"code" => "invalid_argument"}} = reply_for(81)
+    assert %{"ok" => true} = reply_for(82)
+  end
+
+  test "a drain cancels the consumer, lets work in flight finish, and counts it out",
+       %{producer: producer} do
+    for tag <- 90..93,
+        do: deliver(producer, ~s({"v": 1, "model": "wgan", "op": "generate", "n": 2}), tag)
+
+    assert ServeEx.Drain.run(5_000) == 0
+    assert_received :cancelled
+    for tag <- 90..93, do: assert_received({:ack, ^tag})
+    refute ServeEx.Status.consuming?()
+    assert ServeEx.InFlight.count() == 0
   end
 end

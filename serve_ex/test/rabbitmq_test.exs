@@ -14,6 +14,12 @@ defmodule ServeEx.RabbitMQTest do
     queue = "serve_ex.test.#{System.unique_integer([:positive])}"
     config = Config.from_env(%{"REQUEST_QUEUE" => queue, "BATCH_TIMEOUT_MS" => "5"})
     start_supervised!({Connection, url: config.amqp_url, queue: queue})
+
+    start_supervised!(
+      {Connection, url: config.amqp_url, queue: queue, name: ServeEx.ReplyConnection},
+      id: :reply_connection
+    )
+
     start_supervised!({ServeEx.Pipeline.Supervisor, config})
 
     {:ok, params} = :amqp_uri.parse(~c"amqp://guest:guest@127.0.0.1:5672")

@@ -34,8 +34,9 @@ def test_schemas_are_valid_json_schemas():
 def test_example_validates_as_labelled(example):
     assert example["expect"] == "ok" or example["expect"] in ERRORS["codes"]
     if "raw" in example:
-        with pytest.raises(json.JSONDecodeError):
-            json.loads(example["raw"])
+        # bytes no schema can judge: not JSON at all, or JSON the wire format refuses
+        # before any schema applies (a repeated key, nesting deeper than any request)
+        assert example["expect"] == "malformed_request"
         return
     valid = jsonschema.Draft202012Validator(REQUEST).is_valid(example["body"])
     assert valid == example["schema_valid"]

@@ -8,7 +8,7 @@
 //! tokens are the same as without a cache, as in `train/`.
 
 use crate::error::{InferError, Result};
-use crate::limits::{MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE};
+use crate::limits::{MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{layer_norm, linear, LayerNorm, Linear, Module, VarBuilder};
@@ -343,6 +343,12 @@ fn check_sampling(max_new_tokens: usize, s: Sampling, vocab: usize) -> Result<()
     if !s.temperature.is_finite() || s.temperature < 0.0 {
         return Err(InferError::InvalidArgument(format!(
             "temperature must be a finite number >= 0, got {}",
+            s.temperature
+        )));
+    }
+    if s.temperature > 0.0 && s.temperature < MIN_TEMPERATURE {
+        return Err(InferError::InvalidArgument(format!(
+            "temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {}",
             s.temperature
         )));
     }

@@ -10,6 +10,9 @@ pub const MAX_NEW_TOKENS: usize = 1024;
 pub const MAX_PROMPT_CHARS: usize = 1024;
 /// Highest sampling temperature.
 pub const MAX_TEMPERATURE: f32 = 10.0;
+/// Lowest sampling temperature above 0 (greedy): below it, logits / temperature
+/// overflows float32 and the softmax weights become NaN.
+pub const MIN_TEMPERATURE: f32 = 0.01;
 
 #[cfg(test)]
 mod tests {
@@ -27,6 +30,10 @@ mod tests {
         assert_eq!(
             limits["max_temperature"].as_f64(),
             Some(MAX_TEMPERATURE as f64)
+        );
+        assert_eq!(
+            limits["min_temperature"].as_f64().map(|t| t as f32),
+            Some(MIN_TEMPERATURE)
         );
     }
 }

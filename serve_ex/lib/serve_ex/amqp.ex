@@ -22,22 +22,38 @@ defmodule ServeEx.AMQP do
   @callback open_channel(conn()) :: {:ok, chan()} | {:error, term()}
   @callback close_channel(chan()) :: :ok
   @callback declare_topology(chan(), queue :: String.t()) :: :ok
-  @callback consume(chan(), queue :: String.t(), prefetch :: pos_integer()) :: :ok
+  @doc "Subscribes the calling process; returns the consumer tag."
+  @callback consume(chan(), queue :: String.t(), prefetch :: pos_integer()) ::
+              {:ok, consumer_tag :: String.t()}
+  @doc "Cancels a consumer (`basic.cancel`): the broker sends it nothing more."
+  @callback cancel(chan(), consumer_tag :: String.t()) :: :ok
+  @doc "Nacks every unacked delivery of the channel with requeue (`basic.nack`, multiple)."
+  @callback requeue_all(chan()) :: :ok
   @callback ack(chan(), delivery_tag :: non_neg_integer()) :: :ok
   @callback reject(chan(), delivery_tag :: non_neg_integer(), requeue :: boolean()) :: :ok
-  @doc "Puts the channel in publisher-confirm mode; confirms go to `handler` (see `classify/1`)."
+  @doc """
+  Puts the channel in publisher-confirm mode; confirms, and the returns of mandatory
+  publishes that no queue took, go to `handler` (see `classify/1`).
+  """
   @callback confirm_select(chan(), handler :: pid()) :: :ok
+  @doc """
+  Publishes a reply with `mandatory` set through the default exchange; `seqno` travels
+  as its message id, so a return can be matched to the publish.
+  """
   @callback publish(
               chan(),
               routing_key :: String.t(),
               payload :: iodata(),
-              correlation_id :: String.t() | nil
+              correlation_id :: String.t() | nil,
+              seqno :: pos_integer()
             ) ::
               :ok
   @callback classify(message :: term()) ::
               {:deliver, payload :: binary(), meta()}
               | {:confirm, seqno :: pos_integer(), multiple :: boolean(), :ack | :nack}
+              | {:returned, seqno :: pos_integer() | nil}
               | :consume_ok
+              | :cancel_ok
               | :cancelled
               | :other
 

@@ -2,36 +2,66 @@ defmodule ServeEx.Application do
   @moduledoc """
   The supervision tree, `:rest_for_one` because each child needs the ones before it:
 
-  1. `ServeEx.ModelRegistry`: the models, loaded once;
-  2. `ServeEx.HTTP`: health and metrics, up even while the broker is not;
-  3. `ServeEx.Connection`: the broker connection, reconnecting with backoff;
-  4. `ServeEx.Pipeline.Supervisor`: producer, processors, batchers, reply publisher.
+  1. `ServeEx.ModelRegistry`: the models, loaded and warmed once;
+  2. `ServeEx.HTTP`: live, ready and metrics, up even while the broker is not;
+  3. `ServeEx.Connection`: the consuming connection, reconnecting with backoff;
+  4. `ServeEx.ReplyConnection` (a second `ServeEx.Connection`): the one replies are
+     published on, so that a broker-side close of the reply path never takes the
+     consumer's deliveries with it;
+  5. `ServeEx.Pipeline.Supervisor`: producer, processors, batchers, reply publisher.
 
   A dead connection manager restarts the pipeline after it; a dead pipeline leaves the
-  models and the connection alone.
+  models and the connections alone.
+
+  Stopping (SIGTERM, `ServeEx.stop/0`) drains first: `prep_stop/1` runs
+  `ServeEx.Drain`. If the top supervisor gives up, the application stops, and in a
+  release (where it is permanent) the VM exits with a non-zero status, so that an
+  orchestrator restarts it.
   """
   use Application
+
+  alias ServeEx.{Config, Connection}
 
   @impl true
   def start(_type, _args) do
     ServeEx.Metrics.setup()
+    ServeEx.InFlight.setup()
+    ServeEx.Status.set_draining(false)
 
-    children =
-      if Application.get_env(:serve_ex, :start_service, true) do
-        config = ServeEx.Config.from_env()
-        # read by the engine's thread pool when the first model loads
-        System.put_env("RAYON_NUM_THREADS", Integer.to_string(config.engine_threads))
+    if Application.get_env(:serve_ex, :start_service, true) do
+      config = Config.from_env()
+      # read by the engine's thread pool when the first model loads
+      System.put_env("RAYON_NUM_THREADS", Integer.to_string(config.engine_threads))
 
-        [
-          {ServeEx.ModelRegistry, config.model_dir},
-          {ServeEx.HTTP, config},
-          {ServeEx.Connection, url: config.amqp_url, queue: config.request_queue},
-          {ServeEx.Pipeline.Supervisor, config}
-        ]
-      else
-        []
-      end
+      children = [
+        {ServeEx.ModelRegistry, config.model_dir},
+        {ServeEx.HTTP, config},
+        Supervisor.child_spec(
+          {Connection, url: config.amqp_url, queue: config.request_queue},
+          id: Connection
+        ),
+        Supervisor.child_spec(
+          {Connection,
+           url: config.amqp_url, queue: config.request_queue, name: ServeEx.ReplyConnection},
+          id: ServeEx.ReplyConnection
+        ),
+        {ServeEx.Pipeline.Supervisor, config}
+      ]
 
-    Supervisor.start_link(children, strategy: :rest_for_one, name: ServeEx.Supervisor)
+      with {:ok, pid} <- start_tree(children), do: {:ok, pid, config}
+    else
+      start_tree([])
+    end
   end
+
+  @impl true
+  def prep_stop(%Config{} = config) do
+    ServeEx.Drain.run(config.drain_timeout_ms)
+    config
+  end
+
+  def prep_stop(state), do: state
+
+  defp start_tree(children),
+    do: Supervisor.start_link(children, strategy: :rest_for_one, name: ServeEx.Supervisor)
 end

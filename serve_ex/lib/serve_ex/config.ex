@@ -12,7 +12,9 @@ defmodule ServeEx.Config do
   | `BATCH_SIZE` | `64` | rows (images or prompts) that make a batcher flush |
   | `BATCH_TIMEOUT_MS` | `0` | longest wait before a partial batch flushes; 0 flushes as soon as the batcher has taken in every request already waiting for it, so batches grow with load and a lone request never waits |
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
-  | `ENGINE_THREADS` | `1` | threads per engine call; the VM already runs one call per dirty CPU scheduler, and a second engine thread per call only fights them for the cores |
+  | `ENGINE_THREADS` | `1` | threads per engine call (up to the machine's core count); the VM already runs one call per dirty CPU scheduler, so more threads per call only pay off with fewer concurrent calls than cores |
+  | `REPLY_QUEUE_PREFIX` | `serve_ex.reply.` | besides broker-generated and direct reply-to names, `reply_to` may name a queue under this prefix (`ServeEx.ReplyTo`); empty turns it off |
+  | `DRAIN_TIMEOUT_MS` | `10000` | on SIGTERM or `ServeEx.stop/0`, how long in-flight work may take to finish before it is requeued |
   | `HTTP_IP` | `127.0.0.1` | address of the health and metrics endpoint |
   | `HTTP_PORT` | `9090` | its port |
   """
@@ -25,7 +27,15 @@ defmodule ServeEx.Config do
     :batch_size,
     :batch_timeout_ms
   ]
-  defstruct @enforce_keys ++ [:prefetch, :engine_threads, :http_ip, :http_port]
+  defstruct @enforce_keys ++
+              [
+                :prefetch,
+                :engine_threads,
+                :http_ip,
+                :http_port,
+                :reply_queue_prefix,
+                :drain_timeout_ms
+              ]
 
   @type t :: %__MODULE__{}
 
@@ -49,9 +59,11 @@ defmodule ServeEx.Config do
       batch_size: batch_size,
       batch_timeout_ms: int(env, "BATCH_TIMEOUT_MS", 0, 0..10_000),
       prefetch: int(env, "PREFETCH", 2 * batch_size, 1..65_535),
-      engine_threads: int(env, "ENGINE_THREADS", 1, 1..2),
+      engine_threads: int(env, "ENGINE_THREADS", 1, 1..System.schedulers_online()),
       http_ip: ip(env),
-      http_port: int(env, "HTTP_PORT", 9090, 0..65_535)
+      http_port: int(env, "HTTP_PORT", 9090, 0..65_535),
+      reply_queue_prefix: reply_prefix(env),
+      drain_timeout_ms: int(env, "DRAIN_TIMEOUT_MS", 10_000, 0..600_000)
     }
   end
 
@@ -94,6 +106,18 @@ defmodule ServeEx.Config do
         raise(
           ArgumentError,
           "REQUEST_QUEUE must be 1-200 letters, digits or _.:-, got #{inspect(name)}"
+        )
+  end
+
+  defp reply_prefix(env) do
+    prefix = Map.get(env, "REPLY_QUEUE_PREFIX", "serve_ex.reply.")
+
+    if prefix =~ ~r/\A[A-Za-z0-9_.:-]{0,100}\z/ and not String.starts_with?(prefix, "amq."),
+      do: prefix,
+      else:
+        raise(
+          ArgumentError,
+          "REPLY_QUEUE_PREFIX must be up to 100 letters, digits or _.:- and not start with amq., got #{inspect(prefix)}"
         )
   end
 

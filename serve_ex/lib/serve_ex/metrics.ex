@@ -3,10 +3,12 @@ defmodule ServeEx.Metrics do
   Prometheus metrics (the `prometheus` Erlang library), served as text on `/metrics`:
 
   - `serve_ex_requests_total{model, outcome}`: settled requests; outcome is `ok`, a
-    wire error code, `retried` or `dead_lettered`;
+    wire error code, `retried`, `dead_lettered`, `unroutable` (no queue took the
+    reply), `reply_refused` (the broker nacked it) or `quarantined`;
   - `serve_ex_batch_rows`: rows per engine call (histogram);
   - `serve_ex_request_duration_ms`: receipt to ack (histogram);
-  - `serve_ex_redeliveries_total`: deliveries the broker flagged as redelivered.
+  - `serve_ex_redeliveries_total`: deliveries the broker flagged as redelivered;
+  - `serve_ex_drain_duration_ms`: how long the last drain took (gauge).
   """
 
   @spec setup() :: :ok
@@ -34,6 +36,11 @@ defmodule ServeEx.Metrics do
       help: "Redelivered requests received"
     )
 
+    :prometheus_gauge.declare(
+      name: :serve_ex_drain_duration_ms,
+      help: "Duration of the last drain, in milliseconds"
+    )
+
     :ok
   end
 
@@ -50,6 +57,9 @@ defmodule ServeEx.Metrics do
 
   @spec redelivery() :: :ok
   def redelivery, do: :prometheus_counter.inc(:serve_ex_redeliveries_total)
+
+  @spec drain(non_neg_integer()) :: :ok
+  def drain(ms), do: :prometheus_gauge.set(:serve_ex_drain_duration_ms, ms)
 
   @spec text() :: binary()
   def text, do: :prometheus_text_format.format()

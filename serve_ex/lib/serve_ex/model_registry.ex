@@ -3,6 +3,11 @@ defmodule ServeEx.ModelRegistry do
   Loads every `*.safetensors` in the model directory at start and serves them by id
   (the file name without extension). Clients name models by id, never by path.
 
+  Only regular files are read (a FIFO or a device named `*.safetensors` would block
+  or mislead the loader), and only names that are valid ids (`ServeEx.Request.valid_id?/1`).
+  Each model runs one tiny forward pass before it is served, so a model that loads
+  but cannot compute is never announced as ready.
+
   Models are kept in `:persistent_term`: lookups cost no message, and a model is one
   shared NIF resource. A file the engine refuses is logged with the reason and left
   out; the rest are served.
@@ -10,7 +15,7 @@ defmodule ServeEx.ModelRegistry do
   use GenServer
   require Logger
 
-  alias ServeEx.Engine
+  alias ServeEx.{Engine, Request}
 
   @key {__MODULE__, :models}
 
@@ -36,11 +41,12 @@ defmodule ServeEx.ModelRegistry do
       |> Enum.flat_map(fn path ->
         id = Path.basename(path, ".safetensors")
 
-        case Engine.load(path, id) do
-          {:ok, model} ->
-            Logger.info("serving #{model.arch} model '#{id}' from #{path}")
-            [{id, model}]
-
+        with :ok <- servable_file(path, id),
+             {:ok, model} <- Engine.load(path, id),
+             :ok <- warm_up(model) do
+          Logger.info("serving #{model.arch} model '#{id}' from #{path}")
+          [{id, model}]
+        else
           {:error, {_kind, message}} ->
             Logger.error("not serving #{path}: #{message}")
             []
@@ -51,6 +57,37 @@ defmodule ServeEx.ModelRegistry do
     if models == %{}, do: Logger.error("no servable *.safetensors in #{Path.expand(dir)}")
     :persistent_term.put(@key, models)
     models
+  end
+
+  defp servable_file(path, id) do
+    cond do
+      not Request.valid_id?(id) ->
+        {:error, {:bad_model, "#{inspect(id)} is not a valid model id (a-z, 0-9, _.-)"}}
+
+      match?({:ok, %File.Stat{type: :regular}}, File.lstat(path)) ->
+        :ok
+
+      true ->
+        {:error, {:bad_model, "not a regular file"}}
+    end
+  end
+
+  # One row through the model: the engine's code paths and pages are touched before the
+  # first client's request, and a model that cannot compute is not served.
+  defp warm_up(%Engine{arch: :gpt} = model) do
+    first = model.config["vocab"] |> String.first()
+
+    case Engine.generate_text_batch(model, [{first, 1, 0.0, 0, 0}]) do
+      [{:ok, _}] -> :ok
+      [error] -> error
+    end
+  end
+
+  defp warm_up(model) do
+    case Engine.generate_batch(model, [{1, 0}]) do
+      [{:ok, _}] -> :ok
+      [error] -> error
+    end
   end
 
   @impl true

@@ -13,8 +13,17 @@ defmodule ServeEx.Reply do
       encode(%{
         "v" => 1,
         "ok" => false,
-        "error" => %{"code" => Atom.to_string(code), "message" => message}
+        "error" => %{"code" => Atom.to_string(code), "message" => bounded(message)}
       })
+
+  @max_message_chars 300
+
+  # An error message never grows with the input it describes.
+  defp bounded(message) do
+    if String.length(message) > @max_message_chars,
+      do: String.slice(message, 0, @max_message_chars - 3) <> "...",
+      else: message
+  end
 
   @doc """
   A tensor reply: the shape and the base64 the engine produced. Built as iodata: base64

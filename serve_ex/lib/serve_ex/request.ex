@@ -16,6 +16,12 @@ defmodule ServeEx.Request do
   @limits @schema_dir |> Path.join("limits.json") |> File.read!() |> :jsx.decode([:return_maps])
   @errors @schema_dir |> Path.join("errors.json") |> File.read!() |> :jsx.decode([:return_maps])
   @max_body_bytes @limits["max_body_bytes"]
+  # The largest finite float32; a tensor value beyond it cannot be sent to the engine.
+  @f32_max 3.4028234663852886e38
+  # A valid body opens one object and at most one list per row plus one; twice that
+  # leaves room for a too-large body to be told so, and more means a body built to be
+  # expensive to parse.
+  @max_brackets 2 * (max(@limits["max_z_rows"], @limits["max_x_rows"]) + 2)
   @ops_by_arch Map.new(@errors["ops"], fn {arch, ops} -> {String.to_atom(arch), ops} end)
   @all_ops @ops_by_arch |> Map.values() |> List.flatten() |> Enum.uniq()
   @fields %{
@@ -52,6 +58,7 @@ defmodule ServeEx.Request do
           {:ok, t()} | {:error, code(), String.t()}
   def parse(body, lookup) do
     with :ok <- check_size(body),
+         :ok <- check_brackets(body),
          {:ok, map} <- decode_json(body),
          :ok <- check_version(map),
          {:ok, id, op} <- model_and_op(map),
@@ -70,14 +77,43 @@ defmodule ServeEx.Request do
 
   defp check_size(_body), do: :ok
 
+  # Counts brackets with the VM's binary search, stopping at the limit: a 1 MiB body of
+  # nested lists is refused after a few hundred bytes, before any parsing.
+  defp check_brackets(body), do: count_brackets(body, 0, 0)
+
+  defp count_brackets(_body, _from, count) when count > @max_brackets,
+    do: malformed("the body nests more lists or objects than any request needs")
+
+  defp count_brackets(body, from, count) do
+    case :binary.match(body, ["[", "{"], scope: {from, byte_size(body) - from}) do
+      {at, 1} -> count_brackets(body, at + 1, count + 1)
+      :nomatch -> :ok
+    end
+  end
+
+  # Strict UTF-8, and objects decoded as key lists first so that a repeated key is an
+  # error rather than silently "last one wins".
   defp decode_json(body) do
-    case :jsx.decode(body, [:return_maps]) do
-      map when is_map(map) -> {:ok, map}
+    case :jsx.decode(body, [{:return_maps, false}, {:strict, [:utf8]}]) do
+      [{key, _} | _] = pairs when is_binary(key) -> object(pairs)
       _ -> malformed("the body must be a JSON object")
     end
   rescue
     _ -> malformed("the body is not valid JSON (UTF-8)")
+  catch
+    :duplicate_key -> malformed("the body repeats a key")
   end
+
+  defp object(pairs) do
+    keys = Enum.map(pairs, &elem(&1, 0))
+    if length(Enum.uniq(keys)) != length(keys), do: throw(:duplicate_key)
+    {:ok, Map.new(pairs, fn {k, v} -> {k, value(v)} end)}
+  end
+
+  defp value([{}]), do: %{}
+  defp value([{key, _} | _] = pairs) when is_binary(key), do: elem(object(pairs), 1)
+  defp value(list) when is_list(list), do: Enum.map(list, &value/1)
+  defp value(other), do: other
 
   defp check_version(%{"v" => 1}), do: :ok
 
@@ -88,7 +124,7 @@ defmodule ServeEx.Request do
 
   defp model_and_op(%{"model" => id, "op" => op}) when is_binary(id) and is_binary(op) do
     cond do
-      not Regex.match?(~r/^[a-z0-9][a-z0-9_.-]{0,63}$/, id) ->
+      not valid_id?(id) ->
         {:error, :unknown_model,
          "\"model\" must be a registry id such as \"vae\", not #{inspect(id)}"}
 
@@ -102,12 +138,31 @@ defmodule ServeEx.Request do
 
   defp model_and_op(_), do: malformed("\"model\" and \"op\" are required strings")
 
+  @doc ~S"""
+  Whether `id` can name a model: lowercase letters, digits and `_.-`, at most 64, the
+  whole string (no trailing newline), so an id can never name a path.
+
+      iex> ServeEx.Request.valid_id?("vae")
+      true
+      iex> ServeEx.Request.valid_id?("vae\n")
+      false
+      iex> ServeEx.Request.valid_id?("../vae")
+      false
+  """
+  @spec valid_id?(String.t()) :: boolean()
+  def valid_id?(id), do: Regex.match?(~r/\A[a-z0-9][a-z0-9_.-]{0,63}\z/, id)
+
   defp check_fields(map, op) do
     allowed = ["v", "model", "op" | @fields[op]]
 
     case Map.keys(map) -- allowed do
-      [] -> :ok
-      extra -> malformed("unexpected field(s) #{Enum.join(extra, ", ")} for op #{op}")
+      [] ->
+        :ok
+
+      extra ->
+        malformed(
+          "#{length(extra)} unexpected field(s) for op #{op}; allowed: #{Enum.join(allowed, ", ")}"
+        )
     end
   end
 
@@ -132,7 +187,7 @@ defmodule ServeEx.Request do
          {:ok, max_new} <-
            integer(map, "max_new_tokens", :required, 1, @limits["max_new_tokens"]),
          {:ok, temperature} <- temperature(map),
-         {:ok, top_k} <- integer(map, "top_k", 0, 1, nil),
+         {:ok, top_k} <- integer(map, "top_k", 0, 1, @limits["max_top_k"]),
          {:ok, seed} <- seed(map) do
       {:ok,
        %{
@@ -154,7 +209,7 @@ defmodule ServeEx.Request do
         {:ok, default}
 
       {:ok, v} when not is_integer(v) ->
-        malformed("\"#{key}\" must be an integer, got #{inspect(v)}")
+        malformed("\"#{key}\" must be an integer")
 
       {:ok, v} when v < min ->
         invalid("\"#{key}\" must be at least #{min}, got #{v}")
@@ -174,13 +229,16 @@ defmodule ServeEx.Request do
     end
   end
 
+  # Between 0 (greedy) and min_temperature, logits / t overflows float32 and sampling
+  # would draw from NaN weights.
   defp temperature(map) do
-    max = @limits["max_temperature"]
+    {min, max} = {@limits["min_temperature"], @limits["max_temperature"]}
 
     case Map.get(map, "temperature", 0.0) do
       t when not is_number(t) -> malformed("\"temperature\" must be a number")
-      t when t < 0 -> invalid("\"temperature\" must be >= 0 (0 is greedy), got #{t}")
-      t when t > max -> too_large("\"temperature\" is #{t}, above the limit of #{max}")
+      t when t < 0 -> invalid("\"temperature\" must be >= 0 (0 is greedy)")
+      t when t > 0 and t < min -> invalid("\"temperature\" must be 0 (greedy) or at least #{min}")
+      t when t > max -> too_large("\"temperature\" is above the limit of #{max}")
       t -> {:ok, t * 1.0}
     end
   end
@@ -211,7 +269,7 @@ defmodule ServeEx.Request do
         invalid("\"#{key}\" has no rows")
 
       rows when length(rows) > limit ->
-        too_large("\"#{key}\" has #{length(rows)} rows, above the limit of #{limit}")
+        too_large("\"#{key}\" has more rows than the limit of #{limit}")
 
       rows ->
         cond do
@@ -224,6 +282,9 @@ defmodule ServeEx.Request do
           rows |> Enum.map(&length/1) |> Enum.uniq() |> length() > 1 ->
             invalid("the rows of \"#{key}\" have different widths")
 
+          not Enum.all?(rows, fn row -> Enum.all?(row, &(abs(&1) <= @f32_max)) end) ->
+            invalid("every value of \"#{key}\" must be a finite number within float32 range")
+
           true ->
             {:ok, rows}
         end
@@ -233,7 +294,7 @@ defmodule ServeEx.Request do
   defp find_model(lookup, id) do
     case lookup.(id) do
       {:ok, model} -> {:ok, model}
-      :error -> {:error, :unknown_model, "no model '#{id}' is served"}
+      :error -> {:error, :unknown_model, "no model #{inspect(id)} is served"}
     end
   end
 

@@ -35,7 +35,20 @@ defmodule ServeEx.AMQP.Fake do
   @impl true
   def declare_topology(_chan, _queue), do: :ok
   @impl true
-  def consume(chan, queue, prefetch), do: report({:consume, self(), chan, queue, prefetch})
+  def consume(chan, queue, prefetch) do
+    report({:consume, self(), chan, queue, prefetch})
+    {:ok, "fake-consumer"}
+  end
+
+  # The broker's cancel_ok reaches the consumer after the deliveries sent before it.
+  @impl true
+  def cancel(_chan, _tag) do
+    send(self(), :fake_cancel_ok)
+    report(:cancelled)
+  end
+
+  @impl true
+  def requeue_all(_chan), do: report(:requeued_all)
   @impl true
   def ack(_chan, tag), do: report({:ack, tag})
   @impl true
@@ -43,17 +56,24 @@ defmodule ServeEx.AMQP.Fake do
   @impl true
   def confirm_select(_chan, _handler), do: :ok
 
-  # Confirms each publish at once, numbering them as the broker would.
+  # Confirms each publish at once, as the broker would; a routing key listed in
+  # `:fake_unroutable` is returned first, one in `:fake_refused` is nacked.
   @impl true
-  def publish(_chan, routing_key, payload, correlation_id) do
-    seqno = Process.get(:fake_seqno, 0) + 1
-    Process.put(:fake_seqno, seqno)
-    send(self(), {:fake_confirm, seqno})
+  def publish(_chan, routing_key, payload, correlation_id, seqno) do
+    if routing_key in Application.get_env(:serve_ex, :fake_unroutable, []),
+      do: send(self(), {:fake_return, seqno})
+
+    verdict =
+      if routing_key in Application.get_env(:serve_ex, :fake_refused, []), do: :nack, else: :ack
+
+    send(self(), {:fake_confirm, seqno, verdict})
     report({:published, routing_key, IO.iodata_to_binary(payload), correlation_id})
   end
 
   @impl true
   def classify({:fake_deliver, payload, meta}), do: {:deliver, payload, meta}
-  def classify({:fake_confirm, seqno}), do: {:confirm, seqno, false, :ack}
+  def classify({:fake_confirm, seqno, verdict}), do: {:confirm, seqno, false, verdict}
+  def classify({:fake_return, seqno}), do: {:returned, seqno}
+  def classify(:fake_cancel_ok), do: :cancel_ok
   def classify(_), do: :other
 end

@@ -23,8 +23,18 @@ defmodule ServeEx.AMQP.Client do
     :ok
   end
 
+  # open_channel may also answer a bare :closing (the connection is going down); every
+  # answer but {:ok, chan} is an error for the caller.
   @impl true
-  def open_channel(conn), do: :amqp_connection.open_channel(conn)
+  def open_channel(conn) do
+    case :amqp_connection.open_channel(conn) do
+      {:ok, chan} -> {:ok, chan}
+      {:error, reason} -> {:error, reason}
+      other -> {:error, other}
+    end
+  catch
+    :exit, reason -> {:error, {:exit, reason}}
+  end
 
   @impl true
   def close_channel(chan) do
@@ -82,11 +92,21 @@ defmodule ServeEx.AMQP.Client do
     qos_ok = :"basic.qos_ok"
     {^qos_ok} = :amqp_channel.call(chan, r_basic_qos(prefetch_count: prefetch))
 
-    r_basic_consume_ok(consumer_tag: _) =
+    r_basic_consume_ok(consumer_tag: tag) =
       :amqp_channel.subscribe(chan, r_basic_consume(queue: queue), self())
 
+    {:ok, tag}
+  end
+
+  @impl true
+  def cancel(chan, tag) do
+    _ = catch_exit(fn -> :amqp_channel.call(chan, r_basic_cancel(consumer_tag: tag)) end)
     :ok
   end
+
+  @impl true
+  def requeue_all(chan),
+    do: cast(chan, r_basic_nack(delivery_tag: 0, multiple: true, requeue: true))
 
   @impl true
   def ack(chan, tag), do: cast(chan, r_basic_ack(delivery_tag: tag))
@@ -99,21 +119,24 @@ defmodule ServeEx.AMQP.Client do
   def confirm_select(chan, handler) do
     select_ok = :"confirm.select_ok"
     {^select_ok} = :amqp_channel.call(chan, r_confirm_select())
+    :ok = :amqp_channel.register_return_handler(chan, handler)
     :amqp_channel.register_confirm_handler(chan, handler)
   end
 
   @impl true
-  def publish(chan, routing_key, payload, correlation_id) do
+  def publish(chan, routing_key, payload, correlation_id, seqno) do
     props =
       r_p_basic(
         content_type: "application/json",
         # transient: a reply queue is exclusive to its client and dies with it anyway
         delivery_mode: 1,
-        correlation_id: correlation_id || :undefined
+        correlation_id: correlation_id || :undefined,
+        message_id: Integer.to_string(seqno)
       )
 
     msg = r_amqp_msg(props: props, payload: IO.iodata_to_binary(payload))
-    :amqp_channel.cast(chan, r_basic_publish(exchange: "", routing_key: routing_key), msg)
+    method = r_basic_publish(exchange: "", routing_key: routing_key, mandatory: true)
+    :amqp_channel.cast(chan, method, msg)
     :ok
   end
 
@@ -138,7 +161,16 @@ defmodule ServeEx.AMQP.Client do
     do: {:confirm, seqno, multiple, :ack}
 
   def classify({:"basic.nack", seqno, multiple, _requeue}), do: {:confirm, seqno, multiple, :nack}
+
+  def classify({r_basic_return(), r_amqp_msg(props: props)}) do
+    case Integer.parse(to_string(r_p_basic(props, :message_id))) do
+      {seqno, ""} -> {:returned, seqno}
+      _ -> {:returned, nil}
+    end
+  end
+
   def classify(r_basic_consume_ok()), do: :consume_ok
+  def classify(r_basic_cancel_ok()), do: :cancel_ok
   def classify(r_basic_cancel()), do: :cancelled
   def classify(_), do: :other
 

@@ -1,26 +1,32 @@
 defmodule ServeEx.Pipeline.Acknowledger do
   @moduledoc """
   The reply publisher and acknowledger. For each settled message it publishes the
-  reply to `reply_to` with the request's `correlation_id` on its own channel in
-  publisher-confirm mode, and acks the delivery (on the channel that received it) only
-  when the broker has confirmed the reply. Confirms come back asynchronously, keyed by
-  the publish sequence number, so many replies are in flight at once.
+  reply to `reply_to` with the request's `correlation_id`, on its own channel of the
+  reply connection (not the one that consumes), in publisher-confirm mode and with
+  `mandatory` set, and acks the delivery (on the channel that received it) only when
+  the broker has confirmed the reply. Confirms come back asynchronously, keyed by the
+  publish sequence number, so many replies are in flight at once.
 
-  Failure policy:
-  - a reply (a result, or an error reply for invalid input) is acked: invalid input is
-    never requeued;
+  Failure policy (`decide/1` and `confirmed/3`):
+  - a reply (a result, or an error reply for invalid input) is acked once confirmed:
+    invalid input is never requeued;
   - a failed message (a crash while handling it) is requeued once; failing again on
     its redelivery, it gets an `internal` error reply and is rejected without requeue,
     so it lands in the dead-letter queue (`ServeEx.Topology`) and is not retried forever;
-  - a message without `reply_to` cannot be answered and is dead-lettered;
-  - if the broker refuses (nacks) a reply, its delivery is requeued: the client may see
-    a duplicate reply, never a missing one. If this process or its channel dies with
-    replies unconfirmed, the pipeline restarts and the broker requeues those deliveries.
+  - a message that cannot be answered (no or unaccepted `reply_to`) is dead-lettered;
+  - a reply no queue took (the broker returns it) is counted and logged as
+    `unroutable`, and its request acked: its client is gone;
+  - a reply the broker refuses (nack) is never recomputed: its request is
+    dead-lettered and counted `reply_refused`;
+  - if the reply channel dies with replies unconfirmed, the consumer's deliveries are
+    untouched: those replies are published again on a new channel, once. A reply
+    unconfirmed at two channel deaths is taken for the cause (a name the broker chokes
+    on) and quarantined: its request is dead-lettered, never computed again.
   """
   use GenServer
   require Logger
 
-  alias ServeEx.{AMQP, Connection, Metrics, Reply}
+  alias ServeEx.{AMQP, Connection, InFlight, Metrics, Reply}
 
   @type outcome :: {:reply, iodata(), atom()} | {:failed, String.t()} | {:dead, String.t()}
 
@@ -28,7 +34,7 @@ defmodule ServeEx.Pipeline.Acknowledger do
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, connection: Connection)
+    opts = Keyword.validate!(opts, connection: ServeEx.ReplyConnection)
     GenServer.start_link(__MODULE__, opts, name: __MODULE__)
   end
 
@@ -39,17 +45,26 @@ defmodule ServeEx.Pipeline.Acknowledger do
   @impl true
   def init(opts) do
     send(self(), :open)
-    {:ok, %{connection: opts[:connection], chan: nil, waiting: [], pending: %{}, next_seqno: 1}}
+
+    {:ok,
+     %{
+       connection: opts[:connection],
+       chan: nil,
+       monitor: nil,
+       waiting: [],
+       pending: %{},
+       next_seqno: 1
+     }}
   end
 
   @impl true
-  def handle_info(:open, state) do
+  def handle_info(:open, %{chan: nil} = state) do
     with {:ok, chan} <- Connection.open_channel(state.connection),
          :ok <- AMQP.impl().confirm_select(chan, self()) do
-      # linked: the channel lives and dies with this process
-      Process.link(chan)
-      Enum.each(Enum.reverse(state.waiting), &settle/1)
-      {:noreply, %{state | chan: chan, waiting: [], next_seqno: 1}}
+      # monitored, not linked: a broker-side close of the reply path costs a new
+      # channel, not the consumer's deliveries
+      state = %{state | chan: chan, monitor: Process.monitor(chan), next_seqno: 1}
+      {:noreply, Enum.reduce(Enum.reverse(state.waiting), %{state | waiting: []}, &publish/2)}
     else
       _ ->
         Process.send_after(self(), :open, @retry_ms)
@@ -57,13 +72,89 @@ defmodule ServeEx.Pipeline.Acknowledger do
     end
   end
 
+  def handle_info({:DOWN, ref, :process, _chan, reason}, %{monitor: ref} = state) do
+    unconfirmed = state.pending |> Enum.sort() |> Enum.map(&elem(&1, 1))
+
+    Logger.warning(
+      "reply channel closed (#{inspect(reason, limit: 5)}) with #{length(unconfirmed)} replies unconfirmed"
+    )
+
+    {quarantined, again} = Enum.split_with(unconfirmed, &(&1.attempts >= 1))
+
+    for entry <- quarantined do
+      Logger.error("quarantining a request whose reply was unconfirmed at two channel closes")
+      finish(entry.message, :dead_letter, :quarantined)
+    end
+
+    retry = for entry <- again, do: %{entry | attempts: entry.attempts + 1}
+    send(self(), :open)
+
+    {:noreply,
+     %{
+       state
+       | chan: nil,
+         monitor: nil,
+         pending: %{},
+         waiting: Enum.reverse(retry) ++ state.waiting
+     }}
+  end
+
   def handle_info(message, state) do
     case AMQP.impl().classify(message) do
       {:confirm, seqno, multiple, verdict} ->
         {:noreply, confirmed(state, seqno, multiple, verdict)}
 
+      {:returned, seqno} ->
+        {:noreply, returned(state, seqno)}
+
       _ ->
         {:noreply, state}
+    end
+  end
+
+  @impl true
+  def handle_cast({:settle, outcomes}, state) do
+    {:noreply, Enum.reduce(outcomes, state, &start_settling(decide(&1), &2))}
+  end
+
+  # A reply is published now and its delivery settled when the broker confirms it;
+  # confirms arrive asynchronously, so publishing never waits for them.
+  defp start_settling({message, {:publish, body, label}, settle}, state) do
+    publish(
+      %{message: message, body: body, label: label, settle: settle, attempts: 0, returned: false},
+      state
+    )
+  end
+
+  defp start_settling({message, {:nothing, label}, settle}, state) do
+    finish(message, settle, label)
+    state
+  end
+
+  defp publish(entry, %{chan: nil} = state), do: %{state | waiting: [entry | state.waiting]}
+
+  defp publish(entry, state) do
+    m = entry.message
+
+    :ok =
+      AMQP.impl().publish(state.chan, m.reply_to, entry.body, m.correlation_id, state.next_seqno)
+
+    %{
+      state
+      | pending: Map.put(state.pending, state.next_seqno, entry),
+        next_seqno: state.next_seqno + 1
+    }
+  end
+
+  # The broker returns a mandatory publish no queue took, then confirms it.
+  defp returned(state, seqno) do
+    case state.pending do
+      %{^seqno => entry} ->
+        Logger.warning("a reply was unroutable: its reply queue does not exist")
+        %{state | pending: Map.put(state.pending, seqno, %{entry | returned: true})}
+
+      _ ->
+        state
     end
   end
 
@@ -72,69 +163,57 @@ defmodule ServeEx.Pipeline.Acknowledger do
     done = if multiple, do: for({s, _} <- state.pending, s <= seqno, do: s), else: [seqno]
 
     if verdict == :nack,
-      do: Logger.warning("the broker refused #{length(done)} replies; requeueing their requests")
+      do:
+        Logger.warning(
+          "the broker refused #{length(done)} replies; dead-lettering their requests"
+        )
 
-    for s <- done, {message, action, settle} = state.pending[s] do
-      finish(message, action, if(verdict == :ack, do: settle, else: :requeue))
+    for s <- done, entry = state.pending[s] do
+      case {verdict, entry.returned} do
+        {:ack, false} -> finish(entry.message, entry.settle, entry.label)
+        {:ack, true} -> finish(entry.message, :ack, :unroutable)
+        {:nack, _} -> finish(entry.message, :dead_letter, :reply_refused)
+      end
     end
 
     %{state | pending: Map.drop(state.pending, done)}
   end
 
-  @impl true
-  def handle_cast({:settle, outcomes}, %{chan: nil} = state) do
-    {:noreply, %{state | waiting: [outcomes | state.waiting]}}
-  end
+  @doc """
+  The failure policy: what to publish for an outcome, and how to settle its delivery.
 
-  def handle_cast({:settle, outcomes}, state) do
-    {:noreply, Enum.reduce(outcomes, state, &start_settling(decide(&1), &2))}
-  end
+      iex> msg = %ServeEx.Message{payload: "", reply_to: "q", correlation_id: nil, acknowledger: nil, redelivered: false, received_at: 0}
+      iex> ServeEx.Pipeline.Acknowledger.decide({msg, {:failed, "boom"}}) |> Tuple.delete_at(0)
+      {{:nothing, :retried}, :requeue}
+  """
+  @spec decide({ServeEx.Message.t(), outcome()}) ::
+          {ServeEx.Message.t(), {:publish, iodata(), atom()} | {:nothing, atom()},
+           :ack | :requeue | :dead_letter}
+  def decide({message, {:reply, body, label}}), do: {message, {:publish, body, label}, :ack}
 
-  # A reply is published now and its delivery settled when the broker confirms it;
-  # confirms arrive asynchronously, so publishing never waits for them.
-  defp start_settling({message, {:publish, body, _} = action, settle}, state) do
-    :ok = AMQP.impl().publish(state.chan, message.reply_to, body, message.correlation_id)
-    pending = Map.put(state.pending, state.next_seqno, {message, action, settle})
-    %{state | pending: pending, next_seqno: state.next_seqno + 1}
-  end
-
-  defp start_settling({message, :nothing, settle}, state) do
-    finish(message, :nothing, settle)
-    state
-  end
-
-  # {message, what to publish (or :nothing), how to settle the delivery}
-  defp decide({message, {:reply, body, label}}), do: {message, {:publish, body, label}, :ack}
-
-  defp decide({message, {:failed, reason}}) do
+  def decide({message, {:failed, reason}}) do
     if message.redelivered do
       Logger.error("request failed twice, dead-lettering it: #{reason}")
-      body = Reply.error(:internal, "the service failed on this request twice: #{reason}")
+      body = Reply.error(:internal, "the service failed on this request twice")
       {message, {:publish, body, :dead_lettered}, :dead_letter}
     else
-      {message, :nothing, :requeue}
+      {message, {:nothing, :retried}, :requeue}
     end
   end
 
-  defp decide({message, {:dead, reason}}) do
+  def decide({message, {:dead, reason}}) do
     Logger.error("dead-lettering a request: #{reason}")
-    {message, :nothing, :dead_letter}
+    {message, {:nothing, :dead_lettered}, :dead_letter}
   end
 
-  defp finish(%{acknowledger: {impl, chan, tag}} = message, action, settle) do
+  defp finish(%{acknowledger: {impl, chan, tag}} = message, settle, label) do
     case settle do
       :ack -> impl.ack(chan, tag)
       :requeue -> impl.reject(chan, tag, true)
       :dead_letter -> impl.reject(chan, tag, false)
     end
 
-    label =
-      case {action, settle} do
-        {_, :requeue} -> :retried
-        {{:publish, _, label}, _} -> label
-        {:nothing, :dead_letter} -> :dead_lettered
-      end
-
+    InFlight.add(-1)
     Metrics.request(message.model_id, label, message.received_at)
   end
 end

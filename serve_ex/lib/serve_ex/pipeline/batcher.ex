@@ -3,7 +3,9 @@ defmodule ServeEx.Pipeline.Batcher do
   One batcher per model. It gathers requests until their rows reach `batch_size` or
   the oldest has waited `batch_timeout_ms`, then runs `handle_batch`: one engine call
   per op present in the batch, on a dirty CPU scheduler (the NIF's choice), and one
-  reply per request. A crash inside a batch fails its messages, not the batcher.
+  reply per request. A crash inside a batch is attributed to the request that caused
+  it: the batch runs again one request at a time, the innocent ones are answered, and
+  only the guilty one fails (`ServeEx.Pipeline.Acknowledger` decides what then).
   """
   use GenServer
   require Logger
@@ -56,35 +58,55 @@ defmodule ServeEx.Pipeline.Batcher do
     end
   end
 
+  # The timer's message carries its own ref: a timeout that fires after its batch was
+  # flushed by size is stale and must not flush the next batch early.
   @impl true
-  def handle_info(:timeout, state), do: {:noreply, flush(%{state | timer: nil})}
+  def handle_info({:timeout, ref}, %{timer: {ref, _}} = state),
+    do: {:noreply, flush(%{state | timer: nil})}
+
+  def handle_info({:timeout, _stale}, state), do: {:noreply, state}
 
   # A zero timeout is a message to self, behind every request already in the mailbox:
   # the batch takes in what is waiting, then flushes. (Timers have millisecond ticks.)
-  defp start_timer(0), do: send(self(), :timeout) && :immediate
-  defp start_timer(ms), do: Process.send_after(self(), :timeout, ms)
+  defp start_timer(0) do
+    ref = make_ref()
+    send(self(), {:timeout, ref})
+    {ref, nil}
+  end
+
+  defp start_timer(ms) do
+    ref = make_ref()
+    {ref, Process.send_after(self(), {:timeout, ref}, ms)}
+  end
 
   defp flush(%{pending: []} = state), do: state
 
   defp flush(state) do
-    if is_reference(state.timer), do: Process.cancel_timer(state.timer)
+    with {_ref, timer} when is_reference(timer) <- state.timer, do: Process.cancel_timer(timer)
     messages = Enum.reverse(state.pending)
     Metrics.batch(state.rows)
-
-    outcomes =
-      try do
-        handle_batch(state.model, messages)
-      rescue
-        error ->
-          Logger.error(
-            "batch of #{length(messages)} on model #{state.model.id} failed: #{Exception.message(error)}"
-          )
-
-          Enum.map(messages, &{&1, {:failed, Exception.message(error)}})
-      end
-
-    Acknowledger.settle(outcomes)
+    Acknowledger.settle(run_isolated(state.model, messages))
     %{state | pending: [], rows: 0, timer: nil}
+  end
+
+  # One engine call for the batch; if it raises, one call per request, so the failure
+  # lands on the request that caused it.
+  defp run_isolated(model, messages) do
+    handle_batch(model, messages)
+  catch
+    kind, reason ->
+      Logger.error(
+        "batch of #{length(messages)} on model #{model.id} failed; retrying one by one: " <>
+          Exception.format(kind, reason, __STACKTRACE__)
+      )
+
+      Enum.flat_map(messages, &run_alone(model, &1))
+  end
+
+  defp run_alone(model, message) do
+    handle_batch(model, [message])
+  catch
+    kind, reason -> [{message, {:failed, Exception.format_banner(kind, reason)}}]
   end
 
   @doc "Runs `messages` through `model`, one engine call per op; one outcome per message."

@@ -1,21 +1,25 @@
 defmodule ServeEx.Pipeline.Processor do
   @moduledoc """
-  `handle_message`: decodes and validates a request (`ServeEx.Request`), then passes it
-  to its model's batcher. An invalid request is answered with an error reply right
-  away. A crash while handling becomes a failed message (see
-  `ServeEx.Pipeline.Acknowledger`), logged once; the processor lives on.
+  `handle_message`: checks where the reply would go (`ServeEx.ReplyTo`), decodes and
+  validates the request (`ServeEx.Request`), then passes it to its model's batcher. An
+  invalid request is answered with an error reply right away; one whose `reply_to` is
+  not accepted is dead-lettered without a publish. A crash while handling becomes a
+  failed message (see `ServeEx.Pipeline.Acknowledger`), logged once with its stack
+  trace; the processor lives on.
   """
   use GenServer
   require Logger
 
-  alias ServeEx.{ModelRegistry, Reply, Request}
+  alias ServeEx.{ModelRegistry, Reply, ReplyTo, Request}
   alias ServeEx.Pipeline.{Acknowledger, Batcher}
 
-  @spec start_link(non_neg_integer()) :: GenServer.on_start()
-  def start_link(index), do: GenServer.start_link(__MODULE__, index, name: name(index))
+  @spec start_link({non_neg_integer(), String.t()}) :: GenServer.on_start()
+  def start_link({index, reply_prefix}),
+    do: GenServer.start_link(__MODULE__, {index, reply_prefix}, name: name(index))
 
-  @spec child_spec(non_neg_integer()) :: Supervisor.child_spec()
-  def child_spec(index), do: %{id: {__MODULE__, index}, start: {__MODULE__, :start_link, [index]}}
+  @spec child_spec({non_neg_integer(), String.t()}) :: Supervisor.child_spec()
+  def child_spec({index, _} = arg),
+    do: %{id: {__MODULE__, index}, start: {__MODULE__, :start_link, [arg]}}
 
   @doc "Hands `message` to processor `index`."
   @spec handle(non_neg_integer(), ServeEx.Message.t()) :: :ok
@@ -24,34 +28,40 @@ defmodule ServeEx.Pipeline.Processor do
   defp name(index), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:processor, index}}}
 
   @impl true
-  def init(index), do: {:ok, index}
+  def init(state), do: {:ok, state}
 
   @impl true
-  def handle_cast({:message, message}, index) do
+  def handle_cast({:message, message}, {index, reply_prefix} = state) do
     try do
-      handle_message(message)
-    rescue
-      error ->
-        Logger.error("processor #{index} failed on a message: #{Exception.message(error)}")
-        Acknowledger.settle([{message, {:failed, Exception.message(error)}}])
+      handle_message(message, reply_prefix)
+    catch
+      kind, reason ->
+        Logger.error(
+          "processor #{index} failed on a message: " <>
+            Exception.format(kind, reason, __STACKTRACE__)
+        )
+
+        Acknowledger.settle([{message, {:failed, Exception.format_banner(kind, reason)}}])
     end
 
-    {:noreply, index}
+    {:noreply, state}
   end
 
   @doc "Validates one message and routes it: to a batcher, or straight to a reply."
-  @spec handle_message(ServeEx.Message.t()) :: :ok
-  def handle_message(%{reply_to: nil} = message) do
-    Acknowledger.settle([{message, {:dead, "the request has no reply_to property"}}])
-  end
+  @spec handle_message(ServeEx.Message.t(), String.t()) :: :ok
+  def handle_message(message, reply_prefix) do
+    if ReplyTo.accepted?(message.reply_to, reply_prefix) do
+      case Request.parse(message.payload, &ModelRegistry.lookup/1) do
+        {:ok, request} ->
+          Batcher.add(%{message | request: request, model_id: request.model.id})
 
-  def handle_message(message) do
-    case Request.parse(message.payload, &ModelRegistry.lookup/1) do
-      {:ok, request} ->
-        Batcher.add(%{message | request: request, model_id: request.model.id})
-
-      {:error, code, text} ->
-        Acknowledger.settle([{message, {:reply, Reply.error(code, text), code}}])
+        {:error, code, text} ->
+          Acknowledger.settle([{message, {:reply, Reply.error(code, text), code}}])
+      end
+    else
+      Acknowledger.settle([
+        {message, {:dead, "reply_to is missing or not an accepted reply queue name"}}
+      ])
     end
   end
 end

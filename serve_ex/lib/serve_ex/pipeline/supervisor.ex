@@ -7,10 +7,14 @@ defmodule ServeEx.Pipeline.Supervisor do
   stage dies, the messages it held can only be recovered by the broker, which
   requeues them when that channel closes; restarting every stage, the producer with
   it, does exactly that. A restart takes milliseconds.
+
+  With no servable model there is no producer: a node that could only answer
+  `unknown_model` takes no share of the queue, and `/readyz` says why it is not ready.
   """
   use Supervisor
 
   alias ServeEx.ModelRegistry
+  require Logger
   alias ServeEx.Pipeline.{Acknowledger, Batcher, Processor, Producer}
 
   @spec start_link(ServeEx.Config.t()) :: Supervisor.on_start()
@@ -24,16 +28,23 @@ defmodule ServeEx.Pipeline.Supervisor do
          model: model, batch_size: config.batch_size, batch_timeout_ms: config.batch_timeout_ms}
       end
 
-    processors = for index <- 0..(config.processors - 1), do: {Processor, index}
+    processors =
+      for index <- 0..(config.processors - 1), do: {Processor, {index, config.reply_queue_prefix}}
 
-    children =
-      [{Registry, keys: :unique, name: ServeEx.Pipeline.Registry}, Acknowledger] ++
-        batchers ++
-        processors ++
+    producer =
+      if batchers == [] do
+        Logger.error("not consuming #{config.request_queue}: no model is served")
+        []
+      else
         [
           {Producer,
            queue: config.request_queue, prefetch: config.prefetch, processors: config.processors}
         ]
+      end
+
+    children =
+      [{Registry, keys: :unique, name: ServeEx.Pipeline.Registry}, Acknowledger] ++
+        batchers ++ processors ++ producer
 
     Supervisor.init(children, strategy: :one_for_all, max_restarts: 20, max_seconds: 10)
   end
