@@ -20,10 +20,11 @@ ARTIFACTS := artifacts/vae.safetensors artifacts/wgan.safetensors artifacts/gpt.
 # Elixir without Hex: Mix keeps its state inside the repo and never asks Hex for anything.
 MIX      := cd serve_ex && MIX_HOME=$(abspath .mix) HEX_HOME=$(abspath .mix/hex) mix
 NIF      := serve_ex/priv/native/libinfer_nif.so
+RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve bench-service
+        elixir broker nif ex-lint ex-test serve release bench-service
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -90,8 +91,12 @@ ex-lint: elixir $(NIF)  ## mix format --check-formatted and mix compile --warnin
 ex-test: elixir broker $(NIF) $(SERVICE_MODELS)  ## ExUnit: units with a fake AMQP client, NIF golden tests, the real broker
 	$(MIX) test --include rabbitmq
 
-serve: elixir broker $(NIF) $(ARTIFACTS)  ## run the service in the foreground on artifacts/ (Ctrl-C stops it)
-	MODEL_DIR=$${MODEL_DIR:-$(abspath artifacts)} ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" $(MIX) run --no-halt
+release: elixir $(NIF)  ## build the OTP release of the service (serve_ex/_build/prod/rel/serve_ex), NIF included
+	cd serve_ex && MIX_ENV=prod MIX_HOME=$(abspath .mix) HEX_HOME=$(abspath .mix/hex) mix release --overwrite --quiet
+
+# MODEL_DIR (default artifacts/, trained first if missing) is exported to the release.
+serve: elixir broker release $(if $(MODEL_DIR),,$(ARTIFACTS))  ## run the service release in the foreground on artifacts/ or MODEL_DIR (SIGTERM or Ctrl-C drains and stops it)
+	MODEL_DIR="$(abspath $(or $(MODEL_DIR),artifacts))" exec $(RELEASE) start
 
 lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 	$(VENV)/bin/ruff check .

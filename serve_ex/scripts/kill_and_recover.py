@@ -4,7 +4,9 @@ killing parts of it, then count what came back.
 During the run it:
   1. kills the producer (its AMQP channel dies with it) with Process.exit(pid, :kill);
   2. kills the VAE batcher;
-  3. SIGKILLs the whole BEAM OS process and starts it again, as a process manager would.
+  3. SIGKILLs the whole BEAM OS process and starts it again, as a process manager would;
+  4. SIGTERMs it (it drains: no new deliveries, work in flight answered, the rest
+     requeued) and starts it again, as a rolling restart would.
 
 Every reply is checked against infer_rs on the same model and seed. The client never
 resends: whatever the service accepted must come back through the broker's
@@ -53,8 +55,9 @@ class Report:
         ]
         for k in self.kills:
             lines.append(
-                f"  {k['what']:<34} at request {k['at']:>5}: longest gap without replies "
+                f"  {k['what']:<36} at request {k['at']:>5}: longest gap without replies "
                 f"{k['gap_ms']:.0f} ms"
+                + (f", exit status {k['exit_status']} after {k['exit_s']:.2f} s" if "exit_s" in k else "")
                 + (f", node back up in {k['restart_s']:.1f} s" if "restart_s" in k else "")
             )
         return "\n".join(lines)
@@ -101,8 +104,12 @@ def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, 
         report.kills.append(kill)
 
         def act():
-            if action is None:
+            if action == "sigkill":
                 service.sigkill()
+                kill["time"] = time.monotonic()
+                kill["restart_s"] = service.start()
+            elif action == "sigterm":
+                kill["exit_status"], kill["exit_s"] = service.sigterm()
                 kill["time"] = time.monotonic()
                 kill["restart_s"] = service.start()
             else:
@@ -117,7 +124,8 @@ def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, 
     kills = [
         ("producer (Process.exit :kill)", lambda: service.kill_process(PRODUCER)),
         ("vae batcher (Process.exit :kill)", lambda: service.kill_process(batcher("vae"))),
-        ("BEAM OS process (SIGKILL + restart)", None),
+        ("BEAM OS process (SIGKILL + restart)", "sigkill"),
+        ("BEAM OS process (SIGTERM + restart)", "sigterm"),
     ]
     started = time.monotonic()
     settled = started  # when the last kill finished (or the run started)

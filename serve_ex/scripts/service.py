@@ -1,6 +1,10 @@
 """Run serve_ex as a child process, the way a process manager would: start it as a
-named Erlang node, wait until /healthz says ready, reach into it with --rpc-eval,
-SIGKILL it, start it again.
+named Erlang node, wait until /readyz says ready, reach into it with --rpc-eval,
+SIGTERM or SIGKILL it, start it again.
+
+Erlang distribution listens on loopback only, and the cookie never appears on a command
+line: it is written to a private `.erlang.cookie` in a HOME of the node's own, which the
+node and the rpc client both read.
 
 Used by the kill-and-recover demo, the end-to-end tests and the service benchmark.
 """
@@ -10,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,16 +34,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_json(port: int, path: str) -> dict:
+    """The JSON body of GET http://127.0.0.1:PORT/PATH, whatever its status; {} if none."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return json.loads(err.read())
+    except (OSError, ValueError):
+        return {}
+
+
 class Service:
     """One serve_ex node on 127.0.0.1, serving `model_dir` from `queue`."""
 
     def __init__(self, model_dir: Path, queue: str, log: Path, **env: str) -> None:
         self.node = f"serve_{secrets.token_hex(4)}"
-        self.cookie = secrets.token_hex(16)
+        self.home = Path(tempfile.mkdtemp(prefix="serve_ex_home_"))
+        cookie = self.home / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16))
+        cookie.chmod(0o400)
         self.port = free_port()
         self.log = log
         self.env = {
             **os.environ,
+            "HOME": str(self.home),
             "MIX_HOME": str(REPO / ".mix"),
             "HEX_HOME": str(REPO / ".mix" / "hex"),
             "MODEL_DIR": str(model_dir),
@@ -45,33 +66,28 @@ class Service:
             "HTTP_PORT": str(self.port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             # no scheduler busy-waiting: on 2 shared cores the broker needs those cycles
-            "ERL_FLAGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
+            "ERL_FLAGS": "+sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}",
             **env,
         }
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120.0) -> float:
-        """Start the node and wait until it is ready; returns the seconds it took."""
+    def start(self, timeout: float = 120.0, ready: bool = True) -> float:
+        """Start the node and wait until it is ready (or, with ready=False, only live);
+        returns the seconds it took."""
         started = time.monotonic()
-        cmd = ["elixir", "--sname", self.node, "--cookie", self.cookie, "-S", "mix", "run", "--no-halt"]
+        cmd = ["elixir", "--sname", self.node, "-S", "mix", "run", "--no-halt"]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, cwd=SERVE_EX, env=self.env, stdout=log, stderr=log)
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve_ex exited with {self.process.returncode}; see {self.log}")
-            if self.health().get("ready"):
+            if self.health().get("ready") or (not ready and http_json(self.port, "/livez").get("live")):
                 return time.monotonic() - started
             time.sleep(0.05)
         raise RuntimeError(f"serve_ex not ready after {timeout} s; see {self.log}")
 
     def health(self) -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as err:
-            return json.loads(err.read())
-        except (OSError, ValueError):
-            return {}
+        return http_json(self.port, "/readyz")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
@@ -83,8 +99,6 @@ class Service:
             "elixir",
             "--sname",
             f"ctl_{secrets.token_hex(3)}",
-            "--cookie",
-            self.cookie,
             "--rpc-eval",
             f"{self.node}@{socket.gethostname().split('.')[0]}",
             expression,
@@ -104,13 +118,22 @@ class Service:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
 
+    def sigterm(self, timeout: float = 30.0) -> tuple[int | None, float]:
+        """SIGTERM the node, as a process manager stops it; returns its exit status (None
+        if it had to be SIGKILLed after `timeout`) and the seconds it took to exit."""
+        if not self.process or self.process.poll() is not None:
+            return (self.process.returncode if self.process else None), 0.0
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.sigkill()
+            status = None
+        return status, time.monotonic() - started
+
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.sigkill()
+        self.sigterm(timeout=15)
 
     def __enter__(self) -> Service:
         self.start()
@@ -118,6 +141,7 @@ class Service:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 PRODUCER = "Process.whereis(ServeEx.Pipeline.Producer)"

@@ -102,5 +102,6 @@ def test_kill_and_recover_loses_nothing(trained, tmp_path):
             queue=queue,
         )
     print(report.summary())
-    assert [k["what"].split()[0] for k in report.kills] == ["producer", "vae", "BEAM"]
+    assert [k["what"].split()[0] for k in report.kills] == ["producer", "vae", "BEAM", "BEAM"]
+    assert report.kills[-1]["exit_status"] == 0
     assert report.sent >= 600 and report.lost == 0 and report.wrong == 0

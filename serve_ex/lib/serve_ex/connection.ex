@@ -38,7 +38,14 @@ defmodule ServeEx.Connection do
     Process.flag(:trap_exit, true)
     send(self(), :connect)
 
-    {:ok, %{url: opts[:url], queue: opts[:queue], conn: nil, backoff: @first_backoff_ms}}
+    {:ok,
+     %{
+       name: opts[:name],
+       url: opts[:url],
+       queue: opts[:queue],
+       conn: nil,
+       backoff: @first_backoff_ms
+     }}
   end
 
   @impl true
@@ -56,7 +63,7 @@ defmodule ServeEx.Connection do
          {:ok, chan} <- AMQP.impl().open_channel(conn),
          :ok <- AMQP.impl().declare_topology(chan, state.queue) do
       AMQP.impl().close_channel(chan)
-      Logger.info("connected to the broker; consuming #{state.queue}")
+      Logger.info("#{inspect(state.name)} connected to the broker; queue #{state.queue} declared")
 
       Process.link(conn)
       {:noreply, %{state | conn: conn, backoff: @first_backoff_ms}}
