@@ -65,8 +65,10 @@ class Service:
             "REQUEST_QUEUE": queue,
             "HTTP_PORT": str(self.port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
-            # no scheduler busy-waiting: on 2 shared cores the broker needs those cycles
-            "ERL_FLAGS": "+sbwt none +sbwtdcpu none +sbwtdio none -kernel inet_dist_use_interface {127,0,0,1}",
+            # no scheduler busy-waiting: on 2 shared cores the broker needs those cycles;
+            # distribution on loopback only
+            "ERL_FLAGS": "+sbwt none +sbwtdcpu none +sbwtdio none "
+            "-kernel inet_dist_use_interface {127,0,0,1}",
             **env,
         }
         self.process: subprocess.Popen | None = None
