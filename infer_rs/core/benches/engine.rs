@@ -1,6 +1,7 @@
 //! Criterion benches of the engine on randomly initialised models of the trained sizes:
 //! VAE decode (784-400-200-20) at batch 1, 100 and 1000, WGAN generate at batch 100,
-//! and GPT (4 layers, 4 heads, 128 wide) greedy generation of 127 tokens.
+//! and GPT (4 layers, 4 heads, 128 wide): one 128-token forward (the prefill that
+//! every step past the block repeats) and greedy generation of 127 tokens.
 //! `cargo bench -p infer_core`; RAYON_NUM_THREADS sets the threads.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -86,6 +87,13 @@ fn gpt(c: &mut Criterion) {
                            "dropout": 0.0, "pre_ln": true}),
     ))
     .expect("gpt");
+    let Model::Gpt(net) = &gpt else {
+        unreachable!("written as a GPT")
+    };
+    let window: Vec<u32> = (0..128).map(|i| i % 60).collect();
+    c.bench_function("gpt_prefill/128", |b| {
+        b.iter(|| net.logits(&window).expect("logits"))
+    });
     let mut group = c.benchmark_group("gpt_generate");
     group.sample_size(20).throughput(Throughput::Elements(127));
     group.bench_function("greedy_127_tokens", |b| {
