@@ -64,7 +64,11 @@ fn main() {
     let z = vec![0.1f32; 20];
     let warm = latency(&mlp, &z, 1000, Duration::ZERO);
     let cold = latency(&mlp, &z, 200, Duration::from_millis(1));
-    println!("threads {}", rayon::current_num_threads());
+    println!(
+        "isa {}, threads {}",
+        infer_core::isa().expect("INFER_RS_ISA"),
+        rayon::current_num_threads()
+    );
     println!("batch-1 decode: {warm:?} back to back, {cold:?} 1 ms apart");
     let before = thread_cpu_ns();
     std::thread::sleep(Duration::from_secs(idle));
