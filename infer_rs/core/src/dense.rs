@@ -42,6 +42,8 @@ pub enum Activation {
     Tanh,
     Relu,
     Sigmoid,
+    /// GELU in its exact erf form (the GPT's MLP).
+    Gelu,
     Identity,
 }
 
@@ -413,7 +415,7 @@ mod avx2 {
 /// exp(r) by its degree-7 Taylor polynomial (relative error < 2e-8 there), 2^n from
 /// the exponent bits. Inputs below -87 are clamped (exp underflows to ~1e-38).
 #[inline(always)]
-fn exp_nonpositive(y: f32) -> f32 {
+pub(crate) fn exp_nonpositive(y: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let y = y.max(-87.0);
@@ -447,6 +449,42 @@ fn sigmoid(x: f32) -> f32 {
     }
 }
 
+/// erf(x) as the rational function x P(x^2) / Q(x^2) of Eigen's float erf
+/// (`generic_fast_erf_float`), with x clamped to [-4, 4], where erf is 1 in f32;
+/// error within a few ulp.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    for c in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600_1e-3,
+        -1.609_603_3e-2,
+    ] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5f32;
+    for c in [
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329_4e-3,
+        -1.426_474e-2,
+    ] {
+        q = q * x2 + c;
+    }
+    x * p / q
+}
+
+/// gelu(x) = x / 2 (1 + erf(x / sqrt 2)).
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 /// The activation over one tile row (inlined into each instruction set's tile loop).
 #[inline(always)]
 fn activate(values: &mut [f32; NR], act: Activation) {
@@ -454,6 +492,7 @@ fn activate(values: &mut [f32; NR], act: Activation) {
         Activation::Tanh => values.iter_mut().for_each(|v| *v = tanh(*v)),
         Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
         Activation::Sigmoid => values.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        Activation::Gelu => values.iter_mut().for_each(|v| *v = gelu(*v)),
         Activation::Identity => {}
     }
 }
@@ -554,6 +593,16 @@ mod tests {
         }
         assert!(worst.0 < 3e-7 && worst.1 < 3e-7, "max abs error {worst:?}");
         assert_eq!(tanh(100.0), 1.0);
+        let grid = Tensor::arange(-10_000f32, 10_000.0, &Device::Cpu).unwrap();
+        let grid = (grid * 1e-3).unwrap();
+        let want: Vec<f32> = grid.gelu_erf().unwrap().to_vec1().unwrap();
+        let xs: Vec<f32> = grid.to_vec1().unwrap();
+        let worst_gelu = xs
+            .iter()
+            .zip(&want)
+            .map(|(&x, &w)| (gelu(x) - w).abs() / x.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(worst_gelu < 3e-7, "gelu: error / max(|x|, 1) {worst_gelu}");
         assert_eq!(sigmoid(-200.0), 0.0);
     }
 

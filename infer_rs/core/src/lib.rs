@@ -4,6 +4,7 @@
 //! binding crates beside it convert types and map [`InferError`] in one place each.
 
 pub mod artifact;
+mod attention;
 pub mod batch;
 pub mod dense;
 pub mod error;
