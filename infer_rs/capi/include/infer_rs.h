@@ -17,7 +17,7 @@ typedef enum {
     INFER_ERR_CORRUPT = 2,      /* not a valid safetensors file */
     INFER_ERR_METADATA = 3,     /* missing or invalid metadata, unknown architecture or version */
     INFER_ERR_TENSOR = 4,       /* missing, unexpected, misshapen or non-f32 tensor */
-    INFER_ERR_ARGUMENT = 5,     /* invalid argument, or an op the model's architecture lacks */
+    INFER_ERR_ARGUMENT = 5,     /* invalid argument, an op the model's architecture lacks, or a bad INFER_RS_ISA */
     INFER_ERR_TOO_LARGE = 6,    /* a size above its limit */
     INFER_ERR_COMPUTE = 7,      /* the tensor library failed */
     INFER_ERR_NULL = 8,         /* a required pointer was NULL, or a string not UTF-8 */

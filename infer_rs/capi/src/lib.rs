@@ -56,9 +56,9 @@ fn status_of(err: &InferError) -> InferStatus {
         | InferError::UnexpectedTensor { .. }
         | InferError::ShapeMismatch { .. }
         | InferError::UnsupportedDtype { .. } => InferStatus::Tensor,
-        InferError::InvalidArgument(_) | InferError::WrongArchitecture { .. } => {
-            InferStatus::Argument
-        }
+        InferError::InvalidArgument(_)
+        | InferError::WrongArchitecture { .. }
+        | InferError::UnsupportedIsa { .. } => InferStatus::Argument,
         InferError::TooLarge { .. } => InferStatus::TooLarge,
         InferError::Compute(_) => InferStatus::Compute,
     }

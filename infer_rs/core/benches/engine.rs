@@ -1,7 +1,9 @@
 //! Criterion benches of the engine on randomly initialised models of the trained sizes:
 //! VAE decode (784-400-200-20) at batch 1, 100 and 1000, WGAN generate at batch 100,
-//! and GPT (4 layers, 4 heads, 128 wide) greedy generation of 127 tokens.
-//! `cargo bench -p infer_core`; RAYON_NUM_THREADS sets the threads.
+//! and GPT (4 layers, 4 heads, 128 wide): one 128-token forward (the prefill that
+//! every step past the block repeats) and greedy generation of 127 tokens.
+//! `cargo bench -p infer_core`; RAYON_NUM_THREADS sets the threads, INFER_RS_ISA the
+//! instruction-set path.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use infer_core::rng::Rng;
@@ -50,6 +52,11 @@ fn write_model(arch: &str, config: serde_json::Value) -> PathBuf {
 }
 
 fn mlps(c: &mut Criterion) {
+    println!(
+        "isa {} (INFER_RS_ISA forces one), threads {}",
+        infer_core::isa().expect("INFER_RS_ISA"),
+        rayon::current_num_threads()
+    );
     let vae = Model::load(write_model(
         "vae",
         serde_json::json!({"x_dim": 784, "hidden": [400, 200], "z_dim": 20, "n_classes": 0,
@@ -86,6 +93,13 @@ fn gpt(c: &mut Criterion) {
                            "dropout": 0.0, "pre_ln": true}),
     ))
     .expect("gpt");
+    let Model::Gpt(net) = &gpt else {
+        unreachable!("written as a GPT")
+    };
+    let window: Vec<u32> = (0..128).map(|i| i % 60).collect();
+    c.bench_function("gpt_prefill/128", |b| {
+        b.iter(|| net.logits(&window).expect("logits"))
+    });
     let mut group = c.benchmark_group("gpt_generate");
     group.sample_size(20).throughput(Throughput::Elements(127));
     group.bench_function("greedy_127_tokens", |b| {

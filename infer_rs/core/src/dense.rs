@@ -6,13 +6,16 @@
 //! (see the README's benchmark). This module does one pass per layer:
 //! - a 6x16 register-blocked AVX2/FMA micro-kernel (12 accumulators; each k step
 //!   loads two vectors of W^T, broadcasts six x values and issues twelve FMAs),
-//!   with a portable fallback of the same arithmetic where AVX2/FMA is absent;
+//!   with a portable fallback of the same arithmetic, chosen by `crate::isa`;
+//! - on the avx512 path, large batches through the `gemm` crate's AVX-512 kernels
+//!   instead (bias preloaded into the output, the activation in a second pass);
 //! - bias folded into the accumulators' start, the activation applied to the block
 //!   while it is still in cache, with a vectorisable exp-based tanh and sigmoid;
 //! - two threads splitting the output columns through a spinning helper (`pair`):
 //!   one hand-off per call for few rows, one per layer for many.
 
 use crate::error::Result;
+use crate::isa::Isa;
 use candle_core::Tensor;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -25,6 +28,8 @@ const MR: usize = 6;
 const PARALLEL_MIN_MACS: usize = 1 << 15;
 /// Up to this many rows, a call forks once (see `Mlp::forward`).
 const SMALL_BATCH_ROWS: usize = 8;
+/// From this many rows on, the avx512 path multiplies through `gemm`.
+pub const GEMM_MIN_ROWS: usize = 64;
 
 /// Two threads unless the caller limited the engine to one (RAYON_NUM_THREADS=1, which
 /// also sizes Candle's pool for the GPT).
@@ -37,6 +42,8 @@ pub enum Activation {
     Tanh,
     Relu,
     Sigmoid,
+    /// GELU in its exact erf form (the GPT's MLP).
+    Gelu,
     Identity,
 }
 
@@ -50,11 +57,23 @@ pub struct Dense {
     panels: Vec<f32>,
     bias: Vec<f32>,
     act: Activation,
+    isa: Isa,
+    /// For `gemm`: W^T row-major (in_dim, padded_out), and the batch from which it is
+    /// used (usize::MAX: never).
+    gemm_weights: Vec<f32>,
+    gemm_min_rows: usize,
 }
 
 impl Dense {
-    /// From a PyTorch-layout weight (out, in) and bias (out).
+    /// From a PyTorch-layout weight (out, in) and bias (out), on the process's path
+    /// (`crate::isa()`).
     pub fn new(weight: &Tensor, bias: &Tensor, act: Activation) -> Result<Self> {
+        Self::with_isa(weight, bias, act, crate::isa()?)
+    }
+
+    /// The same on a given path; an error if this CPU lacks it.
+    pub fn with_isa(weight: &Tensor, bias: &Tensor, act: Activation, isa: Isa) -> Result<Self> {
+        let isa = Isa::resolve(Some(isa.name()))?;
         let (out_dim, in_dim) = weight.dims2()?;
         let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
         let padded_out = out_dim.div_ceil(NR) * NR;
@@ -67,20 +86,46 @@ impl Dense {
         }
         let mut b: Vec<f32> = bias.to_vec1()?;
         b.resize(padded_out, 0.0);
-        Ok(Self {
+        let layer = Self {
             in_dim,
             out_dim,
             padded_out,
             panels,
             bias: b,
             act,
+            isa,
+            gemm_weights: Vec::new(),
+            gemm_min_rows: usize::MAX,
+        };
+        Ok(match isa {
+            Isa::Avx512 => layer.with_gemm_from(GEMM_MIN_ROWS),
+            Isa::Avx2 | Isa::Portable => layer,
         })
+    }
+
+    /// Multiply batches of `rows` and more through `gemm` (which picks its own kernels
+    /// for the CPU). Not for the portable path, which must stay plain Rust.
+    fn with_gemm_from(mut self, rows: usize) -> Self {
+        debug_assert!(self.isa != Isa::Portable);
+        let mut wt = vec![0f32; self.in_dim * self.padded_out];
+        for (tile, panel) in self.panels.chunks_exact(self.in_dim * NR).enumerate() {
+            for (k, values) in panel.chunks_exact(NR).enumerate() {
+                let at = k * self.padded_out + tile * NR;
+                wt[at..at + NR].copy_from_slice(values);
+            }
+        }
+        self.gemm_weights = wt;
+        self.gemm_min_rows = rows;
+        self
     }
 
     /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`;
     /// with `parallel`, the column tiles are split between two threads when the layer
     /// is large enough.
     fn forward(&self, x: &[f32], ldx: usize, rows: usize, y: &mut [f32], parallel: bool) {
+        if rows >= self.gemm_min_rows {
+            return self.forward_gemm(x, ldx, rows, y, parallel);
+        }
         let macs = rows * self.in_dim * self.padded_out;
         let tiles = self.tile_count();
         let out = SharedOut::new(y);
@@ -95,6 +140,59 @@ impl Dense {
         });
     }
 
+    /// y = act(b + x W^T) with `gemm`: y starts as the bias rows, gemm adds x W^T
+    /// (dst = 1 * dst + 1 * lhs rhs), then one pass applies the activation.
+    fn forward_gemm(&self, x: &[f32], ldx: usize, rows: usize, y: &mut [f32], parallel: bool) {
+        let (n, k) = (self.padded_out, self.in_dim);
+        assert!(x.len() >= (rows - 1) * ldx + k && y.len() >= rows * n);
+        for row in y.chunks_exact_mut(n).take(rows) {
+            row.copy_from_slice(&self.bias);
+        }
+        let threads = if parallel && threads_allowed() {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let parallelism = match threads {
+            1 => gemm::Parallelism::None,
+            t => gemm::Parallelism::Rayon(t),
+        };
+        // SAFETY: dst is rows x n with row stride n, lhs rows x k with row stride ldx,
+        // rhs k x n with row stride n; the assert above bounds dst and lhs, and
+        // gemm_weights holds k * n values.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                ldx as isize,
+                self.gemm_weights.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        let y = &mut y[..rows * n];
+        #[cfg(target_arch = "x86_64")]
+        if self.isa != Isa::Portable {
+            // SAFETY: only the avx2 and avx512 paths, checked at construction, get here.
+            unsafe { avx2::activate_all(y, self.act) };
+            return;
+        }
+        activate_all(y, self.act);
+    }
+
     fn tile_count(&self) -> usize {
         self.padded_out / NR
     }
@@ -103,18 +201,14 @@ impl Dense {
     fn tiles(&self, x: &[f32], ldx: usize, rows: usize, tiles: Range<usize>, y: SharedOut) {
         assert!(x.len() >= (rows - 1) * ldx + self.in_dim && y.len >= rows * self.padded_out);
         #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the features are present; the assert bounds every access.
+        if self.isa != Isa::Portable {
+            // SAFETY: the avx2 and avx512 paths were checked against the CPU at
+            // construction; the assert bounds every access.
             unsafe { avx2::tiles(self, x, ldx, rows, tiles, y) };
             return;
         }
         tiles_with(self, x, ldx, rows, tiles, y, kernel_portable);
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// acc[r][j] += sum_k x[r * ldx + k] * panel[k * NR + j] for r < m, j < NR.
@@ -206,9 +300,15 @@ fn kernel_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{tiles_with, Dense, SharedOut, MR, NR};
+    use super::{tiles_with, Activation, Dense, SharedOut, MR, NR};
     use std::arch::x86_64::*;
     use std::ops::Range;
+
+    /// `super::activate_all` compiled with AVX2/FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn activate_all(y: &mut [f32], act: Activation) {
+        super::activate_all(y, act);
+    }
 
     /// The shared tile loop compiled with AVX2/FMA: the micro-kernel below, and the
     /// activation's floor, min, max and divisions as vector instructions.
@@ -315,7 +415,7 @@ mod avx2 {
 /// exp(r) by its degree-7 Taylor polynomial (relative error < 2e-8 there), 2^n from
 /// the exponent bits. Inputs below -87 are clamped (exp underflows to ~1e-38).
 #[inline(always)]
-fn exp_nonpositive(y: f32) -> f32 {
+pub(crate) fn exp_nonpositive(y: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let y = y.max(-87.0);
@@ -349,6 +449,42 @@ fn sigmoid(x: f32) -> f32 {
     }
 }
 
+/// erf(x) as the rational function x P(x^2) / Q(x^2) of Eigen's float erf
+/// (`generic_fast_erf_float`), with x clamped to [-4, 4], where erf is 1 in f32;
+/// error within a few ulp.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_3e-10f32;
+    for c in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_600_1e-3,
+        -1.609_603_3e-2,
+    ] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5f32;
+    for c in [
+        -2.133_740_6e-4,
+        -1.682_827e-3,
+        -7.373_329_4e-3,
+        -1.426_474e-2,
+    ] {
+        q = q * x2 + c;
+    }
+    x * p / q
+}
+
+/// gelu(x) = x / 2 (1 + erf(x / sqrt 2)).
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 /// The activation over one tile row (inlined into each instruction set's tile loop).
 #[inline(always)]
 fn activate(values: &mut [f32; NR], act: Activation) {
@@ -356,7 +492,17 @@ fn activate(values: &mut [f32; NR], act: Activation) {
         Activation::Tanh => values.iter_mut().for_each(|v| *v = tanh(*v)),
         Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
         Activation::Sigmoid => values.iter_mut().for_each(|v| *v = sigmoid(*v)),
+        Activation::Gelu => values.iter_mut().for_each(|v| *v = gelu(*v)),
         Activation::Identity => {}
+    }
+}
+
+/// The activation over whole rows whose length is a multiple of NR.
+#[inline(always)]
+fn activate_all(y: &mut [f32], act: Activation) {
+    for tile in y.chunks_exact_mut(NR) {
+        let values: &mut [f32; NR] = tile.try_into().expect("NR values");
+        activate(values, act);
     }
 }
 
@@ -447,13 +593,49 @@ mod tests {
         }
         assert!(worst.0 < 3e-7 && worst.1 < 3e-7, "max abs error {worst:?}");
         assert_eq!(tanh(100.0), 1.0);
+        let grid = Tensor::arange(-10_000f32, 10_000.0, &Device::Cpu).unwrap();
+        let grid = (grid * 1e-3).unwrap();
+        let want: Vec<f32> = grid.gelu_erf().unwrap().to_vec1().unwrap();
+        let xs: Vec<f32> = grid.to_vec1().unwrap();
+        let worst_gelu = xs
+            .iter()
+            .zip(&want)
+            .map(|(&x, &w)| (gelu(x) - w).abs() / x.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(worst_gelu < 3e-7, "gelu: error / max(|x|, 1) {worst_gelu}");
         assert_eq!(sigmoid(-200.0), 0.0);
     }
 
+    /// Every way a layer can run on this CPU: each supported path, and `gemm` forced
+    /// for every batch where the path may use it.
+    fn variants(w: &Tensor, b: &Tensor, act: Activation) -> Vec<(String, Dense)> {
+        let mut out = Vec::new();
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.supported()) {
+            out.push((isa.to_string(), Dense::with_isa(w, b, act, isa).unwrap()));
+            if isa != Isa::Portable {
+                let gemm = Dense::with_isa(w, b, act, isa).unwrap().with_gemm_from(1);
+                out.push((format!("{isa}+gemm"), gemm));
+            }
+        }
+        out
+    }
+
     #[test]
-    fn layer_equals_candle_for_every_row_remainder() {
+    fn layer_equals_candle_for_every_row_remainder_on_every_path() {
+        for isa in Isa::ALL.into_iter().filter(|isa| !isa.supported()) {
+            // straight to stderr: the test harness captures print! of passing tests
+            let note = format!("dense: skipped the {isa} path: this CPU lacks it\n");
+            std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes()).unwrap();
+        }
         let dev = Device::Cpu;
-        for (rows, inp, out) in [(1, 20, 200), (5, 33, 17), (7, 400, 784), (13, 3, 40)] {
+        let shapes = [
+            (1, 20, 200),
+            (5, 33, 17),
+            (7, 400, 784),
+            (13, 3, 40),
+            (70, 64, 130),
+        ];
+        for (rows, inp, out) in shapes {
             let w = Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap();
             let b = Tensor::randn(0f32, 0.2, out, &dev).unwrap();
             let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
@@ -464,16 +646,18 @@ mod tests {
                 .unwrap()
                 .tanh()
                 .unwrap();
-            let mlp = Mlp::new(vec![Dense::new(&w, &b, Activation::Tanh).unwrap()]);
-            let got = mlp.forward(&x.flatten_all().unwrap().to_vec1().unwrap(), rows);
             let want: Vec<f32> = expected.flatten_all().unwrap().to_vec1().unwrap();
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert_eq!(got.len(), want.len());
-            assert!(worst < 1e-5, "{rows}x{inp}->{out}: {worst}");
+            let input: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            for (path, layer) in variants(&w, &b, Activation::Tanh) {
+                let got = Mlp::new(vec![layer]).forward(&input, rows);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert_eq!(got.len(), want.len());
+                assert!(worst < 1e-5, "{path} {rows}x{inp}->{out}: {worst}");
+            }
         }
     }
 }

@@ -63,6 +63,9 @@ pub enum InferError {
         value: usize,
         limit: usize,
     },
+    /// `INFER_RS_ISA` names an unknown instruction-set path or one this CPU lacks.
+    #[error("INFER_RS_ISA={requested}: {reason}")]
+    UnsupportedIsa { requested: String, reason: String },
     /// The tensor library failed on valid input.
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),

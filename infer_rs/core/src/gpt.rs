@@ -7,11 +7,14 @@
 //! the window shifts, so each further step re-prefills the last `block_size` tokens; the
 //! tokens are the same as without a cache, as in `train/`.
 
+use crate::attention::KvCache;
+use crate::dense::{Activation, Dense, Mlp};
 use crate::error::{InferError, Result};
+use crate::isa::Isa;
 use crate::limits::{MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{layer_norm, linear, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 const LN_EPS: f64 = 1e-5;
@@ -57,125 +60,129 @@ impl Sampling {
     }
 }
 
-/// Keys and values of the positions seen so far, per layer: (1, n_head, T, head_dim).
-type KvCache = Vec<Option<(Tensor, Tensor)>>;
-
-struct CausalSelfAttention {
-    c_attn: Linear,
-    c_proj: Linear,
-    n_head: usize,
+/// y = (x - mean) / sqrt(var + eps) * weight + bias over each row (biased variance,
+/// accumulated in f64).
+struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
 }
 
-impl CausalSelfAttention {
-    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+impl LayerNorm {
+    fn load(vb: VarBuilder, width: usize) -> Result<Self> {
         Ok(Self {
-            c_attn: linear(cfg.n_embd, 3 * cfg.n_embd, vb.pp("c_attn"))?,
-            c_proj: linear(cfg.n_embd, cfg.n_embd, vb.pp("c_proj"))?,
-            n_head: cfg.n_head,
+            weight: vb.get(width, "weight")?.to_vec1()?,
+            bias: vb.get(width, "bias")?.to_vec1()?,
         })
     }
 
-    /// softmax(Q K^T / sqrt(d) + M) V, M = -inf where a query would see a later key.
-    fn forward(&self, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let hs = c / self.n_head;
-        let qkv = self.c_attn.forward(x)?; // (B, T, 3C)
-        let heads = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(2, i * c, c)?
-                .reshape((b, t, self.n_head, hs))?
-                .transpose(1, 2)?
-                .contiguous()?) // (B, nh, T, hs)
-        };
-        let (q, mut k, mut v) = (heads(0)?, heads(1)?, heads(2)?);
-        if let Some((past_k, past_v)) = cache.as_ref() {
-            k = Tensor::cat(&[past_k, &k], 2)?;
-            v = Tensor::cat(&[past_v, &v], 2)?;
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let c = self.weight.len();
+        let mut out = vec![0f32; x.len()];
+        for (row, y) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+            let inv = 1.0 / (var + LN_EPS).sqrt();
+            for (((y, &v), &w), &b) in y.iter_mut().zip(row).zip(&self.weight).zip(&self.bias) {
+                *y = ((v as f64 - mean) * inv) as f32 * w + b;
+            }
         }
-        let past = k.dim(2)? - t;
-        let mut att = (q.matmul(&k.t()?)? / (hs as f64).sqrt())?; // (B, nh, T, P + T)
-        if t > 1 {
-            att = att.broadcast_add(&causal_mask(t, past)?)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
-        *cache = Some((k, v));
-        Ok(self.c_proj.forward(&y)?)
+        out
     }
 }
 
-/// (T, P + T) additive mask: 0 where key j <= P + i, -inf after.
-fn causal_mask(t: usize, past: usize) -> Result<Tensor> {
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..past + t).map(move |j| {
-                if j <= past + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(data, (t, past + t), &Device::Cpu)?)
+/// The linear layer at `vb` (PyTorch layout) with `act` fused.
+fn dense(vb: VarBuilder, in_dim: usize, out_dim: usize, act: Activation) -> Result<Dense> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    Dense::new(&weight, &vb.get(out_dim, "bias")?, act)
 }
 
-struct Mlp {
-    c_fc: Linear,
-    c_proj: Linear,
-}
-
-impl Mlp {
-    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
-        Ok(Self {
-            c_fc: linear(cfg.n_embd, 4 * cfg.n_embd, vb.pp("c_fc"))?,
-            c_proj: linear(4 * cfg.n_embd, cfg.n_embd, vb.pp("c_proj"))?,
-        })
-    }
-
-    /// c_proj(GELU(c_fc(x))), GELU in its exact erf form.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.c_proj.forward(&self.c_fc.forward(x)?.gelu_erf()?)?)
-    }
+/// x + f(x), summed into f(x)'s buffer.
+fn residual(mut fx: Vec<f32>, x: &[f32]) -> Vec<f32> {
+    fx.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+    fx
 }
 
 struct Block {
     ln_1: LayerNorm,
-    attn: CausalSelfAttention,
+    /// x -> [q, k, v] (3C)
+    c_attn: Mlp,
+    /// attention output -> C
+    attn_proj: Mlp,
     ln_2: LayerNorm,
+    /// c_proj(GELU(c_fc(x))), GELU in its exact erf form, fused into c_fc.
     mlp: Mlp,
     pre_ln: bool,
 }
 
 impl Block {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let c = cfg.n_embd;
+        let (attn, mlp) = (vb.pp("attn"), vb.pp("mlp"));
         Ok(Self {
-            ln_1: layer_norm(cfg.n_embd, LN_EPS, vb.pp("ln_1"))?,
-            attn: CausalSelfAttention::load(vb.pp("attn"), cfg)?,
-            ln_2: layer_norm(cfg.n_embd, LN_EPS, vb.pp("ln_2"))?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            ln_1: LayerNorm::load(vb.pp("ln_1"), c)?,
+            c_attn: Mlp::new(vec![dense(
+                attn.pp("c_attn"),
+                c,
+                3 * c,
+                Activation::Identity,
+            )?]),
+            attn_proj: Mlp::new(vec![dense(attn.pp("c_proj"), c, c, Activation::Identity)?]),
+            ln_2: LayerNorm::load(vb.pp("ln_2"), c)?,
+            mlp: Mlp::new(vec![
+                dense(mlp.pp("c_fc"), c, 4 * c, Activation::Gelu)?,
+                dense(mlp.pp("c_proj"), 4 * c, c, Activation::Identity)?,
+            ]),
             pre_ln: cfg.pre_ln,
         })
     }
 
+    /// c_proj(softmax(Q K^T / sqrt(d) + M) V) with [Q, K, V] = c_attn(x), M = -inf where
+    /// a query would see a later key.
+    fn attention(
+        &self,
+        x: &[f32],
+        t: usize,
+        cache: &mut KvCache,
+        layer: usize,
+        isa: Isa,
+    ) -> Vec<f32> {
+        let qkv = self.c_attn.forward(x, t);
+        self.attn_proj
+            .forward(&cache.attend(layer, &qkv, t, isa), t)
+    }
+
     /// pre-LN: x + attn(ln_1(x)), then + mlp(ln_2(x)); post-LN: ln_1(x + attn(x)), ln_2(x + mlp(x)).
-    fn forward(&self, x: &Tensor, cache: &mut Option<(Tensor, Tensor)>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: Vec<f32>,
+        t: usize,
+        cache: &mut KvCache,
+        layer: usize,
+        isa: Isa,
+    ) -> Vec<f32> {
         if self.pre_ln {
-            let x = (x + self.attn.forward(&self.ln_1.forward(x)?, cache)?)?;
-            return Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?);
+            let attn = self.attention(&self.ln_1.forward(&x), t, cache, layer, isa);
+            let x = residual(attn, &x);
+            return residual(self.mlp.forward(&self.ln_2.forward(&x), t), &x);
         }
-        let x = self.ln_1.forward(&(x + self.attn.forward(x, cache)?)?)?;
-        Ok(self.ln_2.forward(&(&x + self.mlp.forward(&x)?)?)?)
+        let x = self
+            .ln_1
+            .forward(&residual(self.attention(&x, t, cache, layer, isa), &x));
+        self.ln_2.forward(&residual(self.mlp.forward(&x, t), &x))
     }
 }
 
 pub struct Gpt {
     pub cfg: Config,
     vocab: Vec<char>,
-    wte: Tensor,
-    wpe: Tensor,
+    /// Token and position embeddings, row-major (vocab, C) and (block_size, C).
+    wte: Vec<f32>,
+    wpe: Vec<f32>,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
+    /// The tied output head: logits = x wte^T.
+    head: Mlp,
+    isa: Isa,
 }
 
 impl Gpt {
@@ -191,12 +198,20 @@ impl Gpt {
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::load(vb_t.pp("h").pp(i), &cfg))
             .collect::<Result<_>>()?;
+        let wte = vb_t.pp("wte").get((vocab.len(), cfg.n_embd), "weight")?;
+        let no_bias = Tensor::zeros(vocab.len(), DType::F32, &Device::Cpu)?;
         Ok(Self {
-            wte: vb_t.pp("wte").get((vocab.len(), cfg.n_embd), "weight")?,
-            wpe: vb_t.pp("wpe").get((cfg.block_size, cfg.n_embd), "weight")?,
-            ln_f: layer_norm(cfg.n_embd, LN_EPS, vb_t.pp("ln_f"))?,
+            head: Mlp::new(vec![Dense::new(&wte, &no_bias, Activation::Identity)?]),
+            wte: wte.flatten_all()?.to_vec1()?,
+            wpe: vb_t
+                .pp("wpe")
+                .get((cfg.block_size, cfg.n_embd), "weight")?
+                .flatten_all()?
+                .to_vec1()?,
+            ln_f: LayerNorm::load(vb_t.pp("ln_f"), cfg.n_embd)?,
             blocks,
             vocab,
+            isa: crate::isa()?,
             cfg,
         })
     }
@@ -224,28 +239,32 @@ impl Gpt {
             .collect()
     }
 
-    /// Logits (T, vocab) of tokens that follow the cached positions.
-    fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let start = cache
-            .first()
-            .and_then(|c| c.as_ref())
-            .map_or(Ok(0), |(k, _)| k.dim(2))?;
-        let t = ids.len();
-        let idx = Tensor::new(ids, &Device::Cpu)?;
-        let x = self
-            .wte
-            .index_select(&idx, 0)?
-            .add(&self.wpe.narrow(0, start, t)?)?;
-        let mut x = x.unsqueeze(0)?; // (1, T, C)
-        for (block, layer_cache) in self.blocks.iter().zip(cache.iter_mut()) {
-            x = block.forward(&x, layer_cache)?;
+    /// The final hidden states ln_f(x) (T, C) of tokens that follow the cached
+    /// positions; the cache then holds them too.
+    fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        let (start, t, c) = (cache.len(), ids.len(), self.cfg.n_embd);
+        // x_i = wte[id_i] + wpe[start + i]
+        let mut x = Vec::with_capacity(t * c);
+        for (i, &id) in ids.iter().enumerate() {
+            let token = &self.wte[id as usize * c..][..c];
+            let position = &self.wpe[(start + i) * c..][..c];
+            x.extend(token.iter().zip(position).map(|(a, b)| a + b));
         }
-        let x = self.ln_f.forward(&x)?.squeeze(0)?; // (T, C)
-        Ok(x.matmul(&self.wte.t()?)?) // tied head: (T, vocab)
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, t, cache, layer, self.isa);
+        }
+        cache.advance(t);
+        self.ln_f.forward(&x)
     }
 
     fn empty_cache(&self) -> KvCache {
-        vec![None; self.blocks.len()]
+        let cfg = &self.cfg;
+        KvCache::new(
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.n_embd / cfg.n_head,
+            cfg.block_size,
+        )
     }
 
     /// Next-token logits at every position of `ids` (at most block_size tokens).
@@ -258,7 +277,12 @@ impl Gpt {
                 limit: self.cfg.block_size,
             });
         }
-        crate::batch::Matrix::from_tensor(&self.forward(ids, &mut self.empty_cache())?)
+        let hidden = self.forward(ids, &mut self.empty_cache());
+        Ok(crate::batch::Matrix {
+            rows: ids.len(),
+            cols: self.vocab.len(),
+            data: self.head.forward(&hidden, ids.len()),
+        })
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
@@ -286,22 +310,17 @@ impl Gpt {
         let mut rng = Rng::new(sampling.seed);
         let mut ids = prompt.to_vec();
         let mut cache = self.empty_cache();
-        let mut cached = false;
+        let c = self.cfg.n_embd;
         for _ in 0..max_new_tokens {
-            let fits = ids.len() <= self.cfg.block_size;
-            let logits = if fits && cached {
-                self.forward(&ids[ids.len() - 1..], &mut cache)?
+            let hidden = if ids.len() <= self.cfg.block_size && !cache.is_empty() {
+                self.forward(&ids[ids.len() - 1..], &mut cache)
             } else {
                 // prefill, or re-prefill a window that slid past block_size
-                cache = self.empty_cache();
+                cache.clear();
                 let window = &ids[ids.len().saturating_sub(self.cfg.block_size)..];
-                self.forward(window, &mut cache)?
+                self.forward(window, &mut cache)
             };
-            cached = fits;
-            let last = logits
-                .get(logits.dim(0)? - 1)?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?;
+            let last = self.head.forward(&hidden[hidden.len() - c..], 1);
             ids.push(pick_next_token(&last, sampling, &mut rng));
         }
         Ok(ids)
@@ -439,12 +458,5 @@ mod tests {
             .map(|_| pick_next_token(&logits, s, &mut rng))
             .collect();
         assert_eq!(drawn, [1, 2].into_iter().collect());
-    }
-
-    #[test]
-    fn mask_hides_later_keys_only() {
-        let m = causal_mask(2, 1).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
-        assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
     }
 }

@@ -4,10 +4,12 @@
 //! binding crates beside it convert types and map [`InferError`] in one place each.
 
 pub mod artifact;
+mod attention;
 pub mod batch;
 pub mod dense;
 pub mod error;
 pub mod gpt;
+pub mod isa;
 pub mod limits;
 pub mod manifest;
 pub mod model;
@@ -19,4 +21,5 @@ pub mod wgan;
 pub use batch::{Matrix, Rows};
 pub use error::{InferError, Result};
 pub use gpt::Sampling;
+pub use isa::{isa, Isa};
 pub use model::Model;

@@ -1,7 +1,12 @@
 //! A two-thread team for calls too short for a thread pool's wake-up. The caller runs
-//! part 0 of a job while one helper thread, spinning on an atomic for a while after
-//! each job instead of sleeping, runs part 1. A hand-off costs well under a microsecond
-//! while the helper is warm; rayon's sleeping workers take several.
+//! part 0 of a job while one helper thread runs part 1.
+//!
+//! The helper spins on an atomic for a short while after each job, so calls that
+//! follow each other closely hand off in well under a microsecond, then parks (a futex
+//! wait: no CPU at all while the engine is idle). A parked helper takes several
+//! microseconds to wake, so part 1 goes to whichever thread claims it first: when the
+//! caller finishes part 0 before the helper has started part 1, it runs part 1 itself.
+//! A call on a cold team therefore costs at most what it costs on one thread.
 //!
 //! One caller at a time: a second concurrent caller finds the team busy and runs both
 //! parts itself.
@@ -12,20 +17,36 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// How long the helper spins for the next job before it parks.
-const SPIN: Duration = Duration::from_millis(2);
+/// How long the helper spins for the next job before it parks: long enough for
+/// back-to-back calls, short enough that a quiet engine costs nothing.
+const SPIN: Duration = Duration::from_micros(50);
 
 type Job<'a> = dyn Fn(usize) + Sync + 'a;
 
 struct Team {
     /// Serialises callers; held for the whole hand-off.
     busy: Mutex<()>,
-    /// The job of the current epoch: a `*const &Job` valid until `done == epoch`.
+    /// The job of the current epoch: a `*const &Job` valid until the epoch's part 1
+    /// is claimed by the caller or done by the helper.
     job: AtomicPtr<()>,
+    /// Bumped by the caller for each job.
     epoch: AtomicU64,
+    /// The last epoch whose part 1 a thread has claimed: `epoch - 1` while it is
+    /// unclaimed, `epoch` once the helper or the caller took it.
+    claimed: AtomicU64,
+    /// The last epoch whose part 1 the helper finished.
     done: AtomicU64,
     helper_panicked: AtomicBool,
     helper: Thread,
+}
+
+impl Team {
+    /// Take part 1 of `epoch`; true for exactly one of the two threads.
+    fn claim(&self, epoch: u64) -> bool {
+        self.claimed
+            .compare_exchange(epoch - 1, epoch, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
 }
 
 static TEAM: OnceLock<Option<&'static Team>> = OnceLock::new();
@@ -40,6 +61,7 @@ fn team() -> Option<&'static Team> {
                     busy: Mutex::new(()),
                     job: AtomicPtr::new(std::ptr::null_mut()),
                     epoch: AtomicU64::new(0),
+                    claimed: AtomicU64::new(0),
                     done: AtomicU64::new(0),
                     helper_panicked: AtomicBool::new(false),
                     helper: std::thread::current(),
@@ -58,15 +80,21 @@ fn helper_loop(team: &Team) {
         let started = Instant::now();
         while team.epoch.load(Ordering::Acquire) == seen {
             if started.elapsed() > SPIN {
-                std::thread::park_timeout(Duration::from_millis(50));
+                // The caller unparks after each bump; a token left by an earlier
+                // unpark only makes this return early, and the loop checks again.
+                std::thread::park();
             } else {
                 std::hint::spin_loop();
             }
         }
         seen = team.epoch.load(Ordering::Acquire);
+        if !team.claim(seen) {
+            continue; // the caller ran part 1 itself
+        }
         let job = team.job.load(Ordering::Acquire) as *const &Job;
         // SAFETY: the caller published a pointer to a live `&Job` before bumping the
-        // epoch, and does not return (or unwind) before we store `done = seen`.
+        // epoch, and, since it lost the claim, does not return (or unwind) before we
+        // store `done = seen`.
         let ok = catch_unwind(AssertUnwindSafe(|| unsafe { (*job)(1) })).is_ok();
         if !ok {
             team.helper_panicked.store(true, Ordering::Release);
@@ -75,14 +103,20 @@ fn helper_loop(team: &Team) {
     }
 }
 
-/// Waits for the helper to finish the current epoch, also if part 0 unwinds.
-struct AwaitHelper<'a> {
+/// Ends the caller's side of an epoch, also if part 0 unwinds: unless the caller
+/// claimed part 1, either claim it now (so the helper never starts it) or wait for
+/// the helper to finish it.
+struct Finish<'a> {
     team: &'a Team,
     epoch: u64,
+    caller_claimed: bool,
 }
 
-impl Drop for AwaitHelper<'_> {
+impl Drop for Finish<'_> {
     fn drop(&mut self) {
+        if self.caller_claimed || self.team.claim(self.epoch) {
+            return;
+        }
         while self.team.done.load(Ordering::Acquire) != self.epoch {
             std::hint::spin_loop();
         }
@@ -107,9 +141,17 @@ pub fn run_pair(job: &Job) {
     let epoch = team.epoch.load(Ordering::Relaxed) + 1;
     team.epoch.store(epoch, Ordering::Release);
     team.helper.unpark();
-    let wait = AwaitHelper { team, epoch };
+    let mut finish = Finish {
+        team,
+        epoch,
+        caller_claimed: false,
+    };
     job(0);
-    drop(wait);
+    if team.claim(epoch) {
+        finish.caller_claimed = true;
+        job(1);
+    }
+    drop(finish);
     assert!(
         !team.helper_panicked.swap(false, Ordering::AcqRel),
         "the helper thread panicked in part 1"
@@ -120,6 +162,7 @@ pub fn run_pair(job: &Job) {
 mod tests {
     use super::run_pair;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     #[test]
     fn both_parts_run_once_per_call_from_many_threads() {
@@ -127,7 +170,11 @@ mod tests {
         std::thread::scope(|s| {
             for _ in 0..4 {
                 s.spawn(|| {
-                    for _ in 0..500 {
+                    for i in 0..500 {
+                        if i % 100 == 0 {
+                            // let the helper park, so some calls find it cold
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
                         run_pair(&|part| {
                             counts[part].fetch_add(1, Ordering::Relaxed);
                         });

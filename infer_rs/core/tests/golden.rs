@@ -184,3 +184,54 @@ fn batched_calls_equal_single_calls() {
         }
     }
 }
+
+/// Every test of this file again in a child process per instruction-set path the CPU
+/// has (INFER_RS_ISA forces it); the paths it lacks are named on stderr. In a child,
+/// this test only checks that the forced path is the one in use.
+#[test]
+fn every_isa_path_of_this_cpu_reproduces_the_golden_vectors() {
+    if let Ok(forced) = std::env::var(infer_core::isa::ENV_VAR) {
+        assert_eq!(infer_core::isa().unwrap().name(), forced);
+        return;
+    }
+    for isa in infer_core::Isa::ALL {
+        if !isa.supported() {
+            let note = format!("golden: skipped the {isa} path: this CPU lacks it\n");
+            std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes()).unwrap();
+            continue;
+        }
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(infer_core::isa::ENV_VAR, isa.name())
+            .arg("--quiet")
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "the golden tests fail on the {isa} path:\n{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_forced_path_the_cpu_lacks_refuses_to_load() {
+    if std::env::var_os(infer_core::isa::ENV_VAR).is_some() {
+        return; // a child of the test above
+    }
+    let lacking = infer_core::Isa::ALL
+        .into_iter()
+        .find(|isa| !isa.supported());
+    let Some(isa) = lacking else {
+        return; // this CPU has every path
+    };
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(infer_core::isa::ENV_VAR, isa.name())
+        .args(["--exact", "wgan_generate_from_z"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(!child.status.success());
+    let refusal = format!("UnsupportedIsa {{ requested: \"{isa}\", reason: \"this CPU lacks");
+    assert!(out.contains(&refusal), "{out}");
+}

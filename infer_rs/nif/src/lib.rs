@@ -41,7 +41,7 @@ fn reason(err: InferError) -> Reason {
         InferError::InvalidArgument(_) => atoms::invalid_argument(),
         InferError::TooLarge { .. } => atoms::too_large(),
         InferError::WrongArchitecture { .. } => atoms::unknown_op(),
-        InferError::Compute(_) => atoms::internal(),
+        InferError::Compute(_) | InferError::UnsupportedIsa { .. } => atoms::internal(),
         _ => atoms::bad_model(),
     };
     (kind, err.to_string())
