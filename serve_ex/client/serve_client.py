@@ -48,11 +48,16 @@ class Client:
         self.channel = self.connection.channel()
         self.reply_queue = self.channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         self.replies: dict[str, list[dict]] = {}
+        # the x-model-version header of each reply: which file version computed it
+        self.versions: dict[str, list[str | None]] = {}
         self.channel.basic_consume(self.reply_queue, self._on_reply, auto_ack=True)
 
     def _on_reply(self, _ch, _method, props, body: bytes) -> None:
         reply = json.loads(body)
         self.replies.setdefault(props.correlation_id, []).append(reply)
+        self.versions.setdefault(props.correlation_id, []).append(
+            (props.headers or {}).get("x-model-version")
+        )
         if self.on_reply:
             self.on_reply(props.correlation_id, reply)
 

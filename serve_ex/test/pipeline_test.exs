@@ -43,7 +43,8 @@ defmodule ServeEx.PipelineTest do
       delivery_tag: tag,
       redelivered: Keyword.get(opts, :redelivered, false),
       reply_to: Keyword.get(opts, :reply_to, @reply_queue),
-      correlation_id: "c#{tag}"
+      correlation_id: "c#{tag}",
+      deadline: Keyword.get(opts, :deadline)
     }
 
     send(producer, {:fake_deliver, body, meta})
@@ -197,5 +198,35 @@ defmodule ServeEx.PipelineTest do
     for tag <- 90..93, do: assert_received({:ack, ^tag})
     refute ServeEx.Status.consuming?()
     assert ServeEx.InFlight.count() == 0
+  end
+
+  test "a request past its deadline gets deadline_exceeded; a bad deadline invalid_argument",
+       %{producer: producer} do
+    body = ~s({"v": 1, "model": "vae", "op": "generate", "n": 1})
+    deliver(producer, body, 100, deadline: System.os_time(:millisecond) - 1)
+    assert %{"error" => %{"code" => "deadline_exceeded"}} = reply_for(100)
+    deliver(producer, body, 101, deadline: "tomorrow")
+    assert %{"error" => %{"code" => "invalid_argument"}} = reply_for(101)
+    deliver(producer, body, 102, deadline: System.os_time(:millisecond) + 60_000)
+    assert %{"ok" => true} = reply_for(102)
+  end
+
+  test "past a model's admission bound requests are overloaded; other models answer",
+       %{producer: producer} do
+    ServeEx.Admission.setup(["gpt", "vae"], 2)
+    on_exit(fn -> ServeEx.Admission.setup([], 64 * 8) end)
+
+    text =
+      ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 50})
+
+    for tag <- 110..114, do: deliver(producer, text, tag)
+    deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 115)
+
+    replies = for tag <- 110..114, do: reply_for(tag)
+    overloaded = Enum.filter(replies, &match?(%{"error" => %{"code" => "overloaded"}}, &1))
+    assert length(overloaded) == 3
+    assert Enum.all?(overloaded, &(&1["error"]["retry_after_ms"] >= 1))
+    assert Enum.count(replies, & &1["ok"]) == 2
+    assert %{"ok" => true} = reply_for(115)
   end
 end

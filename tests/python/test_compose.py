@@ -2,6 +2,7 @@
 the file parses, the services wire together, and every path and setting it relies on
 exists in the repo."""
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -14,18 +15,36 @@ SERVICES = COMPOSE["services"]
 
 
 def test_services_and_their_order():
-    assert set(SERVICES) == {"rabbitmq", "trainer", "serve"}
+    assert set(SERVICES) == {"rabbitmq", "broker-users", "trainer", "serve"}
+    assert SERVICES["broker-users"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
     depends = SERVICES["serve"]["depends_on"]
-    assert depends["rabbitmq"]["condition"] == "service_healthy"
+    assert depends["broker-users"]["condition"] == "service_completed_successfully"
     assert depends["trainer"]["condition"] == "service_completed_successfully"
-    assert "healthcheck" in SERVICES["rabbitmq"]
+    assert "healthcheck" in SERVICES["rabbitmq"] and "healthcheck" in SERVICES["serve"]
+    assert SERVICES["serve"]["deploy"]["replicas"] >= 2
 
 
-def test_the_service_logs_in_as_the_broker_user():
+def broker_permissions() -> dict[str, dict[str, str]]:
+    """The permissions broker-users grants, by user, as the regexes RabbitMQ will see."""
+    script = SERVICES["broker-users"]["command"][-1]
+    grants = re.findall(r"put permissions/%2F/(\w+)\s+'(\{.*?\})'", script, flags=re.S)
+    return {user: json.loads(body) for user, body in grants}
+
+
+def test_the_service_logs_in_as_its_own_least_privilege_user():
     url = urlparse(SERVICES["serve"]["environment"]["AMQP_URL"])
-    broker = SERVICES["rabbitmq"]["environment"]
-    assert (url.username, url.password) == (broker["RABBITMQ_DEFAULT_USER"], broker["RABBITMQ_DEFAULT_PASS"])
-    assert url.hostname == "rabbitmq"
+    assert url.hostname == "rabbitmq" and url.username == "serve"
+    assert url.username != SERVICES["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"]
+    serve, client = broker_permissions()["serve"], broker_permissions()["client"]
+    for queue in ("serve_ex.requests", "serve_ex.dead", "amq.gen-abc"):
+        assert re.fullmatch(serve["read"], queue) and re.fullmatch(serve["configure"], queue)
+    assert re.fullmatch(serve["write"], "amq.default")
+    # a client may publish through the default exchange and use its own reply queues,
+    # and may not read the dead-letter queue or the requests, or touch the service's queues
+    assert re.fullmatch(client["write"], "amq.default")
+    assert re.fullmatch(client["read"], "amq.gen-abc") and re.fullmatch(client["configure"], "amq.gen-abc")
+    for queue in ("serve_ex.dead", "serve_ex.requests"):
+        assert not re.fullmatch(client["read"], queue) and not re.fullmatch(client["configure"], queue)
 
 
 def test_service_settings_are_ones_the_service_reads():

@@ -4,25 +4,28 @@ a drain on SIGTERM under load beside a second node, and a node with no model.
 Needs the broker on 127.0.0.1:5672, Elixir and the NIF (`make test` provides them).
 """
 
+import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
+import pika
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "serve_ex" / "scripts"))
 sys.path.insert(0, str(REPO / "serve_ex" / "client"))
-from kill_and_recover import Expected  # noqa: E402
 from serve_client import Client, tensor  # noqa: E402
 from service import Service, free_port, http_json  # noqa: E402
+from two_nodes import DRAIN_TIMEOUT_S, stop_one_under_load  # noqa: E402
 
-DRAIN_TIMEOUT_S = 10
+from train.export import export, load  # noqa: E402
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -72,51 +75,22 @@ def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained,
 
 
 def test_sigterm_under_load_drains_beside_a_second_node_and_loses_nothing(trained, tmp_path):
-    models = trained["vae"].parent
-    queue = f"serve_ex.drain.{uuid.uuid4().hex[:8]}"
-    expected = Expected(models / "vae.safetensors")
-    pending: dict[str, tuple[int, int]] = {}
-    seen: set[str] = set()
-    counts = {"sent": 0, "answered": 0, "duplicates": 0, "wrong": 0, "inflight_at_term": 0}
-
-    def on_reply(cid: str, reply: dict) -> None:
-        if cid in seen:
-            counts["duplicates"] += 1
-            return
-        seen.add(cid)
-        n, seed = pending.pop(cid)
-        counts["answered"] += 1
-        counts["wrong"] += not expected.matches(n, seed, reply)
-
-    stopped = {}
-    with (
-        Service(models, queue, tmp_path / "a.log", DRAIN_TIMEOUT_MS=str(DRAIN_TIMEOUT_S * 1000)) as a,
-        Service(models, queue, tmp_path / "b.log"),
-        Client(queue=queue, on_reply=on_reply) as client,
-    ):
-
-        def terminate_a():
-            stopped["status"], stopped["seconds"] = a.sigterm(timeout=DRAIN_TIMEOUT_S + 20)
-
-        term = threading.Thread(target=terminate_a)
-        deadline = time.monotonic() + 180
-        while (counts["sent"] < 1500 or pending) and time.monotonic() < deadline:
-            while counts["sent"] < 1500 and len(pending) < 64:
-                n, seed = 1 + counts["sent"] % 4, counts["sent"]
-                cid = client.send({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": seed})
-                pending[cid] = (n, seed)
-                counts["sent"] += 1
-            if counts["sent"] >= 300 and not term.is_alive() and "status" not in stopped:
-                counts["inflight_at_term"] = len(pending)
-                term.start()
-            client.poll(0.01)
-        term.join()
-        client.poll(0.5)  # late duplicates
-    assert counts["inflight_at_term"] >= 64
-    assert stopped["status"] == 0 and stopped["seconds"] < DRAIN_TIMEOUT_S + 5, stopped
-    lost = counts["sent"] - counts["answered"]
-    assert (lost, counts["wrong"], counts["duplicates"]) == (0, 0, 0), counts
+    counts = stop_one_under_load(
+        trained["vae"].parent, tmp_path, lambda node: node.sigterm(timeout=DRAIN_TIMEOUT_S + 20)
+    )
+    status, seconds = counts["stopped"]
+    assert counts["inflight_at_stop"] >= 64
+    assert status == 0 and seconds < DRAIN_TIMEOUT_S + 5, counts
+    assert (counts["lost"], counts["wrong"], counts["duplicates"]) == (0, 0, 0), counts
     assert "drained in" in (tmp_path / "a.log").read_text()
+
+
+def test_sigkill_of_one_of_two_nodes_under_load_loses_nothing(trained, tmp_path):
+    counts = stop_one_under_load(trained["vae"].parent, tmp_path, lambda node: node.sigkill())
+    # a killed node's unacked deliveries are redelivered to the other: some may be
+    # answered twice (clients de-duplicate by correlation id), none lost or wrong
+    assert counts["inflight_at_stop"] >= 64
+    assert (counts["lost"], counts["wrong"]) == (0, 0), counts
 
 
 def test_a_node_without_models_stays_unready_and_takes_no_requests(trained, tmp_path):
@@ -141,3 +115,90 @@ def test_a_node_without_models_stays_unready_and_takes_no_requests(trained, tmp_
         idle.stop()
     log = (tmp_path / "idle.log").read_text()
     assert "pipe.safetensors: not a regular file" in log and "no model is served" in log
+
+
+def publish(channel, queue: str, body: dict, reply_to: str, cid: str, deadline_ms=None) -> None:
+    headers = {} if deadline_ms is None else {"x-deadline-ms": deadline_ms}
+    props = pika.BasicProperties(reply_to=reply_to, correlation_id=cid, headers=headers, delivery_mode=2)
+    channel.basic_publish("", queue, json.dumps(body).encode(), props)
+
+
+def test_deadlines_and_overload_through_the_broker(trained, tmp_path):
+    queue = f"serve_ex.limits.{uuid.uuid4().hex[:8]}"
+    long_text = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 400}
+    small = {"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1}
+    with (
+        Service(trained["vae"].parent, queue, tmp_path / "limits.log", MAX_QUEUED_ROWS="3") as service,
+        Client(queue=queue) as client,
+    ):
+        channel = client.channel
+        now_ms = int(time.time() * 1000)
+        publish(channel, queue, small, client.reply_queue, "late", deadline_ms=now_ms - 1)
+        publish(channel, queue, small, client.reply_queue, "bad", deadline_ms="tomorrow")
+        publish(channel, queue, small, client.reply_queue, "in-time", deadline_ms=now_ms + 60_000)
+        assert client.wait("late")["error"]["code"] == "deadline_exceeded"
+        assert client.wait("bad")["error"]["code"] == "invalid_argument"
+        assert client.wait("in-time")["ok"] is True
+
+        # flood the GPT: 3 rows are admitted, the rest are shed at once, the VAE answers
+        flood = [client.send(long_text) for _ in range(12)]
+        for _ in range(5):  # one at a time: within the VAE's own bound
+            assert tensor(client.call(small)).shape == (1, 784)
+        replies = [client.wait(cid, timeout=120) for cid in flood]
+        shed = [r for r in replies if not r["ok"]]
+        assert shed and all(r["error"]["code"] == "overloaded" for r in shed)
+        assert all(r["error"]["retry_after_ms"] >= 1 for r in shed)
+        assert sum(r["ok"] for r in replies) >= 3
+        # a short deadline behind a long request expires while it waits for its batch
+        longest = dict(long_text, max_new_tokens=1024)
+        first = client.send(longest)
+        time.sleep(0.02)  # its batch has started
+        publish(channel, queue, longest, client.reply_queue, "behind", int(time.time() * 1000) + 30)
+        assert client.wait(first, timeout=120)["ok"] is True
+        assert client.wait("behind", timeout=120)["error"]["code"] == "deadline_exceeded"
+        metrics = service.metrics()
+    assert 'outcome="overloaded"' in metrics and 'outcome="deadline_exceeded"' in metrics
+    assert "serve_ex_queue_time_ms_bucket" in metrics and "serve_ex_compute_time_ms_bucket" in metrics
+
+
+def model_version(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_hot_swap_under_load_loses_nothing_and_a_bad_file_keeps_the_old_version(trained, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(trained["vae"], models / "vae.safetensors")
+    old = model_version(models / "vae.safetensors")
+    replacement = tmp_path / "vae_retrained.safetensors"  # same weights, other provenance
+    export(load(trained["vae"]), replacement, {"data": "the same weights, exported again"})
+    new = model_version(replacement)
+    queue = f"serve_ex.swap.{uuid.uuid4().hex[:8]}"
+    with (
+        Service(models, queue, tmp_path / "swap.log", MODEL_POLL_MS="100") as service,
+        Client(queue=queue) as client,
+    ):
+        sent, swapped_at = [], None
+        deadline = time.monotonic() + 60
+        while len(sent) < 600 and time.monotonic() < deadline:
+            sent += [client.send({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": len(sent)})]
+            if len(sent) == 200:
+                os.replace(replacement, models / "vae.safetensors")  # atomic, as a deploy would
+                swapped_at = time.monotonic()
+            if len(sent) % 32 == 0:
+                client.poll(0.02)
+        for cid in sent:
+            assert tensor(client.wait(cid)).shape == (1, 784)
+        versions = [client.versions[cid][0] for cid in sent]
+        assert set(versions) <= {old, new} and versions[-1] == new, (old, new, set(versions))
+        assert time.monotonic() - swapped_at < 60
+
+        # a corrupt file in place of the model: the log says why, the new version serves on
+        (tmp_path / "corrupt").write_bytes(b"\x00" * 64)
+        os.replace(tmp_path / "corrupt", models / "vae.safetensors")
+        wait_for(
+            lambda: "the old version keeps serving" in (tmp_path / "swap.log").read_text(), 30, "a refusal"
+        )
+        cid = client.send({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1})
+        assert tensor(client.wait(cid)).shape == (1, 784) and client.versions[cid] == [new]
+        assert service.health()["ready"] is True

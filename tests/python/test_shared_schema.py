@@ -43,7 +43,9 @@ def test_example_validates_as_labelled(example):
 
 
 def test_examples_cover_every_request_error_code():
-    produced_by_requests = set(ERRORS["codes"]) - {"overloaded", "internal"}
+    # overloaded, deadline_exceeded and internal depend on the service's state and the
+    # request's headers, not on its body
+    produced_by_requests = set(ERRORS["codes"]) - {"overloaded", "deadline_exceeded", "internal"}
     assert produced_by_requests <= {e["expect"] for e in EXAMPLES}
 
 

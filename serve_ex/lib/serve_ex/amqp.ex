@@ -14,7 +14,8 @@ defmodule ServeEx.AMQP do
           delivery_tag: non_neg_integer(),
           redelivered: boolean(),
           reply_to: String.t() | nil,
-          correlation_id: String.t() | nil
+          correlation_id: String.t() | nil,
+          deadline: term()
         }
 
   @callback connect(url :: String.t()) :: {:ok, conn()} | {:error, term()}
@@ -22,6 +23,12 @@ defmodule ServeEx.AMQP do
   @callback open_channel(conn()) :: {:ok, chan()} | {:error, term()}
   @callback close_channel(chan()) :: :ok
   @callback declare_topology(chan(), queue :: String.t()) :: :ok
+  @doc """
+  The node part (`reply@<digits>`) of the direct reply-to names this broker hands out,
+  learnt by asking it for one: a direct reply-to name on any other node makes the
+  broker close the publishing connection.
+  """
+  @callback direct_reply_node(conn()) :: {:ok, String.t()} | {:error, term()}
   @doc "Subscribes the calling process; returns the consumer tag."
   @callback consume(chan(), queue :: String.t(), prefetch :: pos_integer()) ::
               {:ok, consumer_tag :: String.t()}
@@ -38,14 +45,16 @@ defmodule ServeEx.AMQP do
   @callback confirm_select(chan(), handler :: pid()) :: :ok
   @doc """
   Publishes a reply with `mandatory` set through the default exchange; `seqno` travels
-  as its message id, so a return can be matched to the publish.
+  as its message id, so a return can be matched to the publish, and the version of the
+  model that computed it (if any) as the header `x-model-version`.
   """
   @callback publish(
               chan(),
               routing_key :: String.t(),
               payload :: iodata(),
               correlation_id :: String.t() | nil,
-              seqno :: pos_integer()
+              seqno :: pos_integer(),
+              model_version :: String.t() | nil
             ) ::
               :ok
   @callback classify(message :: term()) ::

@@ -34,7 +34,7 @@ defmodule ServeEx.Application do
       System.put_env("RAYON_NUM_THREADS", Integer.to_string(config.engine_threads))
 
       children = [
-        {ServeEx.ModelRegistry, config.model_dir},
+        {ServeEx.ModelRegistry, {config.model_dir, config.model_poll_ms}},
         {ServeEx.HTTP, config},
         Supervisor.child_spec(
           {Connection, url: config.amqp_url, queue: config.request_queue},

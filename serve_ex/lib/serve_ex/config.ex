@@ -14,6 +14,8 @@ defmodule ServeEx.Config do
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
   | `ENGINE_THREADS` | `1` | threads per engine call (up to the machine's core count); the VM already runs one call per dirty CPU scheduler, so more threads per call only pay off with fewer concurrent calls than cores |
   | `REPLY_QUEUE_PREFIX` | `serve_ex.reply.` | besides broker-generated and direct reply-to names, `reply_to` may name a queue under this prefix (`ServeEx.ReplyTo`); empty turns it off |
+  | `MODEL_POLL_MS` | `2000` | how often the model directory is looked at for new or changed files (hot swap); 0 turns polling off (SIGHUP still reloads) |
+  | `MAX_QUEUED_ROWS` | `8 * BATCH_SIZE` | rows one model may have waiting or computing; past it a request gets `overloaded` at once (`ServeEx.Admission`) |
   | `DRAIN_TIMEOUT_MS` | `10000` | on SIGTERM or `ServeEx.stop/0`, how long in-flight work may take to finish before it is requeued |
   | `HTTP_IP` | `127.0.0.1` | address of the health and metrics endpoint |
   | `HTTP_PORT` | `9090` | its port |
@@ -34,7 +36,9 @@ defmodule ServeEx.Config do
                 :http_ip,
                 :http_port,
                 :reply_queue_prefix,
-                :drain_timeout_ms
+                :drain_timeout_ms,
+                :max_queued_rows,
+                :model_poll_ms
               ]
 
   @type t :: %__MODULE__{}
@@ -63,7 +67,9 @@ defmodule ServeEx.Config do
       http_ip: ip(env),
       http_port: int(env, "HTTP_PORT", 9090, 0..65_535),
       reply_queue_prefix: reply_prefix(env),
-      drain_timeout_ms: int(env, "DRAIN_TIMEOUT_MS", 10_000, 0..600_000)
+      drain_timeout_ms: int(env, "DRAIN_TIMEOUT_MS", 10_000, 0..600_000),
+      max_queued_rows: int(env, "MAX_QUEUED_ROWS", 8 * batch_size, 1..1_000_000),
+      model_poll_ms: int(env, "MODEL_POLL_MS", 2_000, 0..3_600_000)
     }
   end
 

@@ -59,20 +59,21 @@ defmodule ServeEx.Connection do
 
   @impl true
   def handle_info(:connect, state) do
-    with {:ok, conn} <- AMQP.impl().connect(state.url),
-         {:ok, chan} <- AMQP.impl().open_channel(conn),
-         :ok <- AMQP.impl().declare_topology(chan, state.queue) do
-      AMQP.impl().close_channel(chan)
-      Logger.info("#{inspect(state.name)} connected to the broker; queue #{state.queue} declared")
+    case AMQP.impl().connect(state.url) do
+      {:ok, conn} ->
+        case prepare(conn, state.queue) do
+          :ok ->
+            Logger.info("#{inspect(state.name)} connected; queue #{state.queue} declared")
+            Process.link(conn)
+            {:noreply, %{state | conn: conn, backoff: @first_backoff_ms}}
 
-      Process.link(conn)
-      {:noreply, %{state | conn: conn, backoff: @first_backoff_ms}}
-    else
+          error ->
+            AMQP.impl().close_connection(conn)
+            retry(state, error)
+        end
+
       error ->
-        wait = jittered(state.backoff)
-        Logger.warning("broker unavailable (#{inspect(error)}); retrying in #{wait} ms")
-        Process.send_after(self(), :connect, wait)
-        {:noreply, %{state | backoff: min(state.backoff * 2, @max_backoff_ms)}}
+        retry(state, error)
     end
   end
 
@@ -83,6 +84,23 @@ defmodule ServeEx.Connection do
   end
 
   def handle_info(_other, state), do: {:noreply, state}
+
+  # Declares the topology and learns the broker's direct reply-to node.
+  defp prepare(conn, queue) do
+    with {:ok, chan} <- AMQP.impl().open_channel(conn),
+         :ok <- AMQP.impl().declare_topology(chan, queue),
+         :ok <- AMQP.impl().close_channel(chan),
+         {:ok, node} <- AMQP.impl().direct_reply_node(conn) do
+      ServeEx.ReplyTo.put_direct_node(node)
+    end
+  end
+
+  defp retry(state, error) do
+    wait = jittered(state.backoff)
+    Logger.warning("broker unavailable (#{inspect(error, limit: 5)}); retrying in #{wait} ms")
+    Process.send_after(self(), :connect, wait)
+    {:noreply, %{state | backoff: min(state.backoff * 2, @max_backoff_ms)}}
+  end
 
   @impl true
   def terminate(_reason, %{conn: conn}) when conn != nil do

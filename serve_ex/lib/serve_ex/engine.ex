@@ -12,13 +12,14 @@ defmodule ServeEx.Engine do
 
   alias ServeEx.Native
 
-  defstruct [:id, :ref, :arch, :config]
+  defstruct [:id, :ref, :arch, :config, :version]
 
   @type t :: %__MODULE__{
           id: String.t(),
           ref: reference(),
           arch: :vae | :wgan | :gpt,
-          config: map()
+          config: map(),
+          version: String.t() | nil
         }
   @type reason :: {atom(), String.t()}
   @type tensor :: {rows :: pos_integer(), cols :: pos_integer(), f32_le_base64 :: binary()}

@@ -6,7 +6,7 @@ defmodule ServeEx.Message do
   """
 
   @enforce_keys [:payload, :reply_to, :correlation_id, :acknowledger, :redelivered, :received_at]
-  defstruct @enforce_keys ++ [:request, model_id: "unknown"]
+  defstruct @enforce_keys ++ [:request, :deadline, :model_version, model_id: "unknown"]
 
   @type t :: %__MODULE__{
           payload: binary(),
@@ -15,6 +15,8 @@ defmodule ServeEx.Message do
           acknowledger: {module(), ServeEx.AMQP.chan(), non_neg_integer()},
           redelivered: boolean(),
           received_at: integer(),
+          deadline: term(),
+          model_version: String.t() | nil,
           request: ServeEx.Request.t() | nil,
           model_id: String.t()
         }

@@ -3,9 +3,11 @@ defmodule ServeEx.Metrics do
   Prometheus metrics (the `prometheus` Erlang library), served as text on `/metrics`:
 
   - `serve_ex_requests_total{model, outcome}`: settled requests; outcome is `ok`, a
-    wire error code, `retried`, `dead_lettered`, `unroutable` (no queue took the
+    wire error code (`deadline_exceeded` and `overloaded` among them), `retried`, `dead_lettered`, `unroutable` (no queue took the
     reply), `reply_refused` (the broker nacked it) or `quarantined`;
   - `serve_ex_batch_rows`: rows per engine call (histogram);
+  - `serve_ex_queue_time_ms{model}`: receipt to the start of its batch (histogram);
+  - `serve_ex_compute_time_ms{model}`: one batch's engine time (histogram);
   - `serve_ex_request_duration_ms`: receipt to ack (histogram);
   - `serve_ex_redeliveries_total`: deliveries the broker flagged as redelivered;
   - `serve_ex_drain_duration_ms`: how long the last drain took (gauge).
@@ -36,6 +38,18 @@ defmodule ServeEx.Metrics do
       help: "Redelivered requests received"
     )
 
+    for {name, help} <- [
+          serve_ex_queue_time_ms: "Time from receipt to the start of the request's batch, in ms",
+          serve_ex_compute_time_ms: "Engine time of one batch, in milliseconds"
+        ] do
+      :prometheus_histogram.declare(
+        name: name,
+        labels: [:model],
+        buckets: [0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000, 5000, 20_000],
+        help: help
+      )
+    end
+
     :prometheus_gauge.declare(
       name: :serve_ex_drain_duration_ms,
       help: "Duration of the last drain, in milliseconds"
@@ -57,6 +71,14 @@ defmodule ServeEx.Metrics do
 
   @spec redelivery() :: :ok
   def redelivery, do: :prometheus_counter.inc(:serve_ex_redeliveries_total)
+
+  @spec queue_time(String.t(), integer()) :: :ok
+  def queue_time(model, us),
+    do: :prometheus_histogram.observe(:serve_ex_queue_time_ms, [model], us / 1000)
+
+  @spec compute_time(String.t(), integer()) :: :ok
+  def compute_time(model, us),
+    do: :prometheus_histogram.observe(:serve_ex_compute_time_ms, [model], us / 1000)
 
   @spec drain(non_neg_integer()) :: :ok
   def drain(ms), do: :prometheus_gauge.set(:serve_ex_drain_duration_ms, ms)

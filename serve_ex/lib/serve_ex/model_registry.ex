@@ -1,16 +1,25 @@
 defmodule ServeEx.ModelRegistry do
   @moduledoc """
-  Loads every `*.safetensors` in the model directory at start and serves them by id
-  (the file name without extension). Clients name models by id, never by path.
+  Loads every `*.safetensors` in the model directory and serves them by id (the file
+  name without extension). Clients name models by id, never by path.
 
   Only regular files are read (a FIFO or a device named `*.safetensors` would block
   or mislead the loader), and only names that are valid ids (`ServeEx.Request.valid_id?/1`).
   Each model runs one tiny forward pass before it is served, so a model that loads
-  but cannot compute is never announced as ready.
+  but cannot compute is never served. A file the engine refuses is logged with the
+  reason and left out; the rest are served.
+
+  **Hot swap.** Every `MODEL_POLL_MS` (and on SIGHUP, or `reload/0`) the directory is
+  looked at again. A file whose size or modification time changed is loaded, checked
+  and warmed as a new version, then switched in with one `:persistent_term` write: a
+  batch that already started finishes on the old version, the next one runs on the new
+  one. A corrupt or mismatched new file leaves the old version serving, and the log says
+  why. A new id gets a batcher of its own; a file that disappears leaves its model
+  serving until the next start. Each model's `version` is the first 12 hex digits of
+  the file's SHA-256; every reply carries it (`ServeEx.Pipeline.Acknowledger`).
 
   Models are kept in `:persistent_term`: lookups cost no message, and a model is one
-  shared NIF resource. A file the engine refuses is logged with the reason and left
-  out; the rest are served.
+  shared NIF resource.
   """
   use GenServer
   require Logger
@@ -19,8 +28,9 @@ defmodule ServeEx.ModelRegistry do
 
   @key {__MODULE__, :models}
 
-  @spec start_link(Path.t()) :: GenServer.on_start()
-  def start_link(dir), do: GenServer.start_link(__MODULE__, dir, name: __MODULE__)
+  @spec start_link({Path.t(), non_neg_integer()}) :: GenServer.on_start()
+  def start_link({dir, poll_ms}),
+    do: GenServer.start_link(__MODULE__, {dir, poll_ms}, name: __MODULE__)
 
   @doc "The model registered under `id`."
   @spec lookup(String.t()) :: {:ok, Engine.t()} | :error
@@ -30,33 +40,108 @@ defmodule ServeEx.ModelRegistry do
   @spec models() :: %{String.t() => Engine.t()}
   def models, do: :persistent_term.get(@key, %{})
 
-  @doc "Loads the models of `dir` (used at start, and by tests)."
+  @doc "Looks at the model directory again now; returns the ids that changed."
+  @spec reload() :: [String.t()]
+  def reload, do: GenServer.call(__MODULE__, :reload, 60_000)
+
+  @doc "Loads the models of `dir` at once (used at start, and by tests)."
   @spec load_dir(Path.t()) :: %{String.t() => Engine.t()}
   def load_dir(dir) do
-    models =
-      dir
-      |> Path.join("*.safetensors")
-      |> Path.wildcard()
-      |> Enum.sort()
-      |> Enum.flat_map(fn path ->
-        id = Path.basename(path, ".safetensors")
-
-        with :ok <- servable_file(path, id),
-             {:ok, model} <- Engine.load(path, id),
-             :ok <- warm_up(model) do
-          Logger.info("serving #{model.arch} model '#{id}' from #{path}")
-          [{id, model}]
-        else
-          {:error, {_kind, message}} ->
-            Logger.error("not serving #{path}: #{message}")
-            []
-        end
-      end)
-      |> Map.new()
-
+    {models, _stamps} = scan(dir, %{}, %{})
     if models == %{}, do: Logger.error("no servable *.safetensors in #{Path.expand(dir)}")
     :persistent_term.put(@key, models)
     models
+  end
+
+  @impl true
+  def init({dir, poll_ms}) do
+    {models, stamps} = scan(dir, %{}, %{})
+    if models == %{}, do: Logger.error("no servable *.safetensors in #{Path.expand(dir)}")
+    :persistent_term.put(@key, models)
+    ServeEx.SignalHandler.install()
+    schedule(poll_ms)
+    {:ok, %{dir: dir, poll_ms: poll_ms, stamps: stamps}}
+  end
+
+  @impl true
+  def handle_call(:reload, _from, state) do
+    {changed, state} = rescan(state)
+    {:reply, changed, state}
+  end
+
+  @impl true
+  def handle_info(:poll, state) do
+    {_changed, state} = rescan(state)
+    schedule(state.poll_ms)
+    {:noreply, state}
+  end
+
+  defp schedule(0), do: :ok
+  defp schedule(ms), do: Process.send_after(self(), :poll, ms)
+
+  defp rescan(state) do
+    old = models()
+    {models, stamps} = scan(state.dir, old, state.stamps)
+    changed = for {id, m} <- models, Map.get(old, id) != m, do: id
+
+    if changed != [] do
+      :persistent_term.put(@key, models)
+
+      for id <- changed,
+          not Map.has_key?(old, id),
+          do: ServeEx.Pipeline.Supervisor.add_model(models[id])
+    end
+
+    {changed, %{state | stamps: stamps}}
+  end
+
+  # Loads what is new or changed since `stamps` ({size, mtime} per path); keeps `served`
+  # models whose files are unchanged, gone, or whose new version fails to load.
+  defp scan(dir, served, stamps) do
+    paths = dir |> Path.join("*.safetensors") |> Path.wildcard() |> Enum.sort()
+
+    Enum.reduce(paths, {served, %{}}, fn path, {models, seen} ->
+      id = Path.basename(path, ".safetensors")
+      stamp = stamp(path)
+      seen = Map.put(seen, path, stamp)
+
+      if Map.get(stamps, path) == stamp do
+        {models, seen}
+      else
+        case load(path, id) do
+          {:ok, model} ->
+            verb = if Map.has_key?(served, id), do: "swapped in", else: "serving"
+
+            Logger.info(
+              "#{verb} #{model.arch} model '#{id}' version #{model.version} from #{path}"
+            )
+
+            {Map.put(models, id, model), seen}
+
+          {:error, {_kind, message}} ->
+            kept = if Map.has_key?(served, id), do: "; the old version keeps serving", else: ""
+            Logger.error("not serving #{path}: #{message}#{kept}")
+            {models, seen}
+        end
+      end
+    end)
+  end
+
+  defp stamp(path) do
+    case File.lstat(path, time: :posix) do
+      {:ok, %File.Stat{size: size, mtime: mtime, type: type}} -> {type, size, mtime}
+      {:error, reason} -> {:error, reason}
+    end
+  end
+
+  defp load(path, id) do
+    with :ok <- servable_file(path, id),
+         {:ok, version} <- version(path),
+         {:ok, model} <- Engine.load(path, id),
+         model = %{model | version: version},
+         :ok <- warm_up(model) do
+      {:ok, model}
+    end
   end
 
   defp servable_file(path, id) do
@@ -69,6 +154,16 @@ defmodule ServeEx.ModelRegistry do
 
       true ->
         {:error, {:bad_model, "not a regular file"}}
+    end
+  end
+
+  defp version(path) do
+    case File.read(path) do
+      {:ok, bytes} ->
+        {:ok, :crypto.hash(:sha256, bytes) |> Base.encode16(case: :lower) |> binary_part(0, 12)}
+
+      {:error, reason} ->
+        {:error, {:bad_model, "cannot read: #{:file.format_error(reason)}"}}
     end
   end
 
@@ -88,11 +183,5 @@ defmodule ServeEx.ModelRegistry do
       [{:ok, _}] -> :ok
       [error] -> error
     end
-  end
-
-  @impl true
-  def init(dir) do
-    load_dir(dir)
-    {:ok, dir}
   end
 end

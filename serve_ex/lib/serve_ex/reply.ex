@@ -16,6 +16,26 @@ defmodule ServeEx.Reply do
         "error" => %{"code" => Atom.to_string(code), "message" => bounded(message)}
       })
 
+  @doc """
+  An `overloaded` reply with a hint of when to retry.
+
+      iex> ServeEx.Reply.overloaded(40) |> :jsx.decode([:return_maps])
+      %{"v" => 1, "ok" => false, "error" => %{"code" => "overloaded", "retry_after_ms" => 40, "message" => "the model has as many rows queued as it admits; retry in about 40 ms"}}
+  """
+  @spec overloaded(non_neg_integer()) :: binary()
+  def overloaded(retry_after_ms) do
+    encode(%{
+      "v" => 1,
+      "ok" => false,
+      "error" => %{
+        "code" => "overloaded",
+        "message" =>
+          "the model has as many rows queued as it admits; retry in about #{retry_after_ms} ms",
+        "retry_after_ms" => retry_after_ms
+      }
+    })
+  end
+
   @max_message_chars 300
 
   # An error message never grows with the input it describes.

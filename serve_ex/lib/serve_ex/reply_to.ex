@@ -10,8 +10,13 @@ defmodule ServeEx.ReplyTo do
     letters, digits or `_.:-`;
   - a direct reply-to name in the broker's own form:
     `amq.rabbitmq.reply-to.<base64 of an encoded pid>.<base64 of 16 bytes>`, where the
-    pid part decodes to an Erlang external-format pid on a node named
-    `reply@<digits>` (checked byte by byte: no atom is ever created from it).
+    pid part decodes to an Erlang external-format pid (checked byte by byte: no atom is
+    ever created from it) on the node name this broker uses in the names it hands out
+    (`put_direct_node/1`, learnt by `ServeEx.Connection` at each connect). A pid on
+    any other node makes RabbitMQ close the publishing connection; one on the right
+    node that no consumer holds is merely unroutable. Until the node is known, and for
+    a broker in a cluster whose clients sit on other nodes, direct reply-to names are
+    refused: those clients use exclusive queues.
 
       iex> ServeEx.ReplyTo.accepted?("amq.gen--BqgpWru21hmTnxFXXGUGA", "serve_ex.reply.")
       true
@@ -21,6 +26,8 @@ defmodule ServeEx.ReplyTo do
       true
       iex> ServeEx.ReplyTo.accepted?("amq.rabbitmq.reply-to.AAAA.BBBB", "serve_ex.reply.")
       false
+      iex> ServeEx.ReplyTo.node_of("amq.rabbitmq.reply-to.g1h2AA1yZXBseUA5MjQ4ODg0AAADFgAAAABrCoHP.Nnv6ybiD5lIfZXseG/yPbA==")
+      {:ok, "reply@9248884"}
       iex> ServeEx.ReplyTo.accepted?("serve_ex.requests", "serve_ex.reply.")
       false
   """
@@ -32,6 +39,30 @@ defmodule ServeEx.ReplyTo do
   @new_pid 88
   @pid 103
   @atom_tags [118, 100]
+
+  @node_key {__MODULE__, :direct_node}
+
+  @doc "Records the node of this broker's direct reply-to names."
+  @spec put_direct_node(String.t()) :: :ok
+  def put_direct_node(node) do
+    if :persistent_term.get(@node_key, nil) != node, do: :persistent_term.put(@node_key, node)
+    :ok
+  end
+
+  @doc "The node of a direct reply-to name in the broker's form."
+  @spec node_of(String.t() | nil) :: {:ok, String.t()} | {:error, :not_direct_reply_to}
+  def node_of(@direct <> rest) do
+    with [pid64, key64] <- String.split(rest, "."),
+         {:ok, pid} <- Base.decode64(pid64),
+         {:ok, <<_::binary-size(16)>>} <- Base.decode64(key64),
+         {:ok, node} <- encoded_pid_node(pid) do
+      {:ok, node}
+    else
+      _ -> {:error, :not_direct_reply_to}
+    end
+  end
+
+  def node_of(_name), do: {:error, :not_direct_reply_to}
 
   @spec accepted?(String.t() | nil, String.t()) :: boolean()
   def accepted?(name, prefix) when is_binary(name) do
@@ -52,27 +83,20 @@ defmodule ServeEx.ReplyTo do
     end
   end
 
-  defp direct_reply_to?(@direct <> rest) do
-    with [pid64, key64] <- String.split(rest, "."),
-         {:ok, pid} <- Base.decode64(pid64),
-         {:ok, key} <- Base.decode64(key64) do
-      byte_size(key) == 16 and encoded_pid?(pid)
-    else
-      _ -> false
+  defp direct_reply_to?(name) do
+    case node_of(name) do
+      {:ok, node} -> node == :persistent_term.get(@node_key, nil)
+      {:error, _} -> false
     end
   end
 
-  defp direct_reply_to?(_name), do: false
-
-  defp encoded_pid?(<<@version, @new_pid, tag, len::16, node::binary-size(len), _::96>>)
+  defp encoded_pid_node(<<@version, @new_pid, tag, len::16, node::binary-size(len), _::96>>)
        when tag in @atom_tags,
-       do: reply_node?(node)
+       do: {:ok, node}
 
-  defp encoded_pid?(<<@version, @pid, tag, len::16, node::binary-size(len), _::72>>)
+  defp encoded_pid_node(<<@version, @pid, tag, len::16, node::binary-size(len), _::72>>)
        when tag in @atom_tags,
-       do: reply_node?(node)
+       do: {:ok, node}
 
-  defp encoded_pid?(_), do: false
-
-  defp reply_node?(node), do: Regex.match?(~r/\Areply@[0-9]{1,20}\z/, node)
+  defp encoded_pid_node(_), do: :error
 end

@@ -41,6 +41,7 @@ defmodule ServeEx.Request do
           | :unknown_op
           | :invalid_argument
           | :too_large
+          | :deadline_exceeded
   @type t :: %__MODULE__{
           model: ServeEx.Engine.t(),
           op: String.t(),

@@ -35,6 +35,8 @@ defmodule ServeEx.AMQP.Fake do
   @impl true
   def declare_topology(_chan, _queue), do: :ok
   @impl true
+  def direct_reply_node(_conn), do: {:ok, "reply@1"}
+  @impl true
   def consume(chan, queue, prefetch) do
     report({:consume, self(), chan, queue, prefetch})
     {:ok, "fake-consumer"}
@@ -59,7 +61,7 @@ defmodule ServeEx.AMQP.Fake do
   # Confirms each publish at once, as the broker would; a routing key listed in
   # `:fake_unroutable` is returned first, one in `:fake_refused` is nacked.
   @impl true
-  def publish(_chan, routing_key, payload, correlation_id, seqno) do
+  def publish(_chan, routing_key, payload, correlation_id, seqno, _model_version) do
     if routing_key in Application.get_env(:serve_ex, :fake_unroutable, []),
       do: send(self(), {:fake_return, seqno})
 

@@ -87,6 +87,49 @@ defmodule ServeEx.AMQP.Client do
     :ok
   end
 
+  # Consume from the pseudo-queue amq.rabbitmq.reply-to, publish a probe to a private
+  # queue with reply_to set to it, and read the name the broker put in its place. Runs
+  # in a process of its own, the consumer of the probe channel, closed at the end.
+  @impl true
+  def direct_reply_node(conn) do
+    fn ->
+      {:ok, chan} = :amqp_connection.open_channel(conn)
+
+      try do
+        {_, probe, _, _} =
+          :amqp_channel.call(chan, r_queue_declare(exclusive: true, auto_delete: true))
+
+        direct = "amq.rabbitmq.reply-to"
+
+        r_basic_consume_ok() =
+          :amqp_channel.subscribe(chan, r_basic_consume(queue: direct, no_ack: true), self())
+
+        msg = r_amqp_msg(props: r_p_basic(reply_to: direct), payload: "probe")
+        :ok = :amqp_channel.call(chan, r_basic_publish(routing_key: probe), msg)
+        ServeEx.ReplyTo.node_of(fetch_reply_to(chan, probe, 50))
+      after
+        close_channel(chan)
+      end
+    end
+    |> Task.async()
+    |> Task.await(5_000)
+  catch
+    kind, reason -> {:error, {kind, reason}}
+  end
+
+  defp fetch_reply_to(_chan, _queue, 0), do: nil
+
+  defp fetch_reply_to(chan, queue, tries) do
+    case :amqp_channel.call(chan, r_basic_get(queue: queue, no_ack: true)) do
+      {r_basic_get_ok(), r_amqp_msg(props: props)} ->
+        r_p_basic(props, :reply_to)
+
+      _empty ->
+        Process.sleep(10)
+        fetch_reply_to(chan, queue, tries - 1)
+    end
+  end
+
   @impl true
   def consume(chan, queue, prefetch) do
     qos_ok = :"basic.qos_ok"
@@ -124,14 +167,17 @@ defmodule ServeEx.AMQP.Client do
   end
 
   @impl true
-  def publish(chan, routing_key, payload, correlation_id, seqno) do
+  def publish(chan, routing_key, payload, correlation_id, seqno, model_version) do
+    headers = if model_version, do: [{"x-model-version", :longstr, model_version}], else: []
+
     props =
       r_p_basic(
         content_type: "application/json",
         # transient: a reply queue is exclusive to its client and dies with it anyway
         delivery_mode: 1,
         correlation_id: correlation_id || :undefined,
-        message_id: Integer.to_string(seqno)
+        message_id: Integer.to_string(seqno),
+        headers: headers
       )
 
     msg = r_amqp_msg(props: props, payload: IO.iodata_to_binary(payload))
@@ -147,13 +193,15 @@ defmodule ServeEx.AMQP.Client do
       ) do
     reply_to = r_p_basic(props, :reply_to)
     correlation_id = r_p_basic(props, :correlation_id)
+    headers = r_p_basic(props, :headers)
 
     {:deliver, payload,
      %{
        delivery_tag: tag,
        redelivered: redelivered,
        reply_to: undefined_to_nil(reply_to),
-       correlation_id: undefined_to_nil(correlation_id)
+       correlation_id: undefined_to_nil(correlation_id),
+       deadline: header(headers, "x-deadline-ms")
      }}
   end
 
@@ -173,6 +221,16 @@ defmodule ServeEx.AMQP.Client do
   def classify(r_basic_cancel_ok()), do: :cancel_ok
   def classify(r_basic_cancel()), do: :cancelled
   def classify(_), do: :other
+
+  # An AMQP table is a list of {name, type, value}; absent is nil.
+  defp header(headers, name) when is_list(headers) do
+    case List.keyfind(headers, name, 0) do
+      {^name, _type, value} -> value
+      nil -> nil
+    end
+  end
+
+  defp header(_undefined, _name), do: nil
 
   defp undefined_to_nil(:undefined), do: nil
   defp undefined_to_nil(value), do: value

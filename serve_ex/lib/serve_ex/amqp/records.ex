@@ -13,6 +13,8 @@ defmodule ServeEx.AMQP.Records do
         :"basic.cancel",
         :"basic.cancel_ok",
         :"basic.deliver",
+        :"basic.get",
+        :"basic.get_ok",
         :"basic.ack",
         :"basic.reject",
         :"basic.nack",

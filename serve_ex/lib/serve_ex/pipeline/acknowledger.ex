@@ -137,7 +137,14 @@ defmodule ServeEx.Pipeline.Acknowledger do
     m = entry.message
 
     :ok =
-      AMQP.impl().publish(state.chan, m.reply_to, entry.body, m.correlation_id, state.next_seqno)
+      AMQP.impl().publish(
+        state.chan,
+        m.reply_to,
+        entry.body,
+        m.correlation_id,
+        state.next_seqno,
+        m.model_version
+      )
 
     %{
       state

@@ -10,8 +10,13 @@ defmodule ServeEx.Pipeline.Batcher do
   use GenServer
   require Logger
 
-  alias ServeEx.{Engine, Metrics, Reply}
+  alias ServeEx.{Admission, Deadline, Engine, Metrics, Reply}
   alias ServeEx.Pipeline.Acknowledger
+
+  @late_reply Reply.error(
+                :deadline_exceeded,
+                "the request's deadline passed before its batch ran"
+              )
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
@@ -31,6 +36,8 @@ defmodule ServeEx.Pipeline.Batcher do
 
   @impl true
   def init(opts) do
+    Admission.reset(opts[:model].id)
+
     {:ok,
      %{
        model: opts[:model],
@@ -81,12 +88,39 @@ defmodule ServeEx.Pipeline.Batcher do
 
   defp flush(%{pending: []} = state), do: state
 
+  # Requests whose deadline passed while they waited are answered deadline_exceeded
+  # without compute; the rest run as one batch. Their rows are released from the
+  # model's admission count once settled.
   defp flush(state) do
     with {_ref, timer} when is_reference(timer) <- state.timer, do: Process.cancel_timer(timer)
-    messages = Enum.reverse(state.pending)
-    Metrics.batch(state.rows)
-    Acknowledger.settle(run_isolated(state.model, messages))
+    started = System.monotonic_time(:microsecond)
+
+    {late, due} =
+      state.pending |> Enum.reverse() |> Enum.split_with(&Deadline.passed?(&1.deadline))
+
+    id = state.model.id
+    Enum.each(due, &Metrics.queue_time(id, started - &1.received_at))
+    Acknowledger.settle(Enum.map(late, &{&1, {:reply, @late_reply, :deadline_exceeded}}))
+
+    if due != [] do
+      # the model's current version: a swap takes effect from the next batch on
+      model = current(state.model)
+      Metrics.batch(Enum.sum(Enum.map(due, & &1.request.rows)))
+      due = Enum.map(due, &%{&1 | model_version: model.version})
+      Acknowledger.settle(run_isolated(model, due))
+    end
+
+    compute_us = System.monotonic_time(:microsecond) - started
+    Metrics.compute_time(id, compute_us)
+    Admission.release(id, state.rows, div(compute_us, 1000))
     %{state | pending: [], rows: 0, timer: nil}
+  end
+
+  defp current(model) do
+    case ServeEx.ModelRegistry.lookup(model.id) do
+      {:ok, now} -> now
+      :error -> model
+    end
   end
 
   # One engine call for the batch; if it raises, one call per request, so the failure

@@ -1,16 +1,17 @@
 defmodule ServeEx.Pipeline.Processor do
   @moduledoc """
-  `handle_message`: checks where the reply would go (`ServeEx.ReplyTo`), decodes and
-  validates the request (`ServeEx.Request`), then passes it to its model's batcher. An
-  invalid request is answered with an error reply right away; one whose `reply_to` is
-  not accepted is dead-lettered without a publish. A crash while handling becomes a
+  `handle_message`: checks where the reply would go (`ServeEx.ReplyTo`), the deadline
+  (`ServeEx.Deadline`), decodes and validates the request (`ServeEx.Request`), admits
+  it against its model's bound (`ServeEx.Admission`), then passes it to its model's
+  batcher. An invalid, late or overloading request is answered with an error reply
+  right away; one whose `reply_to` is not accepted is dead-lettered without a publish. A crash while handling becomes a
   failed message (see `ServeEx.Pipeline.Acknowledger`), logged once with its stack
   trace; the processor lives on.
   """
   use GenServer
   require Logger
 
-  alias ServeEx.{ModelRegistry, Reply, ReplyTo, Request}
+  alias ServeEx.{Admission, Deadline, ModelRegistry, Reply, ReplyTo, Request}
   alias ServeEx.Pipeline.{Acknowledger, Batcher}
 
   @spec start_link({non_neg_integer(), String.t()}) :: GenServer.on_start()
@@ -51,17 +52,38 @@ defmodule ServeEx.Pipeline.Processor do
   @spec handle_message(ServeEx.Message.t(), String.t()) :: :ok
   def handle_message(message, reply_prefix) do
     if ReplyTo.accepted?(message.reply_to, reply_prefix) do
-      case Request.parse(message.payload, &ModelRegistry.lookup/1) do
-        {:ok, request} ->
-          Batcher.add(%{message | request: request, model_id: request.model.id})
-
+      with {:ok, deadline} <- Deadline.parse(message.deadline),
+           :ok <- check_deadline(deadline),
+           {:ok, request} <- Request.parse(message.payload, &ModelRegistry.lookup/1),
+           message = %{message | request: request, model_id: request.model.id, deadline: deadline},
+           :ok <- admit(message) do
+        Batcher.add(message)
+      else
         {:error, code, text} ->
           Acknowledger.settle([{message, {:reply, Reply.error(code, text), code}}])
+
+        {:overloaded, admitted, retry_after_ms} ->
+          Acknowledger.settle([
+            {admitted, {:reply, Reply.overloaded(retry_after_ms), :overloaded}}
+          ])
       end
     else
       Acknowledger.settle([
         {message, {:dead, "reply_to is missing or not an accepted reply queue name"}}
       ])
+    end
+  end
+
+  defp check_deadline(deadline) do
+    if Deadline.passed?(deadline),
+      do: {:error, :deadline_exceeded, "the request's deadline passed before it was computed"},
+      else: :ok
+  end
+
+  defp admit(message) do
+    case Admission.admit(message.model_id, message.request.rows) do
+      :ok -> :ok
+      {:overloaded, retry_after_ms} -> {:overloaded, message, retry_after_ms}
     end
   end
 end

@@ -124,7 +124,8 @@ defmodule ServeEx.Pipeline.Producer do
       correlation_id: meta.correlation_id,
       acknowledger: {AMQP.impl(), state.chan, meta.delivery_tag},
       redelivered: meta.redelivered,
-      received_at: System.monotonic_time(:microsecond)
+      received_at: System.monotonic_time(:microsecond),
+      deadline: Map.get(meta, :deadline)
     }
 
     Processor.handle(rem(state.next, state.processors), message)

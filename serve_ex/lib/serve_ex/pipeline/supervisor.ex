@@ -18,12 +18,39 @@ defmodule ServeEx.Pipeline.Supervisor do
   alias ServeEx.Pipeline.{Acknowledger, Batcher, Processor, Producer}
 
   @spec start_link(ServeEx.Config.t()) :: Supervisor.on_start()
-  def start_link(config), do: Supervisor.start_link(__MODULE__, config, name: __MODULE__)
+  def start_link(config) do
+    :persistent_term.put({__MODULE__, :batching}, {config.batch_size, config.batch_timeout_ms})
+    Supervisor.start_link(__MODULE__, config, name: __MODULE__)
+  end
+
+  @doc """
+  Starts a batcher for a model id that appeared after the start (a hot-swapped
+  directory gained a file). Without a running pipeline there is nothing to do.
+  """
+  @spec add_model(ServeEx.Engine.t()) :: :ok
+  def add_model(model) do
+    {size, timeout} = :persistent_term.get({__MODULE__, :batching}, {64, 0})
+
+    ServeEx.Admission.setup(
+      [model.id],
+      :persistent_term.get({ServeEx.Admission, :max_rows}, 8 * size)
+    )
+
+    if Process.whereis(__MODULE__) do
+      spec = {Batcher, model: model, batch_size: size, batch_timeout_ms: timeout}
+      _ = Supervisor.start_child(__MODULE__, spec)
+    end
+
+    :ok
+  end
 
   @impl true
   def init(config) do
+    models = ModelRegistry.models()
+    ServeEx.Admission.setup(Map.keys(models), config.max_queued_rows)
+
     batchers =
-      for {_id, model} <- ModelRegistry.models() do
+      for {_id, model} <- models do
         {Batcher,
          model: model, batch_size: config.batch_size, batch_timeout_ms: config.batch_timeout_ms}
       end

@@ -1,0 +1,158 @@
+"""A hostile client against the real service and broker (loopback only, bounded loops).
+
+Whatever the attacker sends, the service must keep serving valid requests in the same
+OS process, no innocent request may fail, and the service must publish nothing
+anywhere but a legitimate reply queue.
+"""
+
+import base64
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "serve_ex" / "scripts"))
+sys.path.insert(0, str(REPO / "serve_ex" / "client"))
+from serve_client import Client, tensor  # noqa: E402
+from service import Service  # noqa: E402
+
+URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEAD_LETTER_EXCHANGE = "serve_ex.dlx"
+
+
+@pytest.fixture(scope="module")
+def service(trained, tmp_path_factory):
+    queue = f"serve_ex.hostile.{uuid.uuid4().hex[:8]}"
+    with Service(trained["vae"].parent, queue, tmp_path_factory.mktemp("hostile") / "serve_ex.log") as s:
+        yield s
+
+
+@pytest.fixture
+def broker():
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    yield connection.channel()
+    connection.close()
+
+
+@pytest.fixture
+def dead_letters(service, broker):
+    """A private copy of what the broker dead-letters from the service's request queue."""
+    name = broker.queue_declare("", exclusive=True).method.queue
+    broker.queue_bind(name, DEAD_LETTER_EXCHANGE, routing_key=service.env["REQUEST_QUEUE"])
+
+    def drain() -> list[tuple[str, dict]]:
+        out = []
+        while (got := broker.basic_get(name, auto_ack=True))[0]:
+            out.append((got[1].correlation_id, json.loads(got[2])))
+        return out
+
+    return drain
+
+
+def innocent_requests(client: Client, count: int = 8) -> list[str]:
+    return [client.send({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": s}) for s in range(count)]
+
+
+def assert_all_answered(client: Client, ids: list[str]) -> None:
+    for cid in ids:
+        assert tensor(client.wait(cid)).shape == (1, 784)
+
+
+def forged_direct_reply_to(node: bytes) -> str:
+    """A direct reply-to name in the broker's form, with a made-up pid on `node`."""
+    pid = bytes([131, 88, 118]) + len(node).to_bytes(2, "big") + node + os.urandom(12)
+    key = base64.b64encode(os.urandom(16)).decode()
+    return f"amq.rabbitmq.reply-to.{base64.b64encode(pid).decode()}.{key}"
+
+
+def test_poison_reply_to_names_neither_stop_the_service_nor_reach_other_queues(service, broker, dead_letters):
+    pid = service.process.pid
+    victim = broker.queue_declare(f"victim.{uuid.uuid4().hex[:8]}", exclusive=True).method.queue
+    poison = [
+        "amq.rabbitmq.reply-to.AAAA.BBBB",  # malformed: the broker would close the connection
+        forged_direct_reply_to(b"reply@123"),  # well formed, on a node the broker does not know
+        service.env["REQUEST_QUEUE"],  # the service's own request queue
+        "serve_ex.dead",  # the dead-letter queue
+        victim,  # another client's queue
+        "x" * 300,  # longer than an AMQP short string
+    ]
+    poison_ids = set()
+    with Client(queue=service.env["REQUEST_QUEUE"]) as client:
+        for round_ in range(2):
+            before = innocent_requests(client)
+            for reply_to in poison:
+                cid = f"poison-{round_}-{len(poison_ids)}"
+                poison_ids.add(cid)
+                props = pika.BasicProperties(reply_to=reply_to[:255], correlation_id=cid, delivery_mode=2)
+                body = {"v": 1, "model": "vae", "op": "generate", "n": 256, "seed": 1}
+                broker.basic_publish("", service.env["REQUEST_QUEUE"], json.dumps(body).encode(), props)
+            assert_all_answered(client, before + innocent_requests(client))
+        client.poll(1.0)
+    assert service.process.poll() is None and service.process.pid == pid
+    assert service.health()["ready"] is True
+    assert broker.basic_get(victim, auto_ack=True)[0] is None, "a reply reached another client's queue"
+    dead = dead_letters()
+    # the only dead letters are the poison requests themselves: no reply was ever
+    # published into the request queue (it would come back without a reply_to)
+    assert {cid for cid, _ in dead} == poison_ids
+    assert all("model" in body for _, body in dead)
+
+
+@pytest.mark.parametrize(
+    "bad, code",
+    [
+        (
+            '{"v":1,"model":"vae","op":"decode","z":[[1'
+            + "0" * 320
+            + ",0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}",
+            "invalid_argument",
+        ),
+        (
+            '{"v":1,"model":"gpt","op":"generate_text","prompt":"A","max_new_tokens":3,"top_k":18446744073709551616}',
+            "too_large",
+        ),
+        (
+            '{"v":1,"model":"gpt","op":"generate_text","prompt":"A","max_new_tokens":3,"temperature":1e-39}',
+            "invalid_argument",
+        ),
+        ('{"v":1,"model":"vae","op":"generate","n":1,"n":2}', "malformed_request"),
+        ('{"v":1,"model":"vae","op":"generate","n":1,"seed":"\xff"}', "malformed_request"),
+        ('{"v":1,"model":"vae","op":"decode","z":' + "[" * 5000 + "]" * 5000 + "}", "malformed_request"),
+        ('{"v":1,"model":"vae\\n","op":"generate","n":1}', "unknown_model"),
+    ],
+    ids=[
+        "huge_integer",
+        "top_k_2_64",
+        "tiny_temperature",
+        "duplicate_key",
+        "invalid_utf8",
+        "deep_nesting",
+        "id_newline",
+    ],
+)
+def test_a_bad_request_fails_alone_among_innocents(service, bad, code):
+    with Client(queue=service.env["REQUEST_QUEUE"]) as client:
+        before = innocent_requests(client)
+        text = [
+            client.send({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 3})
+        ]
+        bad_id = client.send(bad.encode("latin-1"))
+        after = innocent_requests(client)
+        reply = client.wait(bad_id)
+        assert reply["ok"] is False and reply["error"]["code"] == code, reply
+        assert len(reply["error"]["message"]) <= 300
+        assert_all_answered(client, before + after)
+        assert client.wait(text[0])["ok"] is True
+
+
+def test_error_messages_are_bounded_and_echo_no_field_names(service):
+    with Client(queue=service.env["REQUEST_QUEUE"]) as client:
+        body = {"v": 1, "model": "vae", "op": "generate", "n": 1, "A" * 100_000: 1}
+        reply = client.call(body)
+    assert reply["error"]["code"] == "malformed_request"
+    assert "AAAA" not in reply["error"]["message"] and len(reply["error"]["message"]) <= 300
