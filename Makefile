@@ -24,7 +24,7 @@ RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve release bench-service two-nodes
+        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -131,6 +131,10 @@ bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch, 1 and 2 t
 bench-service: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_ex vs a no-op responder vs pika+torch (about 2 minutes)
 	$(MIX) compile
 	PYTHONPATH=. $(PY) serve_ex/bench/vs_broker.py --models artifacts
+
+bench-fairness: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## how long short requests wait behind the largest GPT requests
+	$(MIX) compile
+	PYTHONPATH=. $(PY) serve_ex/bench/short_behind_long.py --models artifacts
 
 two-nodes: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## two service nodes on one queue: 1 vs 2 nodes req/s, then SIGKILL and SIGTERM of one under load
 	$(MIX) compile

@@ -150,4 +150,4 @@ PRODUCER = "Process.whereis(ServeEx.Pipeline.Producer)"
 
 
 def batcher(model_id: str) -> str:
-    return f'(Registry.lookup(ServeEx.Pipeline.Registry, {{:batcher, "{model_id}"}}) |> hd() |> elem(0))'
+    return f'(Registry.lookup(ServeEx.Pipeline.Registry, {{:batcher, "{model_id}", :short}}) |> hd() |> elem(0))'

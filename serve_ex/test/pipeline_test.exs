@@ -118,7 +118,7 @@ defmodule ServeEx.PipelineTest do
   end
 
   test "killing a batcher restarts the pipeline and the consumer", %{producer: producer} do
-    [{batcher, _}] = Registry.lookup(ServeEx.Pipeline.Registry, {:batcher, "vae"})
+    [{batcher, _}] = Registry.lookup(ServeEx.Pipeline.Registry, {:batcher, "vae", :short})
     Process.exit(batcher, :kill)
     assert_receive {:consume, new_producer, _chan, _queue, _prefetch}, 2_000
     assert new_producer != producer

@@ -156,3 +156,22 @@ def test_error_messages_are_bounded_and_echo_no_field_names(service):
         reply = client.call(body)
     assert reply["error"]["code"] == "malformed_request"
     assert "AAAA" not in reply["error"]["message"] and len(reply["error"]["message"]) <= 300
+
+
+LARGEST_TEXT = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A" * 1024, "max_new_tokens": 1024}
+
+
+def test_the_largest_requests_do_not_hold_up_short_ones(service):
+    """Three of the largest allowed GPT requests, then short ones: the short ones take
+    the GPT's short lane and the VAE's batcher, and are answered before the long ones."""
+    with Client(queue=service.env["REQUEST_QUEUE"]) as client:
+        long_ids = [client.send(LARGEST_TEXT) for _ in range(3)]
+        client.poll(0.05)  # the long lane has started
+        short = client.send(
+            {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 1}
+        )
+        small = client.send({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1})
+        assert client.wait(short)["ok"] is True and tensor(client.wait(small)).shape == (1, 784)
+        assert not any(cid in client.replies for cid in long_ids), "a short request waited for the long ones"
+        for cid in long_ids:
+            assert client.wait(cid, timeout=300)["ok"] is True

@@ -20,19 +20,37 @@ defmodule ServeEx.Pipeline.Batcher do
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, [:model, :batch_size, :batch_timeout_ms])
-    GenServer.start_link(__MODULE__, opts, name: name(opts[:model].id))
+    opts = Keyword.validate!(opts, [:model, :batch_size, :batch_timeout_ms, lane: :short])
+    GenServer.start_link(__MODULE__, opts, name: name(opts[:model].id, opts[:lane]))
   end
 
   @spec child_spec(keyword()) :: Supervisor.child_spec()
-  def child_spec(opts),
-    do: %{id: {__MODULE__, opts[:model].id}, start: {__MODULE__, :start_link, [opts]}}
+  def child_spec(opts) do
+    lane = Keyword.get(opts, :lane, :short)
+    %{id: {__MODULE__, opts[:model].id, lane}, start: {__MODULE__, :start_link, [opts]}}
+  end
+
+  # Text generation longer than this many new tokens runs in the model's long lane.
+  @short_tokens 64
+
+  @doc """
+  The lanes of a model: a GPT has two batchers, so that a short request never waits
+  behind a long generation (up to `max_new_tokens` 1,024 costs seconds); the other
+  models have one.
+  """
+  @spec lanes(ServeEx.Engine.t()) :: [:short | :long]
+  def lanes(%{arch: :gpt}), do: [:short, :long]
+  def lanes(_model), do: [:short]
 
   @doc "Queues a validated message on its model's batcher."
   @spec add(ServeEx.Message.t()) :: :ok
-  def add(message), do: GenServer.cast(name(message.model_id), {:add, message})
+  def add(message),
+    do: GenServer.cast(name(message.model_id, lane(message.request)), {:add, message})
 
-  defp name(id), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:batcher, id}}}
+  defp lane(%{op: "generate_text", args: %{max_new_tokens: n}}) when n > @short_tokens, do: :long
+  defp lane(_request), do: :short
+
+  defp name(id, lane), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:batcher, id, lane}}}
 
   @impl true
   def init(opts) do

@@ -1,7 +1,8 @@
 defmodule ServeEx.Pipeline.Supervisor do
   @moduledoc """
   The pipeline: a registry of stage names, the reply publisher, one batcher per
-  model, the processors, and the producer last.
+  model and lane (`ServeEx.Pipeline.Batcher.lanes/1`), the processors, and the
+  producer last.
 
   Strategy `:one_for_all`: messages in flight belong to the producer's channel. If any
   stage dies, the messages it held can only be recovered by the broker, which
@@ -37,8 +38,10 @@ defmodule ServeEx.Pipeline.Supervisor do
     )
 
     if Process.whereis(__MODULE__) do
-      spec = {Batcher, model: model, batch_size: size, batch_timeout_ms: timeout}
-      _ = Supervisor.start_child(__MODULE__, spec)
+      for lane <- Batcher.lanes(model) do
+        spec = {Batcher, model: model, batch_size: size, batch_timeout_ms: timeout, lane: lane}
+        _ = Supervisor.start_child(__MODULE__, spec)
+      end
     end
 
     :ok
@@ -50,9 +53,12 @@ defmodule ServeEx.Pipeline.Supervisor do
     ServeEx.Admission.setup(Map.keys(models), config.max_queued_rows)
 
     batchers =
-      for {_id, model} <- models do
+      for {_id, model} <- models, lane <- Batcher.lanes(model) do
         {Batcher,
-         model: model, batch_size: config.batch_size, batch_timeout_ms: config.batch_timeout_ms}
+         model: model,
+         batch_size: config.batch_size,
+         batch_timeout_ms: config.batch_timeout_ms,
+         lane: lane}
       end
 
     processors =
