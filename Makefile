@@ -107,7 +107,7 @@ lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 rust-test:  ## cargo test: golden vectors, error variants, fuzz-style file sweep
 	cd infer_rs && $(CARGO) test --workspace --exclude infer_rs_py
 
-c-test:  ## the C ABI: compile tests/test_capi.c against the library, run it under valgrind
+c-test:  ## the C ABI: compile infer_rs/capi/tests/test_capi.c against the library, run it under valgrind
 	cd infer_rs && $(CARGO) build -p infer_rs_c
 	cc -std=c11 -Wall -Wextra -Werror -O1 -o infer_rs/target/test_capi infer_rs/capi/tests/test_capi.c \
 	  -Iinfer_rs/capi/include -Linfer_rs/target/debug -linfer_rs_c -lm -Wl,-rpath,$(abspath infer_rs/target/debug)

@@ -173,12 +173,9 @@ def shakespeare_files() -> list[Path]:
     return files
 
 
-def load_text(data: str | None, val_fraction: float = 0.1, vocab: str | None = None) -> TextSplit:
-    """Characters of the data (default: Shakespeare's plays), split 90/10 in order.
-
-    With `vocab` given (resuming, or a fixed vocabulary), a character outside it is
-    an error rather than a silent new token.
-    """
+def load_text(data: str | None, val_fraction: float = 0.1) -> TextSplit:
+    """Characters of the data (default: Shakespeare's plays), split 90/10 in order; the
+    vocabulary is the sorted set of its characters."""
     if data is None:
         files = shakespeare_files()
         source = f"shksprdata:{len(files)} plays"
@@ -194,11 +191,6 @@ def load_text(data: str | None, val_fraction: float = 0.1, vocab: str | None = N
     if len(text) < 2:
         raise TrainError(f"text data {source} is empty; give a file with some text in it")
     chars = "".join(sorted(set(text)))
-    if vocab is not None:
-        unknown = set(chars) - set(vocab)
-        if unknown:
-            raise TrainError(f"{source} holds characters not in the vocabulary: {sorted(unknown)!r}")
-        chars = vocab
     lookup = {c: i for i, c in enumerate(chars)}
     ids = np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text))
     n_val = max(1, int(len(ids) * val_fraction))

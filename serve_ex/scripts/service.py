@@ -150,4 +150,5 @@ PRODUCER = "Process.whereis(ServeEx.Pipeline.Producer)"
 
 
 def batcher(model_id: str) -> str:
-    return f'(Registry.lookup(ServeEx.Pipeline.Registry, {{:batcher, "{model_id}", :short}}) |> hd() |> elem(0))'
+    key = f'{{:batcher, "{model_id}", :short}}'
+    return f"(Registry.lookup(ServeEx.Pipeline.Registry, {key}) |> hd() |> elem(0))"

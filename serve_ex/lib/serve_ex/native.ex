@@ -1,6 +1,6 @@
 defmodule ServeEx.Native do
   @moduledoc false
-  # Stubs of the NIF in infer_rs/nif (crate infer_nif); `make serve_ex/priv/native`
+  # Stubs of the NIF in infer_rs/nif (crate infer_nif); `make nif`
   # copies the library into priv/native/. See ServeEx.Engine for the public API.
   @on_load :load_nif
 
