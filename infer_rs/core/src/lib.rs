@@ -9,6 +9,7 @@ pub mod batch;
 pub mod dense;
 pub mod error;
 pub mod gpt;
+mod grid;
 pub mod isa;
 pub mod limits;
 pub mod manifest;
