@@ -6,6 +6,7 @@
 pub mod artifact;
 mod attention;
 pub mod batch;
+pub mod cpu;
 pub mod dense;
 pub mod error;
 pub mod gpt;
@@ -20,6 +21,7 @@ pub mod vae;
 pub mod wgan;
 
 pub use batch::{Matrix, Rows};
+pub use cpu::{cpu_info, CpuInfo};
 pub use error::{InferError, Result};
 pub use gpt::Sampling;
 pub use isa::{isa, Isa};
