@@ -13,6 +13,8 @@
 
 use crate::dense::exp_nonpositive;
 use crate::isa::Isa;
+use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Vector width the loops are written for (8 f32 lanes of an AVX2 register).
 const LANES: usize = 8;
@@ -35,8 +37,25 @@ pub struct KvCache {
     pub layers: Vec<LayerCache>,
     len: usize,
     shape: Shape,
-    /// The scores of one block of queries: QB rows of `positions` values.
+    /// Per head: its working memory, locked by the one thread that runs the head.
+    heads: Vec<Mutex<HeadWork>>,
+}
+
+/// One head's working memory, kept from call to call.
+struct HeadWork {
+    scratch: Scratch,
+    /// The head's output (t, head_dim).
+    out: Vec<f32>,
+}
+
+/// Working memory of one block of queries.
+struct Scratch {
+    /// The block's queries transposed: (head_dim, QB).
+    queries: Vec<f32>,
+    /// Scores, then softmax weights: (QB, positions).
     scores: Vec<f32>,
+    /// The weights transposed: (positions, QB).
+    weights: Vec<f32>,
 }
 
 #[derive(Clone, Copy)]
@@ -68,7 +87,18 @@ impl KvCache {
                 .collect(),
             len: 0,
             shape,
-            scores: vec![0.0; QB * shape.positions],
+            heads: (0..n_head)
+                .map(|_| {
+                    Mutex::new(HeadWork {
+                        scratch: Scratch {
+                            queries: vec![0.0; head_dim * QB],
+                            scores: vec![0.0; QB * shape.positions],
+                            weights: vec![0.0; shape.positions * QB],
+                        },
+                        out: vec![0.0; capacity * head_dim],
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -98,23 +128,54 @@ impl KvCache {
     /// Store the keys and values of `t` new rows of `qkv` (t, 3C) in `layer` at
     /// positions len..len + t, then return y (t, C): for each head,
     /// y_i = sum_j softmax_j(q_i . k_j / sqrt(head_dim)) v_j over positions j <= len + i.
+    /// A prefill (t > 1) runs the heads in parallel; a decode step, on the caller.
     pub fn attend(&mut self, layer: usize, qkv: &[f32], t: usize, isa: Isa) -> Vec<f32> {
         let (shape, start) = (self.shape, self.len);
         assert!(start + t <= shape.capacity && qkv.len() == t * 3 * shape.width());
-        let cache = &mut self.layers[layer];
-        cache.store(shape, qkv, t, start);
-        let mut y = vec![0f32; t * shape.width()];
-        let scores = &mut self.scores;
-        #[cfg(target_arch = "x86_64")]
-        if isa != Isa::Portable {
-            // SAFETY: the avx2 and avx512 paths are only chosen on CPUs that have AVX2.
-            unsafe { avx2::attend(cache, shape, qkv, t, start, scores, &mut y) };
-            return y;
+        self.layers[layer].store(shape, qkv, t, start);
+        let cache = &self.layers[layer];
+        let run = |h: usize| {
+            let mut work = self.heads[h].lock().unwrap_or_else(|e| e.into_inner());
+            let HeadWork { scratch, out } = &mut *work;
+            let head = Head::new(cache, shape, h);
+            #[cfg(target_arch = "x86_64")]
+            if isa != Isa::Portable {
+                // SAFETY: the avx2 and avx512 paths are only chosen on CPUs with AVX2.
+                return unsafe { avx2::attend(&head, qkv, t, start, scratch, out) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa; // off x86 the portable path is the only one
+            attend_with(&head, qkv, t, start, scratch, out);
+        };
+        if t > 1 {
+            for_each_in_parallel(shape.n_head, &run);
+        } else {
+            (0..shape.n_head).for_each(run);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = isa; // off x86 the portable path is the only one
-        attend_with(cache, shape, qkv, t, start, scores, &mut y);
+        // y[i, h * hs + d] = out_h[i, d]
+        let (c, hs) = (shape.width(), shape.head_dim);
+        let mut y = vec![0f32; t * c];
+        for (h, work) in self.heads.iter_mut().enumerate() {
+            let out = &work.get_mut().unwrap_or_else(|e| e.into_inner()).out;
+            for (row, o) in y.chunks_exact_mut(c).zip(out.chunks_exact(hs)) {
+                row[h * hs..][..hs].copy_from_slice(o);
+            }
+        }
         y
+    }
+}
+
+/// job(0), ..., job(n - 1) over the threads a call may use: on the caller for one, the
+/// `pair` for two (half of the jobs each), rayon's pool for more.
+fn for_each_in_parallel(n: usize, job: &(dyn Fn(usize) + Sync)) {
+    match rayon::current_num_threads() {
+        0 | 1 => (0..n).for_each(job),
+        2 => crate::pair::run_pair(&|part| {
+            let half = n.div_ceil(2);
+            let jobs = if part == 0 { 0..half } else { half..n };
+            jobs.for_each(job);
+        }),
+        _ => (0..n).into_par_iter().for_each(job),
     }
 }
 
@@ -142,28 +203,24 @@ impl LayerCache {
     }
 }
 
-/// The attention of `KvCache::attend`, inlined into each instruction set's wrapper:
-/// per head, blocks of QB queries, then the rest one by one.
+/// One head of `KvCache::attend` into `out` (t, head_dim), inlined into each
+/// instruction set's wrapper: blocks of QB queries, then the rest one by one.
 #[inline(always)]
 fn attend_with(
-    cache: &LayerCache,
-    shape: Shape,
+    head: &Head,
     qkv: &[f32],
     t: usize,
     start: usize,
-    scores: &mut [f32],
-    y: &mut [f32],
+    scratch: &mut Scratch,
+    out: &mut [f32],
 ) {
-    for h in 0..shape.n_head {
-        let head = Head::new(cache, shape, h);
-        let mut first = 0;
-        while first + QB <= t {
-            head.block::<QB>(qkv, start + first, first, scores, y);
-            first += QB;
-        }
-        for i in first..t {
-            head.block::<1>(qkv, start + i, i, scores, y);
-        }
+    let mut first = 0;
+    while first + QB <= t {
+        head.block::<QB>(qkv, start + first, first, scratch, out);
+        first += QB;
+    }
+    for i in first..t {
+        head.block::<1>(qkv, start + i, i, scratch, out);
     }
 }
 
@@ -174,7 +231,7 @@ struct Head<'a> {
     keys_t: &'a [f32],
     /// (capacity, dims)
     values: &'a [f32],
-    /// Where the head's columns start in a row of q (and of y).
+    /// Where the head's columns start in a row of q.
     column: usize,
     /// 1 / sqrt(head_dim)
     scale: f32,
@@ -193,7 +250,7 @@ impl<'a> Head<'a> {
         }
     }
 
-    /// Rows row..row + B of y for the queries of the same rows of qkv, the first at
+    /// Rows row..row + B of the head's output y (t, head_dim) for the queries of the same rows of qkv, the first at
     /// position `pos`: query q sees keys 0..=pos + q (the causal mask). Every query
     /// gets the arithmetic it gets in a block of one: positions it cannot see add
     /// exact zeros.
@@ -203,7 +260,7 @@ impl<'a> Head<'a> {
         qkv: &[f32],
         pos: usize,
         row: usize,
-        scores: &mut [f32],
+        scratch: &mut Scratch,
         y: &mut [f32],
     ) {
         let (c, hs, ld) = (
@@ -212,31 +269,40 @@ impl<'a> Head<'a> {
             self.shape.positions,
         );
         let n = (pos + B).div_ceil(LANES) * LANES;
-        let queries: [&[f32]; B] =
-            std::array::from_fn(|q| &qkv[(row + q) * 3 * c + self.column..][..hs]);
-        self.scores(&queries, n, scores);
+        let (queries, _) = scratch.queries[..hs * B].as_chunks_mut::<B>();
         for q in 0..B {
-            softmax(&mut scores[q * ld..][..n], pos + q + 1, self.scale);
+            let query = &qkv[(row + q) * 3 * c + self.column..][..hs];
+            for (qt, &v) in queries.iter_mut().zip(query) {
+                qt[q] = v;
+            }
         }
-        let out: [usize; B] = std::array::from_fn(|q| (row + q) * c + self.column);
-        self.values(n, scores, &out, y);
+        let scores = &mut scratch.scores;
+        self.scores(queries, n, scores);
+        let kept = n.min(self.shape.capacity); // positions past the capacity get p = 0
+        let (weights, _) = scratch.weights[..kept * B].as_chunks_mut::<B>();
+        for q in 0..B {
+            let p = &mut scores[q * ld..][..n];
+            softmax(p, pos + q + 1, self.scale);
+            for (w, &p) in weights.iter_mut().zip(p.iter()) {
+                w[q] = p;
+            }
+        }
+        let out: [usize; B] = std::array::from_fn(|q| (row + q) * hs);
+        self.values(weights, &out, y);
     }
 
-    /// s[q][j] = sum_d queries[q]_d k_dj for j < n (a multiple of LANES), summed over d
-    /// in order.
+    /// s[q][j] = sum_d queries[d][q] k_dj for j < n (a multiple of LANES), summed over
+    /// d in order.
     #[inline(always)]
-    fn scores<const B: usize>(&self, queries: &[&[f32]; B], n: usize, s: &mut [f32]) {
+    fn scores<const B: usize>(&self, queries: &[[f32; B]], n: usize, s: &mut [f32]) {
         let ld = self.shape.positions;
         for j in (0..n).step_by(LANES) {
             let mut acc = [[0f32; LANES]; B];
-            for d in 0..self.shape.head_dim {
-                let k: &Lanes = self.keys_t[d * ld + j..][..LANES]
-                    .try_into()
-                    .expect("LANES");
-                for (acc, q) in acc.iter_mut().zip(queries) {
-                    let qd = q[d];
+            for (keys, qd) in self.keys_t.chunks_exact(ld).zip(queries) {
+                let k: &Lanes = keys[j..j + LANES].try_into().expect("LANES");
+                for (acc, &q) in acc.iter_mut().zip(qd) {
                     for l in 0..LANES {
-                        acc[l] += qd * k[l];
+                        acc[l] += q * k[l];
                     }
                 }
             }
@@ -246,21 +312,18 @@ impl<'a> Head<'a> {
         }
     }
 
-    /// y[out[q] + d] = sum_j p[q][j] v_jd for d < head_dim, summed over j < n in order.
+    /// y[out[q] + d] = sum_j weights[j][q] v_jd for d < head_dim, summed over j in
+    /// order.
     #[inline(always)]
-    fn values<const B: usize>(&self, n: usize, p: &[f32], out: &[usize; B], y: &mut [f32]) {
-        let (dims, ld) = (self.shape.dims, self.shape.positions);
-        let n = n.min(self.shape.capacity); // positions past the capacity have p = 0
+    fn values<const B: usize>(&self, weights: &[[f32; B]], out: &[usize; B], y: &mut [f32]) {
+        let dims = self.shape.dims;
         for d in (0..dims).step_by(LANES) {
             let mut acc = [[0f32; LANES]; B];
-            for j in 0..n {
-                let v: &Lanes = self.values[j * dims + d..][..LANES]
-                    .try_into()
-                    .expect("LANES");
-                for (q, acc) in acc.iter_mut().enumerate() {
-                    let pj = p[q * ld + j];
+            for (values, pj) in self.values.chunks_exact(dims).zip(weights) {
+                let v: &Lanes = values[d..d + LANES].try_into().expect("LANES");
+                for (acc, &p) in acc.iter_mut().zip(pj) {
                     for l in 0..LANES {
-                        acc[l] += pj * v[l];
+                        acc[l] += p * v[l];
                     }
                 }
             }
@@ -301,20 +364,19 @@ fn softmax(s: &mut [f32], seen: usize, scale: f32) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{attend_with, LayerCache, Shape};
+    use super::{attend_with, Head, Scratch};
 
     /// `attend_with` compiled with AVX2/FMA, so its loops over LANES run as vectors.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn attend(
-        cache: &LayerCache,
-        shape: Shape,
+        head: &Head,
         qkv: &[f32],
         t: usize,
         start: usize,
-        scores: &mut [f32],
-        y: &mut [f32],
+        scratch: &mut Scratch,
+        out: &mut [f32],
     ) {
-        attend_with(cache, shape, qkv, t, start, scores, y);
+        attend_with(head, qkv, t, start, scratch, out);
     }
 }
 
@@ -354,32 +416,44 @@ mod tests {
     }
 
     /// Prefills of every length, followed by decode steps, on shapes whose head size
-    /// and capacity are not multiples of the vector width, on every path of this CPU.
+    /// and capacity are not multiples of the vector width, on every path of this CPU,
+    /// with the heads on one, two (the pair) and three threads (rayon's pool).
     #[test]
     fn blocks_and_steps_equal_the_definition() {
+        let pools: Vec<_> = (1..=3)
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
         for (n_head, hs, cap) in [(2, 8, 16), (3, 12, 13), (4, 32, 40), (1, 5, 7)] {
             let c = n_head * hs;
             let qkv = Rng::new(cap as u64).normals(cap * 3 * c);
             let want = reference(&qkv, n_head, hs, cap);
-            for isa in Isa::ALL.into_iter().filter(|isa| isa.supported()) {
-                for prefill in 1..=cap {
-                    let mut cache = KvCache::new(1, n_head, hs, cap);
-                    let mut got = cache.attend(0, &qkv[..prefill * 3 * c], prefill, isa);
-                    cache.advance(prefill);
-                    for i in prefill..cap {
-                        got.extend(cache.attend(0, &qkv[i * 3 * c..][..3 * c], 1, isa));
-                        cache.advance(1);
+            let paths = Isa::ALL.into_iter().filter(|isa| isa.supported());
+            for (isa, pool) in paths.flat_map(|isa| pools.iter().map(move |p| (isa, p))) {
+                let threads = pool.current_num_threads();
+                pool.install(|| {
+                    for prefill in 1..=cap {
+                        let mut cache = KvCache::new(1, n_head, hs, cap);
+                        let mut got = cache.attend(0, &qkv[..prefill * 3 * c], prefill, isa);
+                        cache.advance(prefill);
+                        for i in prefill..cap {
+                            got.extend(cache.attend(0, &qkv[i * 3 * c..][..3 * c], 1, isa));
+                            cache.advance(1);
+                        }
+                        let worst = got
+                            .iter()
+                            .zip(&want)
+                            .map(|(&g, &w)| (g as f64 - w).abs())
+                            .fold(0f64, f64::max);
+                        let case =
+                            format!("{isa}, {threads} threads, {n_head}x{hs}, prefill {prefill}");
+                        assert!(worst < 1e-5, "{case}: {worst}");
                     }
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(&g, &w)| (g as f64 - w).abs())
-                        .fold(0f64, f64::max);
-                    assert!(
-                        worst < 1e-5,
-                        "{isa} {n_head}x{hs}, prefill {prefill}: {worst}"
-                    );
-                }
+                });
             }
         }
     }
