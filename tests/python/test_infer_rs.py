@@ -131,6 +131,28 @@ def test_gil_is_released_while_rust_computes(trained):
     assert inside > 1000, f"only {inside} ticks while Rust computed"
 
 
+def test_large_batches_split_over_more_threads_equal_one_thread(trained, tmp_path):
+    """RAYON_NUM_THREADS=3 and 4 split batches of 64 rows and more over rayon's pool
+    (more threads than this machine may have cores: that is fine); the outputs equal
+    those of one thread within the tolerance the engine keeps against torch."""
+    code = (
+        "import sys, numpy as np, infer_rs\n"
+        "z = np.random.default_rng(0).standard_normal((300, 120), dtype=np.float32)\n"
+        "vae, wgan = infer_rs.Model(sys.argv[1]), infer_rs.Model(sys.argv[2])\n"
+        "np.savez(sys.argv[3], vae=vae.decode(z[:, :20]), wgan=wgan.decode(z[:, :100]))\n"
+    )
+    outputs = {}
+    for threads in ("1", "3", "4"):
+        out = tmp_path / f"{threads}.npz"
+        args = [sys.executable, "-c", code, str(trained["vae"]), str(trained["wgan"]), str(out)]
+        child = subprocess.run(args, env={**os.environ, "RAYON_NUM_THREADS": threads}, capture_output=True)
+        assert child.returncode == 0, child.stderr
+        outputs[threads] = np.load(out)
+    for threads in ("3", "4"):
+        for name in ("vae", "wgan"):
+            assert max_diff(outputs[threads][name], outputs["1"][name]) <= 1e-5, (threads, name)
+
+
 def cpuinfo_fields() -> dict[str, str]:
     """The first value of each field of /proc/cpuinfo (empty off Linux)."""
     path = Path("/proc/cpuinfo")
