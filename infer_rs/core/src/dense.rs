@@ -29,6 +29,7 @@ const NR: usize = 16;
 /// Rows per micro-kernel tile.
 const MR: usize = 6;
 /// Below this many multiply-adds a layer runs on one thread: the hand-off costs more.
+/// A layer split over the pool gives each thread at least this many.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
 /// Up to this many rows, a call forks once (see `Mlp::forward`).
 const SMALL_BATCH_ROWS: usize = 8;
@@ -131,27 +132,33 @@ impl Dense {
     }
 
     /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`.
-    /// With `parallel` and a layer large enough: many rows and more than two threads
-    /// allowed, a grid of row blocks and column groups over rayon's pool; else the
-    /// column tiles split between the two threads of `pair`.
+    /// With `parallel` and at least PARALLEL_MIN_MACS multiply-adds: with more than
+    /// two threads allowed and worth using (PARALLEL_MIN_MACS each) and many rows, a
+    /// grid of row blocks and column groups over rayon's pool; else the column tiles
+    /// split between the two threads of `pair`.
     fn forward(&self, x: &[f32], ldx: usize, rows: usize, y: &mut [f32], parallel: bool) {
         if rows >= self.gemm_min_rows {
             return self.forward_gemm(x, ldx, rows, y, parallel);
         }
         let macs = rows * self.in_dim * self.padded_out;
         let tiles = self.tile_count();
-        let threads = threads();
+        let threads = if parallel && macs >= PARALLEL_MIN_MACS {
+            threads()
+        } else {
+            1
+        };
+        // the pool's threads worth using: at least PARALLEL_MIN_MACS multiply-adds each
+        let cells = threads.min(macs / PARALLEL_MIN_MACS);
         let out = SharedOut::new(y);
-        let split = parallel && macs >= PARALLEL_MIN_MACS && threads >= 2;
-        if split && threads > 2 && rows >= POOL_MIN_ROWS {
-            let grid = Grid::new(rows, tiles, MR, threads);
+        if threads > 2 && cells > 2 && rows >= POOL_MIN_ROWS {
+            let grid = Grid::new(rows, tiles, MR, cells);
             (0..grid.cells()).into_par_iter().for_each(|cell| {
                 let (rows, tiles) = grid.cell(cell);
                 let x = &x[rows.start * ldx..];
                 let out = out.rows_from(rows.start, self.padded_out);
                 self.tiles(x, ldx, rows.len(), tiles, out);
             });
-        } else if split && tiles >= 2 {
+        } else if threads >= 2 && tiles >= 2 {
             let half = tiles / 2;
             crate::pair::run_pair(&|part| {
                 let range = if part == 0 { 0..half } else { half..tiles };
