@@ -125,8 +125,8 @@ golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, throughput, FID
 	$(PY) -m train.quality --threads $(THREADS)
 
-bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch, 1 and 2 threads (about 2 minutes)
-	$(PY) infer_rs/bench/vs_torch.py --artifacts artifacts
+bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch at 1, 2 and all cores [ARGS="--threads 1 8" or "--quick"]
+	$(PY) infer_rs/bench/vs_torch.py --artifacts artifacts $(ARGS)
 
 bench-service: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_ex vs a no-op responder vs pika+torch (about 2 minutes)
 	$(MIX) compile

@@ -1,10 +1,13 @@
 """infer_rs against PyTorch eager on the same weights, side by side in one run.
 
-For each thread count, a fresh process times both engines call by call, interleaved,
-and reports median and p99 latency, their ratio and the achieved GFLOP/s. The
+For each thread count, a fresh process (RAYON_NUM_THREADS and torch.set_num_threads)
+measures the machine's sgemm ceiling (torch.mm on a large square problem), then times
+both engines call by call, interleaved, and reports median and p99 latency, their
+ratio, the achieved GFLOP/s or tokens/s, and infer_rs's GFLOP/s as a share of the
+ceiling. The header names the CPU, the instruction-set path and the thread counts. The
 table goes to stdout and to runs/bench/engine.md.
 
-    python infer_rs/bench/vs_torch.py --artifacts artifacts
+    python infer_rs/bench/vs_torch.py --artifacts artifacts [--threads 1 2 16] [--quick]
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import numpy as np
 
 VAE_DECODER_FLOP = 2 * (20 * 200 + 200 * 400 + 400 * 784)  # per sample: 0.795 MFLOP
 WGAN_GENERATOR_FLOP = 2 * (100 * 256 + 256 * 512 + 512 * 784)  # per sample
-GPT_NEW_TOKENS = 127
+SGEMM_SIZE = 2048  # the ceiling: C = A B with A, B square of this size, 2 n^3 FLOP
+
+# (batch, calls) per workload; --quick divides the calls (at least 2 each).
+VAE_BATCHES = [(1, 3000), (100, 500), (1000, 60)]
+WGAN_BATCHES = [(100, 500), (1000, 40)]
+# GPT greedy from "\n": within the block (127 new tokens fill the 128 positions), then
+# past it, where both engines re-prefill the last block_size tokens for every token.
+GPT_TOKENS = [(127, 20), (256, 6), (1024, 3)]
 
 
 def timed(call, reps: int) -> list[float]:
@@ -34,9 +44,11 @@ def timed(call, reps: int) -> list[float]:
     return times
 
 
-def side_by_side(ours, theirs, reps: int, rounds: int = 5) -> tuple[list[float], list[float]]:
+def side_by_side(ours, theirs, reps: int, warm_up: bool = True) -> tuple[list[float], list[float]]:
     """Alternate blocks of calls so drift on a shared machine hits both alike."""
-    ours(), theirs()  # warm-up
+    if warm_up:
+        ours(), theirs()
+    rounds = min(5, reps)
     a, b = [], []
     for _ in range(rounds):
         a += timed(ours, reps // rounds)
@@ -44,119 +56,150 @@ def side_by_side(ours, theirs, reps: int, rounds: int = 5) -> tuple[list[float],
     return a, b
 
 
-def worker(artifacts: Path, threads: int) -> list[dict]:
+def sgemm_gflops(reps: int) -> float:
+    """torch.mm's median GFLOP/s on SGEMM_SIZE^2 float32 matrices: the ceiling."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(SGEMM_SIZE, SGEMM_SIZE, generator=g) for _ in range(2))
+    torch.mm(a, b)  # warm-up
+    return 2 * SGEMM_SIZE**3 / float(np.median(timed(lambda: torch.mm(a, b), reps))) / 1e9
+
+
+def worker(artifacts: Path, threads: int, quick: bool) -> dict:
     import torch
 
     import infer_rs
     from train.export import load
 
     torch.set_num_threads(threads)
+
+    def calls(n: int) -> int:
+        return max(2, n // 50) if quick else n
+
     rows = []
 
-    def record(workload, flop, ours, theirs, unit="call"):
-        rows.append(
-            {
-                "workload": workload,
-                "threads": threads,
-                "flop": flop,
-                "unit": unit,
-                "ours": ours,
-                "torch": theirs,
-            }
-        )
+    def record(workload, flop, ours, theirs, tokens=0):
+        row = {"workload": workload, "threads": threads, "flop": flop, "tokens": tokens}
+        rows.append({**row, "ours": ours, "torch": theirs})
 
-    vae_path = artifacts / "vae.safetensors"
-    ours, ref = infer_rs.Model(vae_path), load(vae_path)
-    for batch, reps in [(1, 3000), (100, 500), (1000, 60)]:
-        z = np.random.default_rng(0).standard_normal((batch, 20), dtype=np.float32)
-        zt = torch.from_numpy(z)
-        with torch.inference_mode():
-            a, b = side_by_side(lambda: ours.decode(z), lambda: ref.decode(zt), reps)  # noqa: B023
-        record(f"VAE decode, batch {batch}", VAE_DECODER_FLOP * batch, a, b)
-
-    wgan_path = artifacts / "wgan.safetensors"
-    ours, ref = infer_rs.Model(wgan_path), load(wgan_path)
-    z = np.random.default_rng(1).standard_normal((100, 100), dtype=np.float32)
-    zt = torch.from_numpy(z)
+    ceiling = sgemm_gflops(calls(20))
     with torch.inference_mode():
-        a, b = side_by_side(lambda: ours.decode(z), lambda: ref.generator(zt), 500)
-    record("WGAN generate, batch 100", WGAN_GENERATOR_FLOP * 100, a, b)
+        vae_path = artifacts / "vae.safetensors"
+        ours, ref = infer_rs.Model(vae_path), load(vae_path)
+        for batch, reps in VAE_BATCHES:
+            z = np.random.default_rng(0).standard_normal((batch, 20), dtype=np.float32)
+            zt = torch.from_numpy(z)
+            a, b = side_by_side(lambda: ours.decode(z), lambda: ref.decode(zt), calls(reps), not quick)  # noqa: B023
+            record(f"VAE decode, batch {batch}", VAE_DECODER_FLOP * batch, a, b)
 
-    gpt_path = artifacts / "gpt.safetensors"
-    ours, ref = infer_rs.Model(gpt_path), load(gpt_path)
-    prompt = ref.encode("\n")[None, :]
-    with torch.inference_mode():
-        a, b = side_by_side(
-            lambda: ours.generate_text("\n", GPT_NEW_TOKENS),
-            lambda: ref.generate(prompt, GPT_NEW_TOKENS),
-            20,
-        )
-    record(f"GPT greedy, {GPT_NEW_TOKENS} new tokens, batch 1, KV cache", 0, a, b, unit="tokens")
-    return rows
+        wgan_path = artifacts / "wgan.safetensors"
+        ours, ref = infer_rs.Model(wgan_path), load(wgan_path)
+        for batch, reps in WGAN_BATCHES:
+            z = np.random.default_rng(1).standard_normal((batch, 100), dtype=np.float32)
+            zt = torch.from_numpy(z)
+            a, b = side_by_side(lambda: ours.decode(z), lambda: ref.generator(zt), calls(reps), not quick)  # noqa: B023
+            record(f"WGAN generate, batch {batch}", WGAN_GENERATOR_FLOP * batch, a, b)
+
+        gpt_path = artifacts / "gpt.safetensors"
+        ours, ref = infer_rs.Model(gpt_path), load(gpt_path)
+        prompt = ref.encode("\n")[None, :]
+        for tokens, reps in GPT_TOKENS:
+            a, b = side_by_side(
+                lambda: ours.generate_text("\n", tokens),  # noqa: B023
+                lambda: ref.generate(prompt, tokens),  # noqa: B023
+                1 if quick else reps,
+                not quick,
+            )
+            record(f"GPT greedy, {tokens} new tokens, batch 1, KV cache", 0, a, b, tokens=tokens)
+    return {"rows": rows, "ceiling": ceiling, "cpu": infer_rs.cpu_info()}
 
 
 def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:,.2f} ms"
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], ceilings: dict[int, float]) -> str:
     lines = [
         "| workload | threads | infer_rs median | p99 | torch median | p99 | torch / infer_rs "
-        "| infer_rs rate | torch rate |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| infer_rs rate | torch rate | infer_rs / sgemm ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours, theirs = np.median(r["ours"]), np.median(r["torch"])
-        if r["unit"] == "tokens":
-            rate = [f"{GPT_NEW_TOKENS / t:,.0f} tokens/s" for t in (ours, theirs)]
+        if r["tokens"]:
+            rate = [f"{r['tokens'] / t:,.0f} tokens/s" for t in (ours, theirs)]
+            share = "-"
         else:
             rate = [f"{r['flop'] / t / 1e9:,.1f} GFLOP/s" for t in (ours, theirs)]
+            share = f"{100 * r['flop'] / ours / 1e9 / ceilings[r['threads']]:.0f}%"
         p99 = [fmt_time(np.percentile(r[key], 99)) for key in ("ours", "torch")]
         lines.append(
             f"| {r['workload']} | {r['threads']} | {fmt_time(ours)} | {p99[0]} "
             f"| {fmt_time(theirs)} | {p99[1]} | {theirs / ours:.2f}x "
-            f"| {rate[0]} | {rate[1]} |"
+            f"| {rate[0]} | {rate[1]} | {share} |"
         )
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+def header(cpu: dict, ceilings: dict[int, float], quick: bool) -> str:
+    import torch
+
+    threads = ", ".join(str(t) for t in ceilings)
+    sgemm = ", ".join(f"{t} thread{'s' * (t > 1)}: {g:,.1f} GFLOP/s" for t, g in ceilings.items())
+    return (
+        f"Engine benchmark{' (--quick: too few calls to trust)' if quick else ''}: "
+        f"{cpu['model_name']} ({cpu['vendor']}), {os.cpu_count()} logical cores; "
+        f"infer_rs on the {cpu['isa']} path (this CPU supports {', '.join(cpu['supported_isas'])}); "
+        f"Python {platform.python_version()}, torch {torch.__version__} eager under inference_mode.\n"
+        f"Threads {threads}: RAYON_NUM_THREADS and torch.set_num_threads, a fresh process each.\n"
+        f"sgemm ceiling (torch.mm, {SGEMM_SIZE}x{SGEMM_SIZE} float32): {sgemm}.\n\n"
+    )
+
+
+def default_threads() -> list[int]:
+    """1, 2 and the number of cores, without repeats."""
+    return list(dict.fromkeys([1, 2, os.cpu_count() or 1]))
+
+
+def run_worker(artifacts: Path, threads: int, quick: bool) -> dict:
+    root = str(Path(__file__).resolve().parents[2])  # so the worker imports train/
+    env = {
+        **os.environ,
+        "RAYON_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": root,
+    }
+    cmd = [sys.executable, __file__, "--artifacts", str(artifacts), "--worker", str(threads)]
+    cmd += ["--quick"] * quick
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out)
+    ran = result["cpu"]["threads"]
+    assert ran == threads, f"the worker ran infer_rs on {ran} threads, not {threads}"
+    return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, nargs="+", default=default_threads(), help="default: 1, 2, cores")
+    p.add_argument(
+        "--quick", action="store_true", help="a smoke run: few calls per row, numbers not to trust"
+    )
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.artifacts, args.worker)))
+        print(json.dumps(worker(args.artifacts, args.worker, args.quick)))
         return
-    rows = []
-    for threads in args.threads:
-        root = str(Path(__file__).resolve().parents[2])  # so the worker imports train/
-        env = {
-            **os.environ,
-            "RAYON_NUM_THREADS": str(threads),
-            "OMP_NUM_THREADS": str(threads),
-            "PYTHONPATH": root,
-        }
-        cmd = [sys.executable, __file__, "--artifacts", str(args.artifacts), "--worker", str(threads)]
-        rows += json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
-    rows.sort(key=lambda r: (r["workload"], r["threads"]))
-    import torch
-
-    header = (
-        f"Engine benchmark: {machine()}, torch {torch.__version__} eager under inference_mode. "
-        "Threads: torch.set_num_threads and RAYON_NUM_THREADS.\n\n"
-    )
-    out = header + table(rows) + "\n"
+    rows, ceilings, cpu = [], {}, None
+    for threads in dict.fromkeys(args.threads):
+        result = run_worker(args.artifacts, threads, args.quick)
+        rows += result["rows"]
+        ceilings[threads] = result["ceiling"]
+        cpu = result["cpu"]
+    order = list(dict.fromkeys(r["workload"] for r in rows))
+    rows.sort(key=lambda r: (order.index(r["workload"]), r["threads"]))
+    out = header(cpu, ceilings, args.quick) + table(rows, ceilings) + "\n"
     Path("runs/bench").mkdir(parents=True, exist_ok=True)
     Path("runs/bench/engine.md").write_text(out)
     print(out)

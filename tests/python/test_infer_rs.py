@@ -1,8 +1,13 @@
 """The Rust engine from Python: equal to PyTorch on the same weights, errors as
 infer_rs.InferError, and the GIL released while Rust computes."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +129,78 @@ def test_gil_is_released_while_rust_computes(trained):
     inside = sum(window["start"] < t < window["end"] for t in ticks)
     # with the GIL held for the whole call, this thread could not tick inside the window
     assert inside > 1000, f"only {inside} ticks while Rust computed"
+
+
+def test_large_batches_split_over_more_threads_equal_one_thread(trained, tmp_path):
+    """RAYON_NUM_THREADS=3 and 4 split batches of 64 rows and more over rayon's pool
+    (more threads than this machine may have cores: that is fine); the outputs equal
+    those of one thread within the tolerance the engine keeps against torch."""
+    code = (
+        "import sys, numpy as np, infer_rs\n"
+        "z = np.random.default_rng(0).standard_normal((300, 120), dtype=np.float32)\n"
+        "vae, wgan = infer_rs.Model(sys.argv[1]), infer_rs.Model(sys.argv[2])\n"
+        "np.savez(sys.argv[3], vae=vae.decode(z[:, :20]), wgan=wgan.decode(z[:, :100]))\n"
+    )
+    outputs = {}
+    for threads in ("1", "3", "4"):
+        out = tmp_path / f"{threads}.npz"
+        args = [sys.executable, "-c", code, str(trained["vae"]), str(trained["wgan"]), str(out)]
+        child = subprocess.run(args, env={**os.environ, "RAYON_NUM_THREADS": threads}, capture_output=True)
+        assert child.returncode == 0, child.stderr
+        outputs[threads] = np.load(out)
+    for threads in ("3", "4"):
+        for name in ("vae", "wgan"):
+            assert max_diff(outputs[threads][name], outputs["1"][name]) <= 1e-5, (threads, name)
+
+
+def cpuinfo_fields() -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (empty off Linux)."""
+    path = Path("/proc/cpuinfo")
+    fields: dict[str, str] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_info_in_child(**env: str) -> subprocess.CompletedProcess:
+    code = "import json, infer_rs; print(json.dumps(infer_rs.cpu_info()))"
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cpu_info_names_this_machine():
+    info = infer_rs.cpu_info()
+    fields = cpuinfo_fields()
+    if "model name" in fields:
+        assert info["model_name"] == fields["model name"]
+    if "vendor_id" in fields:
+        assert info["vendor"] == fields["vendor_id"]
+    if "flags" in fields:  # x86 Linux: the paths follow from the CPU's flags
+        flags = set(fields["flags"].split())
+        avx2 = {"avx2", "fma"} <= flags
+        expected = ["portable"] + ["avx2"] * avx2 + ["avx512"] * (avx2 and "avx512f" in flags)
+        assert info["supported_isas"] == expected
+    if "INFER_RS_ISA" not in os.environ:
+        assert info["isa"] == info["supported_isas"][-1]  # the best path
+    threads = os.environ.get("RAYON_NUM_THREADS")
+    if threads:
+        assert info["threads"] == int(threads)
+    else:
+        assert 1 <= info["threads"] <= os.cpu_count()
+
+
+def test_cpu_info_reports_a_forced_path_and_thread_count():
+    for isa in infer_rs.cpu_info()["supported_isas"]:
+        child = cpu_info_in_child(INFER_RS_ISA=isa, RAYON_NUM_THREADS="3")
+        assert child.returncode == 0, child.stderr
+        info = json.loads(child.stdout)
+        assert (info["isa"], info["threads"]) == (isa, 3)
+    refusals = {"sse9": "expected one of portable, avx2, avx512"}
+    for isa in {"portable", "avx2", "avx512"} - set(infer_rs.cpu_info()["supported_isas"]):
+        refusals[isa] = "this CPU lacks"
+    for isa, reason in refusals.items():
+        child = cpu_info_in_child(INFER_RS_ISA=isa)
+        assert child.returncode != 0
+        assert f"InferError: INFER_RS_ISA={isa}: {reason}" in child.stderr

@@ -3,16 +3,32 @@
 //! Each layer's cache holds `capacity` (= block_size) positions, allocated once per
 //! generation and written in place: a decode step copies one position's keys and
 //! values, so T steps cost O(T) copies, not the O(T^2) of growing tensors.
+//!
+//! A prefill attends in blocks of `QB` queries per head, so that each key and value
+//! loaded serves every query of the block, with the sums of a block held in LANES-wide
+//! accumulators (vector registers once compiled for AVX2). Rows of keys and values are
+//! padded to a multiple of LANES with zeros, so every loop runs whole vectors. A query
+//! is computed with the same arithmetic in any block, so a decode step (a block of
+//! one) gives the values a prefill of the same positions gives.
 
 use crate::dense::exp_nonpositive;
 use crate::isa::Isa;
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Vector width the loops are written for (8 f32 lanes of an AVX2 register).
+const LANES: usize = 8;
+/// Queries per block.
+const QB: usize = 4;
+
+type Lanes = [f32; LANES];
 
 /// Keys and values of one layer, per head.
 pub struct LayerCache {
-    /// (n_head, head_dim, capacity): keys transposed, so that one query's scores over
-    /// all positions are sums of contiguous rows (vectorised over positions).
+    /// (n_head, head_dim, positions): keys transposed, so that the scores of a query
+    /// over consecutive positions are sums of contiguous rows.
     keys_t: Vec<f32>,
-    /// (n_head, capacity, head_dim).
+    /// (n_head, capacity, dims): each position's values, zero past head_dim.
     values: Vec<f32>,
 }
 
@@ -21,6 +37,25 @@ pub struct KvCache {
     pub layers: Vec<LayerCache>,
     len: usize,
     shape: Shape,
+    /// Per head: its working memory, locked by the one thread that runs the head.
+    heads: Vec<Mutex<HeadWork>>,
+}
+
+/// One head's working memory, kept from call to call.
+struct HeadWork {
+    scratch: Scratch,
+    /// The head's output (t, head_dim).
+    out: Vec<f32>,
+}
+
+/// Working memory of one block of queries.
+struct Scratch {
+    /// The block's queries transposed: (head_dim, QB).
+    queries: Vec<f32>,
+    /// Scores, then softmax weights: (QB, positions).
+    scores: Vec<f32>,
+    /// The weights transposed: (positions, QB).
+    weights: Vec<f32>,
 }
 
 #[derive(Clone, Copy)]
@@ -28,24 +63,42 @@ struct Shape {
     n_head: usize,
     head_dim: usize,
     capacity: usize,
+    /// capacity rounded up to a multiple of LANES: the row length of keys_t.
+    positions: usize,
+    /// head_dim rounded up to a multiple of LANES: the row length of values.
+    dims: usize,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize, n_head: usize, head_dim: usize, capacity: usize) -> Self {
-        let size = n_head * head_dim * capacity;
+        let shape = Shape {
+            n_head,
+            head_dim,
+            capacity,
+            positions: capacity.div_ceil(LANES) * LANES,
+            dims: head_dim.div_ceil(LANES) * LANES,
+        };
         Self {
             layers: (0..n_layer)
                 .map(|_| LayerCache {
-                    keys_t: vec![0.0; size],
-                    values: vec![0.0; size],
+                    keys_t: vec![0.0; n_head * head_dim * shape.positions],
+                    values: vec![0.0; n_head * capacity * shape.dims],
                 })
                 .collect(),
             len: 0,
-            shape: Shape {
-                n_head,
-                head_dim,
-                capacity,
-            },
+            shape,
+            heads: (0..n_head)
+                .map(|_| {
+                    Mutex::new(HeadWork {
+                        scratch: Scratch {
+                            queries: vec![0.0; head_dim * QB],
+                            scores: vec![0.0; QB * shape.positions],
+                            weights: vec![0.0; shape.positions * QB],
+                        },
+                        out: vec![0.0; capacity * head_dim],
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -75,22 +128,54 @@ impl KvCache {
     /// Store the keys and values of `t` new rows of `qkv` (t, 3C) in `layer` at
     /// positions len..len + t, then return y (t, C): for each head,
     /// y_i = sum_j softmax_j(q_i . k_j / sqrt(head_dim)) v_j over positions j <= len + i.
+    /// A prefill (t > 1) runs the heads in parallel; a decode step, on the caller.
     pub fn attend(&mut self, layer: usize, qkv: &[f32], t: usize, isa: Isa) -> Vec<f32> {
         let (shape, start) = (self.shape, self.len);
         assert!(start + t <= shape.capacity && qkv.len() == t * 3 * shape.width());
-        let cache = &mut self.layers[layer];
-        cache.store(shape, qkv, t, start);
-        let mut y = vec![0f32; t * shape.width()];
-        #[cfg(target_arch = "x86_64")]
-        if isa != Isa::Portable {
-            // SAFETY: the avx2 and avx512 paths are only chosen on CPUs that have AVX2.
-            unsafe { avx2::attend(cache, shape, qkv, t, start, &mut y) };
-            return y;
+        self.layers[layer].store(shape, qkv, t, start);
+        let cache = &self.layers[layer];
+        let run = |h: usize| {
+            let mut work = self.heads[h].lock().unwrap_or_else(|e| e.into_inner());
+            let HeadWork { scratch, out } = &mut *work;
+            let head = Head::new(cache, shape, h);
+            #[cfg(target_arch = "x86_64")]
+            if isa != Isa::Portable {
+                // SAFETY: the avx2 and avx512 paths are only chosen on CPUs with AVX2.
+                return unsafe { avx2::attend(&head, qkv, t, start, scratch, out) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa; // off x86 the portable path is the only one
+            attend_with(&head, qkv, t, start, scratch, out);
+        };
+        if t > 1 {
+            for_each_in_parallel(shape.n_head, &run);
+        } else {
+            (0..shape.n_head).for_each(run);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = isa; // off x86 the portable path is the only one
-        attend_with(cache, shape, qkv, t, start, &mut y);
+        // y[i, h * hs + d] = out_h[i, d]
+        let (c, hs) = (shape.width(), shape.head_dim);
+        let mut y = vec![0f32; t * c];
+        for (h, work) in self.heads.iter_mut().enumerate() {
+            let out = &work.get_mut().unwrap_or_else(|e| e.into_inner()).out;
+            for (row, o) in y.chunks_exact_mut(c).zip(out.chunks_exact(hs)) {
+                row[h * hs..][..hs].copy_from_slice(o);
+            }
+        }
         y
+    }
+}
+
+/// job(0), ..., job(n - 1) over the threads a call may use: on the caller for one, the
+/// `pair` for two (half of the jobs each), rayon's pool for more.
+fn for_each_in_parallel(n: usize, job: &(dyn Fn(usize) + Sync)) {
+    match rayon::current_num_threads() {
+        0 | 1 => (0..n).for_each(job),
+        2 => crate::pair::run_pair(&|part| {
+            let half = n.div_ceil(2);
+            let jobs = if part == 0 { 0..half } else { half..n };
+            jobs.for_each(job);
+        }),
+        _ => (0..n).into_par_iter().for_each(job),
     }
 }
 
@@ -103,80 +188,273 @@ impl Shape {
 impl LayerCache {
     /// Copy the keys and values of rows 0..t of qkv to positions start..start + t.
     fn store(&mut self, shape: Shape, qkv: &[f32], t: usize, start: usize) {
-        let (c, hs, cap) = (shape.width(), shape.head_dim, shape.capacity);
+        let (c, hs) = (shape.width(), shape.head_dim);
         for (i, row) in qkv.chunks_exact(3 * c).take(t).enumerate() {
             let pos = start + i;
             for h in 0..shape.n_head {
-                let key = &row[c + h * hs..c + (h + 1) * hs];
+                let key = &row[c + h * hs..][..hs];
                 for (d, &k) in key.iter().enumerate() {
-                    self.keys_t[(h * hs + d) * cap + pos] = k;
+                    self.keys_t[(h * hs + d) * shape.positions + pos] = k;
                 }
-                let at = (h * cap + pos) * hs;
+                let at = (h * shape.capacity + pos) * shape.dims;
                 self.values[at..at + hs].copy_from_slice(&row[2 * c + h * hs..][..hs]);
             }
         }
     }
 }
 
-/// The attention of `KvCache::attend`, inlined into each instruction set's wrapper.
+/// One head of `KvCache::attend` into `out` (t, head_dim), inlined into each
+/// instruction set's wrapper: blocks of QB queries, then the rest one by one.
 #[inline(always)]
 fn attend_with(
-    cache: &LayerCache,
-    shape: Shape,
+    head: &Head,
     qkv: &[f32],
     t: usize,
     start: usize,
-    y: &mut [f32],
+    scratch: &mut Scratch,
+    out: &mut [f32],
 ) {
-    let (c, hs, cap) = (shape.width(), shape.head_dim, shape.capacity);
-    let scale = 1.0 / (hs as f32).sqrt();
-    let mut scores = vec![0f32; start + t];
-    for i in 0..t {
-        let n = start + i + 1; // the causal mask: keys 0..=start + i
-        for h in 0..shape.n_head {
-            let q = &qkv[i * 3 * c + h * hs..][..hs];
-            let s = &mut scores[..n];
-            s.fill(0.0);
-            // s_j = sum_d q_d k_dj, row by row of K^T
-            for (d, &qd) in q.iter().enumerate() {
-                let keys = &cache.keys_t[(h * hs + d) * cap..][..n];
-                for (sj, &k) in s.iter_mut().zip(keys) {
-                    *sj += qd * k;
+    let mut first = 0;
+    while first + QB <= t {
+        head.block::<QB>(qkv, start + first, first, scratch, out);
+        first += QB;
+    }
+    for i in first..t {
+        head.block::<1>(qkv, start + i, i, scratch, out);
+    }
+}
+
+/// One head of one layer's cache.
+struct Head<'a> {
+    shape: Shape,
+    /// (head_dim, positions)
+    keys_t: &'a [f32],
+    /// (capacity, dims)
+    values: &'a [f32],
+    /// Where the head's columns start in a row of q.
+    column: usize,
+    /// 1 / sqrt(head_dim)
+    scale: f32,
+}
+
+impl<'a> Head<'a> {
+    fn new(cache: &'a LayerCache, shape: Shape, h: usize) -> Self {
+        let (hs, ld) = (shape.head_dim, shape.positions);
+        let values = shape.capacity * shape.dims;
+        Self {
+            shape,
+            keys_t: &cache.keys_t[h * hs * ld..][..hs * ld],
+            values: &cache.values[h * values..][..values],
+            column: h * hs,
+            scale: 1.0 / (hs as f32).sqrt(),
+        }
+    }
+
+    /// Rows row..row + B of the head's output y (t, head_dim) for the queries of the same rows of qkv, the first at
+    /// position `pos`: query q sees keys 0..=pos + q (the causal mask). Every query
+    /// gets the arithmetic it gets in a block of one: positions it cannot see add
+    /// exact zeros.
+    #[inline(always)]
+    fn block<const B: usize>(
+        &self,
+        qkv: &[f32],
+        pos: usize,
+        row: usize,
+        scratch: &mut Scratch,
+        y: &mut [f32],
+    ) {
+        let (c, hs, ld) = (
+            self.shape.width(),
+            self.shape.head_dim,
+            self.shape.positions,
+        );
+        let n = (pos + B).div_ceil(LANES) * LANES;
+        let (queries, _) = scratch.queries[..hs * B].as_chunks_mut::<B>();
+        for q in 0..B {
+            let query = &qkv[(row + q) * 3 * c + self.column..][..hs];
+            for (qt, &v) in queries.iter_mut().zip(query) {
+                qt[q] = v;
+            }
+        }
+        let scores = &mut scratch.scores;
+        self.scores(queries, n, scores);
+        let kept = n.min(self.shape.capacity); // positions past the capacity get p = 0
+        let (weights, _) = scratch.weights[..kept * B].as_chunks_mut::<B>();
+        for q in 0..B {
+            let p = &mut scores[q * ld..][..n];
+            softmax(p, pos + q + 1, self.scale);
+            for (w, &p) in weights.iter_mut().zip(p.iter()) {
+                w[q] = p;
+            }
+        }
+        let out: [usize; B] = std::array::from_fn(|q| (row + q) * hs);
+        self.values(weights, &out, y);
+    }
+
+    /// s[q][j] = sum_d queries[d][q] k_dj for j < n (a multiple of LANES), summed over
+    /// d in order.
+    #[inline(always)]
+    fn scores<const B: usize>(&self, queries: &[[f32; B]], n: usize, s: &mut [f32]) {
+        let ld = self.shape.positions;
+        for j in (0..n).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; B];
+            for (keys, qd) in self.keys_t.chunks_exact(ld).zip(queries) {
+                let k: &Lanes = keys[j..j + LANES].try_into().expect("LANES");
+                for (acc, &q) in acc.iter_mut().zip(qd) {
+                    for l in 0..LANES {
+                        acc[l] += q * k[l];
+                    }
                 }
             }
-            // p_j = exp(s_j scale - max) / sum_k exp(s_k scale - max), y = sum_j p_j v_j
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-            for sj in s.iter_mut() {
-                *sj = exp_nonpositive(*sj * scale - max);
+            for (q, acc) in acc.iter().enumerate() {
+                s[q * ld + j..][..LANES].copy_from_slice(acc);
             }
-            let total: f32 = s.iter().sum();
-            s.iter_mut().for_each(|p| *p /= total);
-            let out = &mut y[i * c + h * hs..][..hs];
-            let values = &cache.values[h * cap * hs..];
-            for (j, &p) in s.iter().enumerate() {
-                for (o, &v) in out.iter_mut().zip(&values[j * hs..(j + 1) * hs]) {
-                    *o += p * v;
+        }
+    }
+
+    /// y[out[q] + d] = sum_j weights[j][q] v_jd for d < head_dim, summed over j in
+    /// order.
+    #[inline(always)]
+    fn values<const B: usize>(&self, weights: &[[f32; B]], out: &[usize; B], y: &mut [f32]) {
+        let dims = self.shape.dims;
+        for d in (0..dims).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; B];
+            for (values, pj) in self.values.chunks_exact(dims).zip(weights) {
+                let v: &Lanes = values[d..d + LANES].try_into().expect("LANES");
+                for (acc, &p) in acc.iter_mut().zip(pj) {
+                    for l in 0..LANES {
+                        acc[l] += p * v[l];
+                    }
                 }
+            }
+            let width = LANES.min(self.shape.head_dim - d);
+            for (acc, &at) in acc.iter().zip(out) {
+                y[at + d..][..width].copy_from_slice(&acc[..width]);
             }
         }
     }
 }
 
+/// p_j = exp(s_j scale - m) / sum_{k < seen} exp(s_k scale - m) with m = max_k s_k scale,
+/// for j < seen; 0 for seen <= j < s.len().
+#[inline(always)]
+fn softmax(s: &mut [f32], seen: usize, scale: f32) {
+    s[seen..].fill(f32::NEG_INFINITY);
+    let mut top = [f32::NEG_INFINITY; LANES];
+    for chunk in s.chunks_exact(LANES) {
+        for l in 0..LANES {
+            top[l] = top[l].max(chunk[l]);
+        }
+    }
+    // max_j (s_j scale) = scale max_j s_j: rounding is monotonic and scale > 0
+    let max = top.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    for v in s.iter_mut() {
+        *v = exp_nonpositive(*v * scale - max);
+    }
+    s[seen..].fill(0.0);
+    let mut sum = [0f32; LANES];
+    for chunk in s.chunks_exact(LANES) {
+        for l in 0..LANES {
+            sum[l] += chunk[l];
+        }
+    }
+    let total: f32 = sum.iter().sum();
+    s.iter_mut().for_each(|p| *p /= total);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{attend_with, LayerCache, Shape};
+    use super::{attend_with, Head, Scratch};
 
-    /// `attend_with` compiled with AVX2/FMA, so its loops over positions and over
-    /// head dimensions run eight lanes wide.
+    /// `attend_with` compiled with AVX2/FMA, so its loops over LANES run as vectors.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn attend(
-        cache: &LayerCache,
-        shape: Shape,
+        head: &Head,
         qkv: &[f32],
         t: usize,
         start: usize,
-        y: &mut [f32],
+        scratch: &mut Scratch,
+        out: &mut [f32],
     ) {
-        attend_with(cache, shape, qkv, t, start, y);
+        attend_with(head, qkv, t, start, scratch, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// softmax(q k^T / sqrt(hs)) v in f64, one query at a time.
+    fn reference(qkv: &[f32], n_head: usize, hs: usize, t: usize) -> Vec<f64> {
+        let c = n_head * hs;
+        let mut y = vec![0f64; t * c];
+        for h in 0..n_head {
+            for i in 0..t {
+                let dot = |j: usize| {
+                    (0..hs)
+                        .map(|d| {
+                            qkv[i * 3 * c + h * hs + d] as f64
+                                * qkv[j * 3 * c + c + h * hs + d] as f64
+                        })
+                        .sum::<f64>()
+                        / (hs as f64).sqrt()
+                };
+                let s: Vec<f64> = (0..=i).map(dot).collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                for (j, e) in e.iter().enumerate() {
+                    for d in 0..hs {
+                        y[i * c + h * hs + d] +=
+                            e / total * qkv[j * 3 * c + 2 * c + h * hs + d] as f64;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Prefills of every length, followed by decode steps, on shapes whose head size
+    /// and capacity are not multiples of the vector width, on every path of this CPU,
+    /// with the heads on one, two (the pair) and three threads (rayon's pool).
+    #[test]
+    fn blocks_and_steps_equal_the_definition() {
+        let pools: Vec<_> = (1..=3)
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for (n_head, hs, cap) in [(2, 8, 16), (3, 12, 13), (4, 32, 40), (1, 5, 7)] {
+            let c = n_head * hs;
+            let qkv = Rng::new(cap as u64).normals(cap * 3 * c);
+            let want = reference(&qkv, n_head, hs, cap);
+            let paths = Isa::ALL.into_iter().filter(|isa| isa.supported());
+            for (isa, pool) in paths.flat_map(|isa| pools.iter().map(move |p| (isa, p))) {
+                let threads = pool.current_num_threads();
+                pool.install(|| {
+                    for prefill in 1..=cap {
+                        let mut cache = KvCache::new(1, n_head, hs, cap);
+                        let mut got = cache.attend(0, &qkv[..prefill * 3 * c], prefill, isa);
+                        cache.advance(prefill);
+                        for i in prefill..cap {
+                            got.extend(cache.attend(0, &qkv[i * 3 * c..][..3 * c], 1, isa));
+                            cache.advance(1);
+                        }
+                        let worst = got
+                            .iter()
+                            .zip(&want)
+                            .map(|(&g, &w)| (g as f64 - w).abs())
+                            .fold(0f64, f64::max);
+                        let case =
+                            format!("{isa}, {threads} threads, {n_head}x{hs}, prefill {prefill}");
+                        assert!(worst < 1e-5, "{case}: {worst}");
+                    }
+                });
+            }
+        }
     }
 }

@@ -12,11 +12,15 @@
 //! - bias folded into the accumulators' start, the activation applied to the block
 //!   while it is still in cache, with a vectorisable exp-based tanh and sigmoid;
 //! - two threads splitting the output columns through a spinning helper (`pair`):
-//!   one hand-off per call for few rows, one per layer for many.
+//!   one hand-off per call for few rows, one per layer for many;
+//! - with more than two threads and at least `POOL_MIN_ROWS` rows, each layer split
+//!   into a grid of row blocks and column groups over rayon's pool (`grid`).
 
 use crate::error::Result;
+use crate::grid::Grid;
 use crate::isa::Isa;
 use candle_core::Tensor;
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -25,16 +29,24 @@ const NR: usize = 16;
 /// Rows per micro-kernel tile.
 const MR: usize = 6;
 /// Below this many multiply-adds a layer runs on one thread: the hand-off costs more.
+/// A layer split over the pool gives each thread at least this many.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
 /// Up to this many rows, a call forks once (see `Mlp::forward`).
 const SMALL_BATCH_ROWS: usize = 8;
+/// From this many rows on, a layer with more than two threads allowed is split over
+/// rayon's pool (`grid`); below, or with two threads, over the pair (`pair`).
+const POOL_MIN_ROWS: usize = 64;
 /// From this many rows on, the avx512 path multiplies through `gemm`.
 pub const GEMM_MIN_ROWS: usize = 64;
 
-/// Two threads unless the caller limited the engine to one (RAYON_NUM_THREADS=1, which
-/// also sizes Candle's pool for the GPT).
+/// The threads a call may use: the size of rayon's pool (RAYON_NUM_THREADS, else one
+/// per core), or of the pool the caller runs in (`rayon::ThreadPool::install`).
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 fn threads_allowed() -> bool {
-    rayon::current_num_threads() >= 2
+    threads() >= 2
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,25 +131,42 @@ impl Dense {
         self
     }
 
-    /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`;
-    /// with `parallel`, the column tiles are split between two threads when the layer
-    /// is large enough.
+    /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`.
+    /// With `parallel` and at least PARALLEL_MIN_MACS multiply-adds: with more than
+    /// two threads allowed and worth using (PARALLEL_MIN_MACS each) and many rows, a
+    /// grid of row blocks and column groups over rayon's pool; else the column tiles
+    /// split between the two threads of `pair`.
     fn forward(&self, x: &[f32], ldx: usize, rows: usize, y: &mut [f32], parallel: bool) {
         if rows >= self.gemm_min_rows {
             return self.forward_gemm(x, ldx, rows, y, parallel);
         }
         let macs = rows * self.in_dim * self.padded_out;
         let tiles = self.tile_count();
+        let threads = if parallel && macs >= PARALLEL_MIN_MACS {
+            threads()
+        } else {
+            1
+        };
+        // the pool's threads worth using: at least PARALLEL_MIN_MACS multiply-adds each
+        let cells = threads.min(macs / PARALLEL_MIN_MACS);
         let out = SharedOut::new(y);
-        if !parallel || macs < PARALLEL_MIN_MACS || tiles < 2 || !threads_allowed() {
+        if threads > 2 && cells > 2 && rows >= POOL_MIN_ROWS {
+            let grid = Grid::new(rows, tiles, MR, cells);
+            (0..grid.cells()).into_par_iter().for_each(|cell| {
+                let (rows, tiles) = grid.cell(cell);
+                let x = &x[rows.start * ldx..];
+                let out = out.rows_from(rows.start, self.padded_out);
+                self.tiles(x, ldx, rows.len(), tiles, out);
+            });
+        } else if threads >= 2 && tiles >= 2 {
+            let half = tiles / 2;
+            crate::pair::run_pair(&|part| {
+                let range = if part == 0 { 0..half } else { half..tiles };
+                self.tiles(x, ldx, rows, range, out);
+            });
+        } else {
             self.tiles(x, ldx, rows, 0..tiles, out);
-            return;
         }
-        let half = tiles / 2;
-        crate::pair::run_pair(&|part| {
-            let range = if part == 0 { 0..half } else { half..tiles };
-            self.tiles(x, ldx, rows, range, out);
-        });
     }
 
     /// y = act(b + x W^T) with `gemm`: y starts as the bias rows, gemm adds x W^T
@@ -241,7 +270,7 @@ fn tiles_with(
             for (r, values) in acc.iter_mut().take(m).enumerate() {
                 activate(values, layer.act);
                 // SAFETY: each (row, column tile) cell is written by exactly one thread:
-                // threads own disjoint column ranges.
+                // threads own disjoint column ranges or disjoint rows (`grid`).
                 unsafe { y.write((row + r) * ldy + col, values) };
             }
             row += m;
@@ -250,7 +279,7 @@ fn tiles_with(
 }
 
 /// A raw view of the output buffer shared by the threads of one layer; each writes
-/// only its own column tiles, so the writes never overlap.
+/// only its own column tiles of its own rows, so the writes never overlap.
 #[derive(Clone, Copy)]
 struct SharedOut {
     ptr: *mut f32,
@@ -267,6 +296,17 @@ impl SharedOut {
         Self {
             ptr: y.as_mut_ptr(),
             len: y.len(),
+        }
+    }
+
+    /// The view of the rows from `row` on, for rows of `ld` values.
+    fn rows_from(self, row: usize, ld: usize) -> Self {
+        let skip = row * ld;
+        assert!(skip <= self.len, "row {row} past the end of the output");
+        // SAFETY: within the buffer, by the assert.
+        Self {
+            ptr: unsafe { self.ptr.add(skip) },
+            len: self.len - skip,
         }
     }
 
@@ -526,7 +566,8 @@ impl Mlp {
     /// threads run the early layers in full (cheap, and their weights fit both cores'
     /// caches) and each runs half of the last, widest layer, which then stays in that
     /// core's L2 from call to call.
-    /// More rows: layer by layer, each split by columns when large enough.
+    /// More rows: layer by layer, each split over the threads when large enough
+    /// (`Dense::forward`).
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let Some((last, body)) = self.layers.split_last() else {
             return x.to_vec();
@@ -618,6 +659,50 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The grid split over a pool of 3 and 4 threads (more than the cores of a small
+    /// machine: oversubscribed is fine) gives the one-thread result: bit for bit on the
+    /// micro-kernel, whose row tiles the grid keeps; within float32 reassociation on
+    /// `gemm`, which may block k differently per thread count.
+    #[test]
+    fn pool_split_equals_one_thread_on_every_path() {
+        let dev = Device::Cpu;
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        let one = pool(1);
+        for (rows, inp, out) in [(64, 20, 200), (100, 400, 784), (257, 200, 40), (70, 8, 16)] {
+            let w = Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.2, out, &dev).unwrap();
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (rows, inp), &dev)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (path, layer) in variants(&w, &b, Activation::Tanh) {
+                let mlp = Mlp::new(vec![layer]);
+                let want = one.install(|| mlp.forward(&x, rows));
+                for threads in [3, 4] {
+                    let got = pool(threads).install(|| mlp.forward(&x, rows));
+                    let case = format!("{path} {rows}x{inp}->{out}, {threads} threads");
+                    if path.ends_with("gemm") {
+                        let worst = got
+                            .iter()
+                            .zip(&want)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
+                        assert!(worst < 1e-5, "{case}: {worst}");
+                    } else {
+                        assert!(got == want, "{case}: differs from one thread");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

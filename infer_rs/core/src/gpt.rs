@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-const LN_EPS: f64 = 1e-5;
+const LN_EPS: f32 = 1e-5;
 
 /// The config stored in the file's metadata (`shared_schema/configs/gpt.schema.json`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -60,8 +60,7 @@ impl Sampling {
     }
 }
 
-/// y = (x - mean) / sqrt(var + eps) * weight + bias over each row (biased variance,
-/// accumulated in f64).
+/// y = (x - mean) / sqrt(var + eps) * weight + bias over each row (biased variance).
 struct LayerNorm {
     weight: Vec<f32>,
     bias: Vec<f32>,
@@ -79,15 +78,31 @@ impl LayerNorm {
         let c = self.weight.len();
         let mut out = vec![0f32; x.len()];
         for (row, y) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+            let mean = lane_sum(row, |v| v) / c as f32;
+            // two passes: the centred sum of squares loses nothing to cancellation
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / c as f32;
             let inv = 1.0 / (var + LN_EPS).sqrt();
             for (((y, &v), &w), &b) in y.iter_mut().zip(row).zip(&self.weight).zip(&self.bias) {
-                *y = ((v as f64 - mean) * inv) as f32 * w + b;
+                *y = (v - mean) * inv * w + b;
             }
         }
         out
     }
+}
+
+/// sum_i f(row_i) in eight interleaved partial sums (vectorisable, unlike one
+/// sequential float sum), added at the end.
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    let mut lanes = [0f32; 8];
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// The linear layer at `vb` (PyTorch layout) with `act` fused.

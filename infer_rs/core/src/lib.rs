@@ -6,9 +6,11 @@
 pub mod artifact;
 mod attention;
 pub mod batch;
+pub mod cpu;
 pub mod dense;
 pub mod error;
 pub mod gpt;
+mod grid;
 pub mod isa;
 pub mod limits;
 pub mod manifest;
@@ -19,6 +21,7 @@ pub mod vae;
 pub mod wgan;
 
 pub use batch::{Matrix, Rows};
+pub use cpu::{cpu_info, CpuInfo};
 pub use error::{InferError, Result};
 pub use gpt::Sampling;
 pub use isa::{isa, Isa};

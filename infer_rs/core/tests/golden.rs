@@ -185,6 +185,53 @@ fn batched_calls_equal_single_calls() {
     }
 }
 
+/// A batch large enough to be split over rayon's pool gives the one-thread result
+/// within the golden tolerance of the same output. Runs in child processes with
+/// RAYON_NUM_THREADS=3 and 4 (more threads than a small machine's cores is fine), each
+/// comparing its pool's result with the same call in a pool of one thread.
+#[test]
+fn pool_split_equals_one_thread() {
+    const THREADS: &str = "RAYON_NUM_THREADS";
+    let Ok(threads) = std::env::var(THREADS) else {
+        for threads in ["3", "4"] {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .env(THREADS, threads)
+                .args(["--exact", "pool_split_equals_one_thread", "--quiet"])
+                .output()
+                .unwrap();
+            assert!(
+                child.status.success(),
+                "{THREADS}={threads}:\n{}{}",
+                String::from_utf8_lossy(&child.stdout),
+                String::from_utf8_lossy(&child.stderr)
+            );
+        }
+        return;
+    };
+    if threads.parse::<usize>().unwrap_or(0) <= 2 {
+        return; // the pool split needs more than two threads
+    }
+    assert_eq!(rayon::current_num_threads().to_string(), threads);
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let rows = infer_core::limits::MAX_BATCH; // the tiny models need many rows to split
+    for (name, output) in [("vae_tiny", "decode.x"), ("wgan_tiny", "generate.x")] {
+        let tol = vectors(name).tolerance[output] as f32;
+        let m = model(name);
+        let got = m.generate(rows, 7).unwrap();
+        let want = one.install(|| m.generate(rows, 7)).unwrap();
+        let worst = got
+            .data
+            .iter()
+            .zip(&want.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= tol, "{name}, {threads} threads: {worst} > {tol}");
+    }
+}
+
 /// Every test of this file again in a child process per instruction-set path the CPU
 /// has (INFER_RS_ISA forces it); the paths it lacks are named on stderr. In a child,
 /// this test only checks that the forced path is the one in use.

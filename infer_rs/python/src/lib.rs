@@ -8,6 +8,7 @@ use numpy::{AllowTypeChange, IntoPyArray, PyArray2, PyArrayLike2};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
@@ -176,10 +177,36 @@ fn vae_generate(
     to_numpy(py, out)
 }
 
+/// The machine the engine runs on, as a dict:
+///
+/// - ``model_name``: the CPU's model name (from /proc/cpuinfo on Linux, else CPUID
+///   on x86-64; "unknown" if neither says);
+/// - ``vendor``: "AuthenticAMD", "GenuineIntel", ... ("unknown" likewise);
+/// - ``isa``: the instruction-set path the kernels run on, "portable", "avx2" or
+///   "avx512" (INFER_RS_ISA forces one);
+/// - ``supported_isas``: every path this CPU can run;
+/// - ``threads``: threads per engine call (RAYON_NUM_THREADS, else one per core),
+///   fixed when the engine first runs in this process.
+///
+/// Raises InferError if INFER_RS_ISA names a path this CPU cannot run.
+#[pyfunction]
+fn cpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let info = infer_core::cpu_info().map_err(py_err)?;
+    let dict = PyDict::new(py);
+    dict.set_item("model_name", info.model_name)?;
+    dict.set_item("vendor", info.vendor)?;
+    dict.set_item("isa", info.isa.name())?;
+    let supported: Vec<&str> = info.supported.iter().map(|isa| isa.name()).collect();
+    dict.set_item("supported_isas", supported)?;
+    dict.set_item("threads", info.threads)?;
+    Ok(dict)
+}
+
 #[pymodule]
 fn _infer_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(vae_generate, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_info, m)?)?;
     m.add("InferError", m.py().get_type::<InferError>())?;
     Ok(())
 }

@@ -1,5 +1,5 @@
 from os import PathLike
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -30,3 +30,16 @@ class Model:
     ) -> str: ...
 
 def vae_generate(path: str | PathLike[str], n: int, seed: int | None = None) -> npt.NDArray[np.float32]: ...
+
+class _CpuInfo(TypedDict):
+    model_name: str
+    vendor: str
+    isa: str
+    supported_isas: list[str]
+    threads: int
+
+def cpu_info() -> _CpuInfo:
+    """The machine the engine runs on: CPU model name and vendor, the instruction-set
+    path in use (INFER_RS_ISA forces one), the paths this CPU supports, and the threads
+    per engine call (RAYON_NUM_THREADS, else one per core). Raises InferError if
+    INFER_RS_ISA names a path this CPU cannot run."""
