@@ -58,7 +58,7 @@ defmodule ServeEx.EngineTest do
       for key <- ["greedy_within_block.ids", "greedy_past_block.ids"] do
         {_, ids} = v[key]
         new = length(ids) - length(prompt_ids)
-        assert [{:ok, text}] = Engine.generate_text_batch(gpt, [{prompt, new, 0.0, 0, 0}])
+        assert [{:ok, text}] = Engine.generate_text_batch(gpt, [{prompt, new, 0.0, 0, 0, 0}])
         assert text == decode.(ids), "#{name} #{key}"
       end
     end
@@ -85,5 +85,39 @@ defmodule ServeEx.EngineTest do
     File.write!(cut, binary_part(File.read!(Paths.golden("vae_tiny.safetensors")), 0, 100))
     assert {:error, {:bad_model, _}} = Engine.load(cut, "cut")
     File.rm_rf!(dir)
+  end
+
+  test "a generation stops between tokens once its deadline passes" do
+    gpt = model("gpt_tiny")
+    past = System.os_time(:millisecond) - 1
+    ahead = System.os_time(:millisecond) + 60_000
+
+    assert [{:error, {:deadline_exceeded, message}}, {:ok, text}] =
+             Engine.generate_text_batch(gpt, [
+               {"hi", 5, 0.0, 0, 0, past},
+               {"hi", 5, 0.0, 0, 0, ahead}
+             ])
+
+    assert message =~ "stopped after 0 new tokens: the deadline passed"
+    assert String.length(text) == 7
+  end
+
+  test "generations whose callers were killed stop and free the dirty schedulers" do
+    {:ok, gpt} = Engine.load(Path.join(Paths.service_models(), "gpt.safetensors"), "gpt")
+    long = {"A", 1024, 0.0, 0, 0, 0}
+    {full_us, [{:ok, _}]} = :timer.tc(fn -> Engine.generate_text_batch(gpt, [long]) end)
+    # as many orphans as there are dirty CPU schedulers: if they ran on, a new call
+    # would wait for one of them to finish
+    callers =
+      for _ <- 1..:erlang.system_info(:dirty_cpu_schedulers),
+          do: spawn(fn -> Engine.generate_text_batch(gpt, [long]) end)
+
+    Process.sleep(div(full_us, 20_000))
+    Enum.each(callers, &Process.exit(&1, :kill))
+    short = {"A", 1, 0.0, 0, 0, 0}
+    {short_us, [{:ok, _}]} = :timer.tc(fn -> Engine.generate_text_batch(gpt, [short]) end)
+
+    assert short_us < full_us / 4,
+           "a short call waited #{short_us} us; a long one takes #{full_us}"
   end
 end

@@ -60,7 +60,8 @@ fn status_of(err: &InferError) -> InferStatus {
         | InferError::WrongArchitecture { .. }
         | InferError::UnsupportedIsa { .. } => InferStatus::Argument,
         InferError::TooLarge { .. } => InferStatus::TooLarge,
-        InferError::Compute(_) => InferStatus::Compute,
+        // the C ABI runs generations unwatched: a stop cannot happen through it
+        InferError::Compute(_) | InferError::Stopped { .. } => InferStatus::Compute,
     }
 }
 

@@ -69,6 +69,27 @@ pub enum InferError {
     /// The tensor library failed on valid input.
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),
+    /// A watched generation was stopped between two tokens (`Gpt::generate_watched`).
+    #[error("generation stopped after {tokens} new tokens: {reason}")]
+    Stopped { tokens: usize, reason: StopReason },
+}
+
+/// Why a watched generation stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The request's deadline passed.
+    Deadline,
+    /// Nobody waits for the result any more (the calling process died).
+    CallerGone,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Deadline => "the deadline passed",
+            Self::CallerGone => "the caller is gone",
+        })
+    }
 }
 
 pub type Result<T> = std::result::Result<T, InferError>;

@@ -9,7 +9,7 @@
 
 use crate::attention::KvCache;
 use crate::dense::{Activation, Dense, Mlp};
-use crate::error::{InferError, Result};
+use crate::error::{InferError, Result, StopReason};
 use crate::isa::Isa;
 use crate::limits::{MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE};
 use crate::rng::Rng;
@@ -320,13 +320,29 @@ impl Gpt {
         max_new_tokens: usize,
         sampling: Sampling,
     ) -> Result<Vec<u32>> {
+        self.generate_watched(prompt, max_new_tokens, sampling, &|_| None)
+    }
+
+    /// `generate`, asking `watch(tokens so far)` before each new token whether to stop:
+    /// a `Some(reason)` ends the call with `InferError::Stopped`. A service uses it to
+    /// drop work whose deadline passed or whose caller is gone, between two tokens.
+    pub fn generate_watched(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampling: Sampling,
+        watch: &dyn Fn(usize) -> Option<StopReason>,
+    ) -> Result<Vec<u32>> {
         self.check_ids(prompt)?;
         check_sampling(max_new_tokens, sampling, self.vocab.len())?;
         let mut rng = Rng::new(sampling.seed);
         let mut ids = prompt.to_vec();
         let mut cache = self.empty_cache();
         let c = self.cfg.n_embd;
-        for _ in 0..max_new_tokens {
+        for tokens in 0..max_new_tokens {
+            if let Some(reason) = watch(tokens) {
+                return Err(InferError::Stopped { tokens, reason });
+            }
             let hidden = if ids.len() <= self.cfg.block_size && !cache.is_empty() {
                 self.forward(&ids[ids.len() - 1..], &mut cache)
             } else {
@@ -348,6 +364,17 @@ impl Gpt {
         max_new_tokens: usize,
         sampling: Sampling,
     ) -> Result<String> {
+        self.generate_text_watched(prompt, max_new_tokens, sampling, &|_| None)
+    }
+
+    /// `generate_text` with a watcher (see `generate_watched`).
+    pub fn generate_text_watched(
+        &self,
+        prompt: &str,
+        max_new_tokens: usize,
+        sampling: Sampling,
+        watch: &dyn Fn(usize) -> Option<StopReason>,
+    ) -> Result<String> {
         let chars = prompt.chars().count();
         if chars > MAX_PROMPT_CHARS {
             return Err(InferError::TooLarge {
@@ -356,7 +383,7 @@ impl Gpt {
                 limit: MAX_PROMPT_CHARS,
             });
         }
-        let ids = self.generate(&self.encode(prompt)?, max_new_tokens, sampling)?;
+        let ids = self.generate_watched(&self.encode(prompt)?, max_new_tokens, sampling, watch)?;
         Ok(self.decode(&ids))
     }
 }

@@ -22,7 +22,7 @@ pub mod wgan;
 
 pub use batch::{Matrix, Rows};
 pub use cpu::{cpu_info, CpuInfo};
-pub use error::{InferError, Result};
+pub use error::{InferError, Result, StopReason};
 pub use gpt::Sampling;
 pub use isa::{isa, Isa};
 pub use model::Model;

@@ -131,8 +131,20 @@ impl Model {
         max_new_tokens: usize,
         sampling: Sampling,
     ) -> Result<String> {
+        self.generate_text_watched(prompt, max_new_tokens, sampling, &|_| None)
+    }
+
+    /// `generate_text`, stopped between tokens when `watch` says so (see
+    /// `Gpt::generate_watched`).
+    pub fn generate_text_watched(
+        &self,
+        prompt: &str,
+        max_new_tokens: usize,
+        sampling: Sampling,
+        watch: &dyn Fn(usize) -> Option<crate::StopReason>,
+    ) -> Result<String> {
         match self {
-            Self::Gpt(m) => m.generate_text(prompt, max_new_tokens, sampling),
+            Self::Gpt(m) => m.generate_text_watched(prompt, max_new_tokens, sampling, watch),
             _ => self.unavailable("generate_text"),
         }
     }

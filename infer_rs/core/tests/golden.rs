@@ -282,3 +282,32 @@ fn a_forced_path_the_cpu_lacks_refuses_to_load() {
     let refusal = format!("UnsupportedIsa {{ requested: \"{isa}\", reason: \"this CPU lacks");
     assert!(out.contains(&refusal), "{out}");
 }
+
+#[test]
+fn a_watched_generation_stops_between_tokens_when_told() {
+    let Model::Gpt(gpt) = model("gpt_tiny") else {
+        panic!("gpt_tiny is not a GPT")
+    };
+    let prompt = gpt.encode("hi").unwrap();
+    let stop_at_three = |tokens: usize| (tokens == 3).then_some(infer_core::StopReason::Deadline);
+    let err = gpt
+        .generate_watched(&prompt, 10, Sampling::greedy(), &stop_at_three)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        infer_core::InferError::Stopped {
+            tokens: 3,
+            reason: infer_core::StopReason::Deadline
+        }
+    ));
+    assert_eq!(
+        err.to_string(),
+        "generation stopped after 3 new tokens: the deadline passed"
+    );
+    // a watcher that never stops changes nothing
+    assert_eq!(
+        gpt.generate_watched(&prompt, 10, Sampling::greedy(), &|_| None)
+            .unwrap(),
+        gpt.generate(&prompt, 10, Sampling::greedy()).unwrap()
+    );
+}

@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use infer_core::batch::merge_errors;
-use infer_core::{InferError, Matrix, Model, Rows, Sampling};
+use infer_core::{InferError, Matrix, Model, Rows, Sampling, StopReason};
 use rustler::{Atom, Binary, Env, OwnedBinary, ResourceArc};
 use std::panic::AssertUnwindSafe;
 
@@ -18,6 +18,7 @@ mod atoms {
         unknown_op,
         bad_model,
         internal,
+        deadline_exceeded,
         vae,
         wgan,
         gpt,
@@ -41,7 +42,16 @@ fn reason(err: InferError) -> Reason {
         InferError::InvalidArgument(_) => atoms::invalid_argument(),
         InferError::TooLarge { .. } => atoms::too_large(),
         InferError::WrongArchitecture { .. } => atoms::unknown_op(),
-        InferError::Compute(_) | InferError::UnsupportedIsa { .. } => atoms::internal(),
+        InferError::Stopped {
+            reason: StopReason::Deadline,
+            ..
+        } => atoms::deadline_exceeded(),
+        InferError::Compute(_)
+        | InferError::UnsupportedIsa { .. }
+        | InferError::Stopped {
+            reason: StopReason::CallerGone,
+            ..
+        } => atoms::internal(),
         _ => atoms::bad_model(),
     };
     (kind, err.to_string())
@@ -154,25 +164,45 @@ fn model_encode_batch<'a>(
         .collect()
 }
 
-/// One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed}`.
+/// Whether to stop a generation before its next token: the calling process was killed
+/// (a restarted pipeline orphans its calls: nobody would read the result, and the
+/// dirty scheduler is needed), or the request's deadline (Unix ms, 0 = none) passed.
+fn stop_reason(env: Env, deadline_ms: u64) -> Option<StopReason> {
+    // SAFETY: env is the live environment of this NIF call.
+    if unsafe { rustler::sys::enif_is_current_process_alive(env.as_c_arg()) } == 0 {
+        return Some(StopReason::CallerGone);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    (deadline_ms > 0 && now_ms >= u128::from(deadline_ms)).then_some(StopReason::Deadline)
+}
+
+/// One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed,
+/// deadline_ms (0 = none)}`; each generation checks its deadline and its caller's
+/// liveness between tokens.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn model_generate_text_batch(
+    env: Env,
     resource: ResourceArc<ModelResource>,
-    requests: Vec<(String, usize, f64, usize, u64)>,
+    requests: Vec<(String, usize, f64, usize, u64, u64)>,
 ) -> Vec<Result<String, Reason>> {
     requests
         .iter()
-        .map(|(prompt, max_new_tokens, temperature, top_k, seed)| {
-            let sampling = Sampling {
-                temperature: *temperature as f32,
-                top_k: (*top_k > 0).then_some(*top_k),
-                seed: *seed,
-            };
-            resource
-                .model
-                .generate_text(prompt, *max_new_tokens, sampling)
-                .map_err(reason)
-        })
+        .map(
+            |(prompt, max_new_tokens, temperature, top_k, seed, deadline_ms)| {
+                let sampling = Sampling {
+                    temperature: *temperature as f32,
+                    top_k: (*top_k > 0).then_some(*top_k),
+                    seed: *seed,
+                };
+                let watch = |_tokens| stop_reason(env, *deadline_ms);
+                resource
+                    .model
+                    .generate_text_watched(prompt, *max_new_tokens, sampling, &watch)
+                    .map_err(reason)
+            },
+        )
         .collect()
 }
 

@@ -55,9 +55,15 @@ defmodule ServeEx.Engine do
           [{:ok, {tensor(), tensor()}} | {:error, reason()}]
   def encode_batch(%__MODULE__{ref: ref}, inputs), do: Native.model_encode_batch(ref, inputs)
 
-  @doc "One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed}`."
+  @doc """
+  One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed,
+  deadline_ms (Unix ms, 0 = none)}`. Each generation stops between tokens when its
+  deadline passes (`{:error, {:deadline_exceeded, _}}`) or when the calling process
+  has been killed (nobody would read the result).
+  """
   @spec generate_text_batch(t(), [
-          {String.t(), pos_integer(), float(), non_neg_integer(), non_neg_integer()}
+          {String.t(), pos_integer(), float(), non_neg_integer(), non_neg_integer(),
+           non_neg_integer()}
         ]) ::
           [{:ok, String.t()} | {:error, reason()}]
   def generate_text_batch(%__MODULE__{ref: ref}, requests),

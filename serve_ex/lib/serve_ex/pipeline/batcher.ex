@@ -169,7 +169,10 @@ defmodule ServeEx.Pipeline.Batcher do
     messages
     |> Enum.group_by(& &1.request.op)
     |> Enum.flat_map(fn {op, group} ->
-      Enum.zip(group, run(model, op, Enum.map(group, & &1.request.args)))
+      Enum.zip(
+        group,
+        run(model, op, Enum.map(group, &Map.put(&1.request.args, :deadline, &1.deadline)))
+      )
     end)
     |> Enum.map(fn {message, result} -> {message, outcome(result, message.request.op)} end)
   end
@@ -186,7 +189,10 @@ defmodule ServeEx.Pipeline.Batcher do
   defp run(model, "generate_text", args) do
     Engine.generate_text_batch(
       model,
-      Enum.map(args, &{&1.prompt, &1.max_new_tokens, &1.temperature, &1.top_k, &1.seed})
+      Enum.map(
+        args,
+        &{&1.prompt, &1.max_new_tokens, &1.temperature, &1.top_k, &1.seed, &1.deadline || 0}
+      )
     )
   end
 
