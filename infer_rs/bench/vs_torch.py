@@ -85,21 +85,20 @@ def worker(artifacts: Path, threads: int, quick: bool) -> dict:
 
     ceiling = sgemm_gflops(calls(20))
     with torch.inference_mode():
-        vae_path = artifacts / "vae.safetensors"
-        ours, ref = infer_rs.Model(vae_path), load(vae_path)
-        for batch, reps in VAE_BATCHES:
-            z = np.random.default_rng(0).standard_normal((batch, 20), dtype=np.float32)
-            zt = torch.from_numpy(z)
-            a, b = side_by_side(lambda: ours.decode(z), lambda: ref.decode(zt), calls(reps), not quick)  # noqa: B023
-            record(f"VAE decode, batch {batch}", VAE_DECODER_FLOP * batch, a, b)
-
-        wgan_path = artifacts / "wgan.safetensors"
-        ours, ref = infer_rs.Model(wgan_path), load(wgan_path)
-        for batch, reps in WGAN_BATCHES:
-            z = np.random.default_rng(1).standard_normal((batch, 100), dtype=np.float32)
-            zt = torch.from_numpy(z)
-            a, b = side_by_side(lambda: ours.decode(z), lambda: ref.generator(zt), calls(reps), not quick)  # noqa: B023
-            record(f"WGAN generate, batch {batch}", WGAN_GENERATOR_FLOP * batch, a, b)
+        # (workload, file, latent width, batches, FLOP per sample, torch's z -> x)
+        latent_models = [
+            ("VAE decode", "vae", 20, VAE_BATCHES, VAE_DECODER_FLOP, lambda ref: ref.decode),
+            ("WGAN generate", "wgan", 100, WGAN_BATCHES, WGAN_GENERATOR_FLOP, lambda ref: ref.generator),
+        ]
+        for seed, (workload, name, width, batches, flop, torch_fn) in enumerate(latent_models):
+            path = artifacts / f"{name}.safetensors"
+            ours, ref = infer_rs.Model(path), load(path)
+            for batch, reps in batches:
+                z = np.random.default_rng(seed).standard_normal((batch, width), dtype=np.float32)
+                zt = torch.from_numpy(z)
+                theirs = torch_fn(ref)
+                a, b = side_by_side(lambda: ours.decode(z), lambda: theirs(zt), calls(reps), not quick)  # noqa: B023
+                record(f"{workload}, batch {batch}", flop * batch, a, b)
 
         gpt_path = artifacts / "gpt.safetensors"
         ours, ref = infer_rs.Model(gpt_path), load(gpt_path)

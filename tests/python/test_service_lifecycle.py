@@ -202,3 +202,35 @@ def test_hot_swap_under_load_loses_nothing_and_a_bad_file_keeps_the_old_version(
         cid = client.send({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1})
         assert tensor(client.wait(cid)).shape == (1, 784) and client.versions[cid] == [new]
         assert service.health()["ready"] is True
+
+
+def test_a_release_whose_supervisor_gives_up_exits_non_zero(tmp_path, trained):
+    """A request queue declared earlier with other arguments makes every topology
+    declaration fail: the connection manager crashes until the top supervisor gives up.
+    The release's application is permanent, so the VM exits non-zero and a restart
+    policy can act, instead of a live but useless node."""
+    queue = f"serve_ex.clash.{uuid.uuid4().hex[:8]}"
+    connection = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
+    try:
+        connection.channel().queue_declare(queue, auto_delete=True)  # a classic queue
+        env = {
+            **os.environ,
+            "MODEL_DIR": str(trained["vae"].parent),
+            "REQUEST_QUEUE": queue,
+            "HTTP_PORT": str(free_port()),
+        }
+        subprocess.run(["make", "--no-print-directory", "release"], cwd=REPO, check=True, capture_output=True)
+        release = REPO / "serve_ex/_build/prod/rel/serve_ex/bin/serve_ex"
+        log = tmp_path / "clash.log"
+        with open(log, "wb") as out:
+            node = subprocess.Popen([release, "start"], env=env, stdout=out, stderr=out)
+        try:
+            status = node.wait(timeout=120)
+        finally:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    finally:
+        connection.close()
+    assert status != 0
+    assert "PRECONDITION_FAILED" in log.read_text()
