@@ -16,7 +16,7 @@ defmodule ServeEx.Bench.NoopResponder do
     prefetch = rest |> List.first("64") |> String.to_integer()
     chan = ServeEx.Bench.Load.channel()
     :ok = ServeEx.AMQP.Client.declare_topology(chan, queue)
-    :ok = ServeEx.AMQP.Client.consume(chan, queue, prefetch)
+    {:ok, _tag} = ServeEx.AMQP.Client.consume(chan, queue, prefetch)
     IO.puts("noop responder ready on #{queue}")
     loop(chan)
   end
