@@ -84,7 +84,7 @@ pub fn run_stacked(
     inputs: &[Rows],
     width: usize,
     out_width: usize,
-    forward: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>,
+    forward: impl FnOnce(&[f32], usize) -> Vec<f32>,
 ) -> Vec<Result<Matrix>> {
     let counts: Vec<Result<usize>> = inputs
         .iter()
@@ -98,19 +98,9 @@ pub fn run_stacked(
     }
     let total = stacked.len() / width;
     let output = if total == 0 {
-        Ok(Vec::new())
+        Vec::new()
     } else {
         forward(&stacked, total)
-    };
-    let output = match output {
-        Ok(output) => output,
-        Err(e) => {
-            let message = e.to_string();
-            return counts
-                .into_iter()
-                .map(|c| c.and_then(|_| Err(InferError::InvalidArgument(message.clone()))))
-                .collect();
-        }
     };
     let mut offset = 0;
     counts

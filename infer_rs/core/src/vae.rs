@@ -189,7 +189,7 @@ impl Vae {
             return inputs.iter().map(|z| self.decode(*z, None)).collect();
         }
         run_stacked("z", inputs, self.cfg.z_dim, self.cfg.x_dim, |z, rows| {
-            Ok(self.decoder.forward(z, rows))
+            self.decoder.forward(z, rows)
         })
     }
 

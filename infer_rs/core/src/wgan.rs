@@ -84,7 +84,7 @@ impl Generator {
     /// Many decode inputs in one pass through the generator.
     pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
         run_stacked("z", inputs, self.cfg.z_dim, self.cfg.x_dim, |z, rows| {
-            Ok(self.net.forward(z, rows))
+            self.net.forward(z, rows)
         })
     }
 
