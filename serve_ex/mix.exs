@@ -29,8 +29,11 @@ defmodule ServeEx.MixProject do
     ]
   end
 
-  defp elixirc_paths(:test), do: ["lib", "test/support"]
-  defp elixirc_paths(_), do: ["lib"]
+  # the benchmark's load generator and no-op responder (bench/lib) are not part of the
+  # release (prod)
+  defp elixirc_paths(:test), do: ["lib", "test/support", "bench/lib"]
+  defp elixirc_paths(:prod), do: ["lib"]
+  defp elixirc_paths(_), do: ["lib", "bench/lib"]
 
   defp plugins_dir do
     System.get_env("RABBITMQ_PLUGINS_DIR") ||
