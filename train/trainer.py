@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from train.runtime import autocast
 from train.schedule import clip_global_norm, set_lr, warmup_cosine
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,19 @@ class TrainConfig:
 
 
 def capture_rng() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore what was captured; CUDA streams only when both runs had CUDA."""
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][: torch.cuda.device_count()])
 
 
 def seed_everything(seed: int) -> None:
@@ -59,8 +67,18 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path) -> None:
-        self.model, self.batches, self.cfg = model, batches, cfg
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batches,
+        cfg: TrainConfig,
+        run_dir: Path,
+        device: torch.device = CPU,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
+        """Moves the model and, once, all of the data to `device`; amp_dtype autocasts."""
+        self.device, self.amp_dtype = device, amp_dtype
+        self.model, self.batches, self.cfg = model.to(device), batches.to(device), cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.optimizers = model.configure_optimizers(cfg.lr, cfg.weight_decay)
@@ -94,7 +112,7 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -110,7 +128,13 @@ class Trainer:
     def train_step(self, batch) -> dict:
         lr = self.lr_at(self.step)
         metrics = {"lr": lr}
-        for name, loss, terms in self.model.objectives(batch, self.step):
+        objectives = self.model.objectives(batch, self.step)
+        while True:
+            with autocast(self.device, self.amp_dtype):  # the forward pass; backward outside
+                item = next(objectives, None)
+            if item is None:
+                break
+            name, loss, terms = item
             opt = self.optimizers[name]
             set_lr(opt, lr)
             opt.zero_grad(set_to_none=True)
@@ -128,7 +152,9 @@ class Trainer:
         count = 0
         for batch in self.batches.validation():
             n = len(batch[0])
-            for key, value in self.model.validation(batch).items():
+            with autocast(self.device, self.amp_dtype):
+                metrics = self.model.validation(batch)
+            for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
             count += n
         self.model.train()
