@@ -17,6 +17,7 @@ import torch
 from train import plots
 from train.batches import ImageBatches, TextBatches
 from train.data import load_images, load_text
+from train.distributed import join, leave
 from train.errors import TrainError
 from train.export import export
 from train.models.gpt import GPT, GPTConfig
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        leave()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,11 +224,12 @@ def run(args: argparse.Namespace) -> int:
         raise TrainError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     runtime = runtime_config(args)
-    device = resolve_device(runtime.device)
+    group, device = join(resolve_device(runtime.device))
+    say = print if group.writes else lambda *_: None  # rank 0 alone writes
     amp_dtype = autocast_dtype(runtime.precision, device)
     precision = "bf16" if amp_dtype else "fp32"  # what runs, not what was asked
     if runtime.precision != precision:
-        print(f"--precision bf16 autocasts on CUDA only; training on {device} stays fp32")
+        say(f"--precision bf16 autocasts on CUDA only; training on {device} stays fp32")
     cfg = train_config(args)
     name = args.name or args.model
     run_dir = Path(args.runs) / name
@@ -233,20 +237,22 @@ def run(args: argparse.Namespace) -> int:
     model, batches, source = build(args, cfg.seed)
     if runtime.compile:
         model.compile()
-    trainer = Trainer(model, batches, cfg, run_dir, device, amp_dtype)
+    trainer = Trainer(model, batches, cfg, run_dir, device, amp_dtype, group)
     checkpoint = run_dir / CHECKPOINT
     if args.resume:
         if not checkpoint.is_file():
             raise TrainError(f"--resume: no checkpoint at {checkpoint}; train without --resume first")
         trainer.load_checkpoint(checkpoint)
-        print(f"resuming {name} after epoch {trainer.epoch} (step {trainer.step})")
-    else:
+        say(f"resuming {name} after epoch {trainer.epoch} (step {trainer.step})")
+    elif group.writes:
         (run_dir / METRICS).unlink(missing_ok=True)
-    print(
+    say(
         f"training {name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"data {source}, {args.threads} threads, {device}, {precision}"
+        f"data {source}, {args.threads} threads, {device}, {precision}, {group.world} process(es)"
     )
     summary = trainer.fit()
+    if not group.writes:
+        return 0
     model.eval()
     final = trainer.validate()
     model.cpu()  # samples and plots are drawn on the CPU; the export is CPU fp32 either way

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from train.distributed import SINGLE, Group, data_parallel
 from train.runtime import autocast
 from train.schedule import clip_global_norm, set_lr, warmup_cosine
 
@@ -75,12 +76,16 @@ class Trainer:
         run_dir: Path,
         device: torch.device = CPU,
         amp_dtype: torch.dtype | None = None,
+        group: Group = SINGLE,
     ) -> None:
-        """Moves the model and, once, all of the data to `device`; amp_dtype autocasts."""
-        self.device, self.amp_dtype = device, amp_dtype
+        """Moves the model and, once, all of the data to `device`; amp_dtype autocasts;
+        a group of several ranks trains data-parallel."""
+        self.device, self.amp_dtype, self.group = device, amp_dtype, group
         self.model, self.batches, self.cfg = model.to(device), batches.to(device), cfg
+        self.advance = data_parallel(self.model, group, device)
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if group.writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.optimizers = model.configure_optimizers(cfg.lr, cfg.weight_decay)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimisation rounds (batches) completed
@@ -93,6 +98,8 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         path = self.run_dir / CHECKPOINT
+        if not self.group.writes:
+            return path
         state = {
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -128,13 +135,13 @@ class Trainer:
     def train_step(self, batch) -> dict:
         lr = self.lr_at(self.step)
         metrics = {"lr": lr}
-        objectives = self.model.objectives(batch, self.step)
+        objectives = self.model.objectives(self.group.shard(batch), self.step)
         while True:
-            with autocast(self.device, self.amp_dtype):  # the forward pass; backward outside
-                item = next(objectives, None)
-            if item is None:
+            try:
+                with autocast(self.device, self.amp_dtype):  # the forward pass; backward outside
+                    name, loss, terms = self.advance(objectives)
+            except StopIteration:
                 break
-            name, loss, terms = item
             opt = self.optimizers[name]
             set_lr(opt, lr)
             opt.zero_grad(set_to_none=True)
@@ -162,6 +169,8 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         self.history.append(record)
+        if not self.group.writes:
+            return
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -177,6 +186,8 @@ class Trainer:
         self.model.train()
         stopped = "epochs"
         while self.epoch < self.cfg.epochs:
+            if self.group.world > 1:
+                seed_everything(self.group.epoch_seed(self.cfg.seed, self.epoch))
             started = time.perf_counter()
             window: dict[str, list[float]] = {}
             bar = tqdm(
@@ -185,6 +196,7 @@ class Trainer:
                 desc=f"{self.model.arch} epoch {self.epoch + 1}/{self.cfg.epochs}",
                 leave=False,
                 dynamic_ncols=True,
+                disable=not self.group.writes,
             )
             for batch in bar:
                 for key, value in self.train_step(batch).items():
@@ -194,13 +206,13 @@ class Trainer:
                     self.log({"kind": "train", "epoch": self.epoch, "step": self.step, **means})
                     bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
                     window = {}
-                if self.out_of_time(started):
+                if self.group.any(self.out_of_time(started)):
                     stopped = "time budget"
                     break
             bar.close()
             self.train_seconds += time.perf_counter() - started
             self.epoch += 1
-            val = self.validate()
+            val = self.group.from_writer(self.validate())  # every rank decides alike
             improved = val["loss"] < self.best_val
             if improved:
                 self.best_val = val["loss"]
@@ -209,10 +221,11 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.log({"kind": "val", "epoch": self.epoch, "step": self.step, **val})
-            tqdm.write(
-                f"{self.model.arch} epoch {self.epoch}: val loss {val['loss']:.4f}"
-                f"{' (best)' if improved else ''}  [{self.train_seconds:.0f}s]"
-            )
+            if self.group.writes:
+                tqdm.write(
+                    f"{self.model.arch} epoch {self.epoch}: val loss {val['loss']:.4f}"
+                    f"{' (best)' if improved else ''}  [{self.train_seconds:.0f}s]"
+                )
             self.save_checkpoint()
             if stopped == "time budget":
                 break
