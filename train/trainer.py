@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,7 +197,7 @@ class Trainer:
                 desc=f"{self.model.arch} epoch {self.epoch + 1}/{self.cfg.epochs}",
                 leave=False,
                 dynamic_ncols=True,
-                disable=not self.group.writes,
+                disable=not (self.group.writes and sys.stdout.isatty()),  # logs get epoch lines
             )
             for batch in bar:
                 for key, value in self.train_step(batch).items():
