@@ -17,7 +17,7 @@ import torch
 from train import plots
 from train.batches import ImageBatches, TextBatches
 from train.data import load_images, load_text
-from train.distributed import join, leave
+from train.distributed import first_rank, join, leave
 from train.errors import TrainError
 from train.export import export
 from train.models.gpt import GPT, GPTConfig
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except TrainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if first_rank():  # every rank meets the same bad input; one says so
+            print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         leave()
@@ -230,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
     precision = "bf16" if amp_dtype else "fp32"  # what runs, not what was asked
     if runtime.precision != precision:
         say(f"--precision bf16 autocasts on CUDA only; training on {device} stays fp32")
+    if batch_size(args) % group.world:
+        raise TrainError(
+            f"--batch-size {batch_size(args)} does not split evenly over {group.world} processes; "
+            "give a multiple of --nproc_per_node"
+        )
     cfg = train_config(args)
     name = args.name or args.model
     run_dir = Path(args.runs) / name

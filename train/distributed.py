@@ -58,6 +58,11 @@ class Group:
 SINGLE = Group()
 
 
+def first_rank() -> bool:
+    """Rank 0 of a torchrun launch, or a lone process: whoever reports errors."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def join(device: torch.device) -> tuple[Group, torch.device]:
     """Join torchrun's process group, if launched by it; CUDA ranks take cuda:LOCAL_RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -92,14 +97,15 @@ class NextObjective(nn.Module):
         return next(objectives)
 
 
-def data_parallel(model: nn.Module, group: Group, device: torch.device):
+def data_parallel(model: nn.Module, group: Group, device: torch.device, partial: bool):
     """`next` for one process; a DDP module that advances the objectives for several.
 
-    find_unused_parameters: the WGAN's critic loss leaves the generator out of its graph.
+    partial: some objectives leave parameters out of their graph (the WGAN's critic loss
+    leaves out the generator), which DDP must then look for after every forward.
     """
     if group.world == 1:
         return next
     ids = [device] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        NextObjective(model), device_ids=ids, find_unused_parameters=True
+        NextObjective(model), device_ids=ids, find_unused_parameters=partial
     )

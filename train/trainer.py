@@ -83,11 +83,12 @@ class Trainer:
         a group of several ranks trains data-parallel."""
         self.device, self.amp_dtype, self.group = device, amp_dtype, group
         self.model, self.batches, self.cfg = model.to(device), batches.to(device), cfg
-        self.advance = data_parallel(self.model, group, device)
+        self.optimizers = model.configure_optimizers(cfg.lr, cfg.weight_decay)
+        # each of several optimizers steps only its own part of the model
+        self.advance = data_parallel(self.model, group, device, partial=len(self.optimizers) > 1)
         self.run_dir = Path(run_dir)
         if group.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.optimizers = model.configure_optimizers(cfg.lr, cfg.weight_decay)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimisation rounds (batches) completed
         self.best_val = float("inf")
