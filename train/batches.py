@@ -25,11 +25,17 @@ class ImageBatches:
         self.val_y = torch.from_numpy(split.val_y)
         self.batch_size = batch_size
 
+    def to(self, device: torch.device) -> ImageBatches:
+        self.train_x, self.train_y = self.train_x.to(device), self.train_y.to(device)
+        self.val_x, self.val_y = self.val_x.to(device), self.val_y.to(device)
+        return self
+
     def steps_per_epoch(self) -> int:
         return -(-len(self.train_x) // self.batch_size)
 
     def train(self, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.train_x), generator=epoch_generator(seed, epoch))
+        order = order.to(self.train_x.device)
         for i in range(0, len(order), self.batch_size):
             idx = order[i : i + self.batch_size]
             yield self.train_x[idx], self.train_y[idx]
@@ -50,11 +56,16 @@ class TextBatches:
         self.batch_size, self.block_size = batch_size, block_size
         self.steps, self.val_batches = steps, val_batches
 
+    def to(self, device: torch.device) -> TextBatches:
+        self.train_ids, self.val_ids = self.train_ids.to(device), self.val_ids.to(device)
+        return self
+
     def steps_per_epoch(self) -> int:
         return self.steps
 
     def _windows(self, ids: torch.Tensor, starts: torch.Tensor):
-        offsets = starts[:, None] + torch.arange(self.block_size + 1)  # (B, T + 1)
+        starts = starts.to(ids.device)
+        offsets = starts[:, None] + torch.arange(self.block_size + 1, device=ids.device)  # (B, T + 1)
         chunk = ids[offsets]
         return chunk[:, :-1], chunk[:, 1:]
 

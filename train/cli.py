@@ -17,11 +17,13 @@ import torch
 from train import plots
 from train.batches import ImageBatches, TextBatches
 from train.data import load_images, load_text
+from train.distributed import first_rank, join, leave
 from train.errors import TrainError
 from train.export import export
 from train.models.gpt import GPT, GPTConfig
 from train.models.vae import VAE, VAEConfig
 from train.models.wgan import WGANGP, WGANConfig
+from train.runtime import RuntimeConfig, autocast_dtype, resolve_device
 from train.trainer import CHECKPOINT, METRICS, TrainConfig, Trainer, seed_everything
 
 DEFAULTS = {
@@ -61,6 +63,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", default="runs", help="where logs, checkpoints and plots go")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    r = p.add_argument_group("runtime")
+    for f in fields(RuntimeConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            r.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            choices = f.metadata.get("choices")
+            r.add_argument(flag, default=f.default, choices=choices, help=f.metadata["help"])
     t = p.add_argument_group("trainer (defaults depend on --model)")
     for flag, kind in [
         ("epochs", int),
@@ -104,6 +114,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
     merged = {**defaults, **{k: v for k, v in given.items() if v is not None}}
     return TrainConfig(**{k: v for k, v in merged.items() if k in given})
+
+
+def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
+    return RuntimeConfig(**{f.name: getattr(args, f.name) for f in fields(RuntimeConfig)})
 
 
 def batch_size(args: argparse.Namespace) -> int:
@@ -199,41 +213,64 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except TrainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if first_rank():  # every rank meets the same bad input; one says so
+            print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        leave()
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise TrainError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    runtime = runtime_config(args)
+    group, device = join(resolve_device(runtime.device))
+    say = print if group.writes else lambda *_: None  # rank 0 alone writes
+    amp_dtype = autocast_dtype(runtime.precision, device)
+    precision = "bf16" if amp_dtype else "fp32"  # what runs, not what was asked
+    if runtime.precision != precision:
+        say(f"--precision bf16 autocasts on CUDA only; training on {device} stays fp32")
+    if batch_size(args) % group.world:
+        raise TrainError(
+            f"--batch-size {batch_size(args)} does not split evenly over {group.world} processes; "
+            "give a multiple of --nproc_per_node"
+        )
     cfg = train_config(args)
     name = args.name or args.model
     run_dir = Path(args.runs) / name
     seed_everything(cfg.seed)
     model, batches, source = build(args, cfg.seed)
-    trainer = Trainer(model, batches, cfg, run_dir)
+    if runtime.compile:
+        model.compile()
+    trainer = Trainer(model, batches, cfg, run_dir, device, amp_dtype, group)
     checkpoint = run_dir / CHECKPOINT
     if args.resume:
         if not checkpoint.is_file():
             raise TrainError(f"--resume: no checkpoint at {checkpoint}; train without --resume first")
         trainer.load_checkpoint(checkpoint)
-        print(f"resuming {name} after epoch {trainer.epoch} (step {trainer.step})")
-    else:
+        say(f"resuming {name} after epoch {trainer.epoch} (step {trainer.step})")
+    elif group.writes:
         (run_dir / METRICS).unlink(missing_ok=True)
-    print(
+    say(
         f"training {name}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"data {source}, {args.threads} threads"
+        f"data {source}, {args.threads} threads, {device}, {precision}, {group.world} process(es)"
     )
     summary = trainer.fit()
+    if not group.writes:
+        return 0
     model.eval()
     final = trainer.validate()
+    model.cpu()  # samples and plots are drawn on the CPU; the export is CPU fp32 either way
+    batches.to(torch.device("cpu"))
     summary.update(
         final_val=final,
         data=source,
         seed=cfg.seed,
         torch=torch.__version__,
         train_config=asdict(cfg),
+        device=str(device),
+        precision=precision,
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     artifact = export(model, Path(args.out) / f"{name}.safetensors", summary)

@@ -5,6 +5,7 @@ Metadata keys (all strings, as safetensors requires):
   schema_version  the shared_schema version the file obeys
   config          the model config as JSON (the GPT's vocabulary included)
   provenance      JSON: data source, epochs, seed, final metrics, versions
+Every tensor goes out as fp32 on the CPU, whatever the training device and precision.
 Which tensors go out:
   vae   every parameter
   wgan  the generator only (`generator.*`); the critic is a training device
@@ -36,7 +37,7 @@ def exported_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         state = {k: v for k, v in state.items() if k.startswith("generator.")}
     if model.arch == "gpt":
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    return {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
 def config_json(model: torch.nn.Module) -> str:

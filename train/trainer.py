@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from train.distributed import SINGLE, Group, data_parallel
+from train.runtime import autocast
 from train.schedule import clip_global_norm, set_lr, warmup_cosine
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -43,13 +47,19 @@ class TrainConfig:
 
 
 def capture_rng() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore what was captured; CUDA streams only when both runs had CUDA."""
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]][: torch.cuda.device_count()])
 
 
 def seed_everything(seed: int) -> None:
@@ -59,11 +69,26 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, batches, cfg: TrainConfig, run_dir: Path) -> None:
-        self.model, self.batches, self.cfg = model, batches, cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batches,
+        cfg: TrainConfig,
+        run_dir: Path,
+        device: torch.device = CPU,
+        amp_dtype: torch.dtype | None = None,
+        group: Group = SINGLE,
+    ) -> None:
+        """Moves the model and, once, all of the data to `device`; amp_dtype autocasts;
+        a group of several ranks trains data-parallel."""
+        self.device, self.amp_dtype, self.group = device, amp_dtype, group
+        self.model, self.batches, self.cfg = model.to(device), batches.to(device), cfg
         self.optimizers = model.configure_optimizers(cfg.lr, cfg.weight_decay)
+        # each of several optimizers steps only its own part of the model
+        self.advance = data_parallel(self.model, group, device, partial=len(self.optimizers) > 1)
+        self.run_dir = Path(run_dir)
+        if group.writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimisation rounds (batches) completed
         self.best_val = float("inf")
@@ -75,6 +100,8 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         path = self.run_dir / CHECKPOINT
+        if not self.group.writes:
+            return path
         state = {
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -94,7 +121,7 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
@@ -110,7 +137,13 @@ class Trainer:
     def train_step(self, batch) -> dict:
         lr = self.lr_at(self.step)
         metrics = {"lr": lr}
-        for name, loss, terms in self.model.objectives(batch, self.step):
+        objectives = self.model.objectives(self.group.shard(batch), self.step)
+        while True:
+            try:
+                with autocast(self.device, self.amp_dtype):  # the forward pass; backward outside
+                    name, loss, terms = self.advance(objectives)
+            except StopIteration:
+                break
             opt = self.optimizers[name]
             set_lr(opt, lr)
             opt.zero_grad(set_to_none=True)
@@ -128,7 +161,9 @@ class Trainer:
         count = 0
         for batch in self.batches.validation():
             n = len(batch[0])
-            for key, value in self.model.validation(batch).items():
+            with autocast(self.device, self.amp_dtype):
+                metrics = self.model.validation(batch)
+            for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
             count += n
         self.model.train()
@@ -136,6 +171,8 @@ class Trainer:
 
     def log(self, record: dict) -> None:
         self.history.append(record)
+        if not self.group.writes:
+            return
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -151,6 +188,8 @@ class Trainer:
         self.model.train()
         stopped = "epochs"
         while self.epoch < self.cfg.epochs:
+            if self.group.world > 1:
+                seed_everything(self.group.epoch_seed(self.cfg.seed, self.epoch))
             started = time.perf_counter()
             window: dict[str, list[float]] = {}
             bar = tqdm(
@@ -159,6 +198,7 @@ class Trainer:
                 desc=f"{self.model.arch} epoch {self.epoch + 1}/{self.cfg.epochs}",
                 leave=False,
                 dynamic_ncols=True,
+                disable=not (self.group.writes and sys.stdout.isatty()),  # logs get epoch lines
             )
             for batch in bar:
                 for key, value in self.train_step(batch).items():
@@ -168,13 +208,13 @@ class Trainer:
                     self.log({"kind": "train", "epoch": self.epoch, "step": self.step, **means})
                     bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
                     window = {}
-                if self.out_of_time(started):
+                if self.group.any(self.out_of_time(started)):
                     stopped = "time budget"
                     break
             bar.close()
             self.train_seconds += time.perf_counter() - started
             self.epoch += 1
-            val = self.validate()
+            val = self.group.from_writer(self.validate())  # every rank decides alike
             improved = val["loss"] < self.best_val
             if improved:
                 self.best_val = val["loss"]
@@ -183,10 +223,11 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.log({"kind": "val", "epoch": self.epoch, "step": self.step, **val})
-            tqdm.write(
-                f"{self.model.arch} epoch {self.epoch}: val loss {val['loss']:.4f}"
-                f"{' (best)' if improved else ''}  [{self.train_seconds:.0f}s]"
-            )
+            if self.group.writes:
+                tqdm.write(
+                    f"{self.model.arch} epoch {self.epoch}: val loss {val['loss']:.4f}"
+                    f"{' (best)' if improved else ''}  [{self.train_seconds:.0f}s]"
+                )
             self.save_checkpoint()
             if stopped == "time budget":
                 break

@@ -86,3 +86,11 @@ def test_training_lowers_the_loss_and_logs(small_images, tmp_path):
     assert trainer.validate()["loss"] < before
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == trainer.step + trainer.epoch  # one per step, one per validation
+
+
+def test_without_a_terminal_one_line_per_epoch(small_images, tmp_path, capsys):
+    make("vae", small_images, TrainConfig(epochs=3, seed=4), tmp_path).fit()
+    out, err = capsys.readouterr()  # captured: neither stream is a terminal
+    assert "\r" not in out + err
+    lines = out.splitlines()
+    assert len(lines) == 3 and all(line.startswith("vae epoch") for line in lines), lines

@@ -67,7 +67,7 @@ class CausalSelfAttention(nn.Module):
         elif T == 1:
             mask, causal = None, False  # one new token may see every earlier one
         else:
-            mask = torch.ones(T, P + T, dtype=torch.bool).tril(diagonal=P)
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
             causal = False
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)
@@ -145,7 +145,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache[0][0].shape[2] if cache else 0
         assert start + T <= self.cfg.block_size, f"{start + T} positions > block_size"
-        pos = torch.arange(start, start + T, dtype=torch.long)
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         presents = []
         for i, block in enumerate(self.transformer.h):

@@ -115,6 +115,11 @@ class VAE(nn.Module):
         assert y is not None, "a conditional VAE needs labels"
         return torch.cat([v, one_hot(y, self.cfg.n_classes)], dim=1)
 
+    def compile(self, *args, **kwargs) -> None:
+        """Compile the two networks; the loss calls them directly, never self.forward."""
+        self.encoder.compile(*args, **kwargs)
+        self.decoder.compile(*args, **kwargs)
+
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None):
         return self.encoder(self._condition(x, y))
 
@@ -147,8 +152,9 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Draw z ~ N(0, I) and decode; a conditional model cycles through the labels."""
-        z = torch.randn(n, self.cfg.z_dim, generator=generator)
-        y = torch.arange(n) % self.cfg.n_classes if self.cfg.n_classes else None
+        device = self.decoder.out.weight.device
+        z = torch.randn(n, self.cfg.z_dim, generator=generator, device=generator.device).to(device)
+        y = torch.arange(n, device=device) % self.cfg.n_classes if self.cfg.n_classes else None
         return self.decode(z, y)  # (n, x_dim) in (0, 1)
 
     @staticmethod

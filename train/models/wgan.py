@@ -98,7 +98,16 @@ class WGANGP(nn.Module):
         self.critic = Critic(cfg)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n, self.cfg.z_dim, generator=generator)
+        """z ~ N(0, I) on the model's device; a given generator draws on its own device."""
+        device = self.generator.out.weight.device
+        if generator is None:
+            return torch.randn(n, self.cfg.z_dim, device=device)
+        return torch.randn(n, self.cfg.z_dim, generator=generator, device=generator.device).to(device)
+
+    def compile(self, *args, **kwargs) -> None:
+        """Compile the generator only: torch.compile has no double backward, which the
+        critic's gradient penalty needs."""
+        self.generator.compile(*args, **kwargs)
 
     # --- the trainer's interface -------------------------------------------------
     def configure_optimizers(self, lr: float, weight_decay: float) -> dict:

@@ -1,0 +1,50 @@
+"""--device, --precision and --compile: parsing and clean errors, on a machine without CUDA."""
+
+import pytest
+import torch
+
+from train.cli import main, parse_args, runtime_config
+from train.errors import TrainError
+from train.runtime import RuntimeConfig, autocast_dtype, resolve_device
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_runtime_flags_parse():
+    args = parse_args(["--model", "vae", "--device", "cuda:1", "--precision", "bf16", "--compile"])
+    assert runtime_config(args) == RuntimeConfig(device="cuda:1", precision="bf16", compile=True)
+    assert runtime_config(parse_args(["--model", "gpt"])) == RuntimeConfig()
+
+
+def test_auto_picks_the_cpu_without_cuda(no_cuda):
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0"])
+def test_cuda_without_cuda_is_one_error_line(spec, no_cuda, capsys):
+    assert main(["--model", "vae", "--device", spec]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "CUDA is not available" in err[0]
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:", "cuda:x", "cpu:0", ""])
+def test_a_bad_device_string_is_one_error_line(spec, capsys):
+    with pytest.raises(TrainError):
+        resolve_device(spec)
+    assert main(["--model", "vae", "--device", spec]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --device")
+
+
+def test_bf16_on_the_cpu_stays_fp32(capsys):
+    assert autocast_dtype("bf16", torch.device("cpu")) is None
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+    assert autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+    # bad widths stop the run right after the runtime is settled
+    argv = ["--model", "vae", "--device", "cpu", "--precision", "bf16", "--hidden", "wide"]
+    assert main(argv) == 2
+    assert "training on cpu stays fp32" in capsys.readouterr().out
