@@ -26,6 +26,12 @@ class Group:
         """Only rank 0 touches files and stdout."""
         return self.rank == 0
 
+    def splits(self, batch: tuple) -> bool:
+        """Whether every rank gets at least one row of `batch`: a last partial batch with
+        fewer rows than ranks would leave a rank an empty shard, a NaN loss and ruined
+        weights, so the whole group skips it."""
+        return len(batch[0]) >= self.world
+
     def shard(self, batch: tuple) -> tuple:
         """This rank's contiguous slice of every tensor of a global batch."""
         if self.world == 1:

@@ -201,6 +201,8 @@ class Trainer:
                 disable=not (self.group.writes and sys.stdout.isatty()),  # logs get epoch lines
             )
             for batch in bar:
+                if not self.group.splits(batch):
+                    continue
                 for key, value in self.train_step(batch).items():
                     window.setdefault(key, []).append(value)
                 if self.step % self.cfg.log_every == 0:

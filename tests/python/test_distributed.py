@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from train.batches import ImageBatches, TextBatches
 from train.data import ImageSplit, TextSplit
-from train.distributed import SINGLE, join
+from train.distributed import SINGLE, Group, join
 from train.models.gpt import GPT, GPTConfig
 from train.models.wgan import WGANGP, WGANConfig
 from train.trainer import CHECKPOINT, METRICS, TrainConfig, Trainer, seed_everything
@@ -110,3 +110,10 @@ def test_ddp_step_equals_one_process_and_resume_is_exact(tmp_path):
 
     # rank 0 alone logs: one line per validation, epoch 1 before the crash and epoch 2 after
     assert len((tmp_path / "split" / METRICS).read_text().splitlines()) == 2
+
+
+def test_a_batch_smaller_than_the_group_is_skipped_not_split_into_empty_shards():
+    tail = (torch.zeros(3, 784), torch.zeros(3, dtype=torch.long))
+    assert Group(rank=0, world=4).splits(tail) is False
+    assert Group(rank=3, world=3).splits(tail) is True
+    assert [len(Group(rank=r, world=3).shard(tail)[0]) for r in range(3)] == [1, 1, 1]
