@@ -222,6 +222,7 @@ def test_a_release_whose_supervisor_gives_up_exits_non_zero(tmp_path, trained):
             "MODEL_DIR": str(trained["vae"].parent),
             "REQUEST_QUEUE": queue,
             "HTTP_PORT": str(free_port()),
+            "ERL_CRASH_DUMP": str(tmp_path / "erl_crash.dump"),  # the VM's last words, kept out of the repo
         }
         subprocess.run(["make", "--no-print-directory", "release"], cwd=REPO, check=True, capture_output=True)
         release = REPO / "serve_ex/_build/prod/rel/serve_ex/bin/serve_ex"
