@@ -229,4 +229,28 @@ defmodule ServeEx.PipelineTest do
     assert Enum.count(replies, & &1["ok"]) == 2
     assert %{"ok" => true} = reply_for(115)
   end
+
+  test "work still unsettled when the drain times out is requeued", %{producer: producer} do
+    # both processors hold still: the delivery is counted in flight and never settled
+    processors =
+      for i <- 0..1,
+          do: GenServer.whereis({:via, Registry, {ServeEx.Pipeline.Registry, {:processor, i}}})
+
+    Enum.each(processors, &:sys.suspend/1)
+    deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 120)
+    wait_until(fn -> ServeEx.InFlight.count() == 1 end)
+
+    assert ServeEx.Drain.run(50) == 1
+    assert_received :cancelled
+    assert_received :requeued_all
+    Enum.each(processors, &:sys.resume/1)
+  end
+
+  defp wait_until(condition, tries \\ 100) do
+    cond do
+      condition.() -> :ok
+      tries == 0 -> flunk("condition never held")
+      true -> Process.sleep(10) && wait_until(condition, tries - 1)
+    end
+  end
 end
