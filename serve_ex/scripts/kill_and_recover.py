@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
-from serve_client import Client  # noqa: E402
+from serve_client import DEFAULT_URL, Client  # noqa: E402
 from service import PRODUCER, Service, batcher  # noqa: E402
 
 
@@ -80,27 +80,59 @@ class Expected:
         return float(np.abs(got - want).max()) <= 1e-6
 
 
-def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, queue: str) -> Report:
-    expected = Expected(model_dir / "vae.safetensors")
-    pending: dict[str, tuple[int, int]] = {}
-    reply_times: list[float] = []
-    report = Report()
+class Load:
+    """Keeps `inflight` VAE generate requests outstanding on `queue` and checks every
+    reply against infer_rs: counts sent, answered, duplicate and wrong replies, and
+    notes when each reply came. Used by this script and by two_nodes.py."""
 
-    def on_reply(cid: str, reply: dict) -> None:
-        reply_times.append(time.monotonic())
-        if cid not in pending:  # answered before: a redelivery's second reply
-            report.duplicates += 1
+    def __init__(self, model_dir: Path, queue: str, inflight: int = 64, url: str = DEFAULT_URL) -> None:
+        self.expected = Expected(model_dir / "vae.safetensors")
+        self.inflight = inflight
+        self.pending: dict[str, tuple[int, int]] = {}
+        self.seen: set[str] = set()
+        self.reply_times: list[float] = []
+        self.counts = {"sent": 0, "answered": 0, "duplicates": 0, "wrong": 0}
+        self.client = Client(url, queue, on_reply=self._on_reply)
+
+    def _on_reply(self, cid: str, reply: dict) -> None:
+        self.reply_times.append(time.monotonic())
+        if cid in self.seen:  # answered before: a redelivery's second reply
+            self.counts["duplicates"] += 1
             return
-        n, seed = pending.pop(cid)
-        report.answered += 1
-        if not expected.matches(n, seed, reply):
-            report.wrong += 1
+        self.seen.add(cid)
+        n, seed = self.pending.pop(cid)
+        self.counts["answered"] += 1
+        self.counts["wrong"] += not self.expected.matches(n, seed, reply)
 
-    client = Client(url, queue, on_reply=on_reply)
+    def fill(self, n_of=lambda i: 1 + i % 4, seed_of=lambda i: i, more=lambda: True) -> None:
+        """Sends until `inflight` requests are outstanding (or `more()` says stop)."""
+        while len(self.pending) < self.inflight and more():
+            i = self.counts["sent"]
+            n, seed = n_of(i), seed_of(i)
+            cid = self.client.send({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": seed})
+            self.pending[cid] = (n, seed)
+            self.counts["sent"] += 1
+
+    def poll(self, seconds: float = 0.005) -> None:
+        self.client.poll(seconds)
+
+    def finish(self, timeout: float = 120.0) -> dict:
+        """Waits for what is outstanding, then for late duplicates; the final counts."""
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            self.poll(0.01)
+        self.poll(0.5)
+        self.client.close()
+        return {**self.counts, "lost": self.counts["sent"] - self.counts["answered"]}
+
+
+def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, queue: str) -> Report:
+    load = Load(model_dir, queue, inflight, url)
+    report = Report()
 
     def kill_in_background(what: str, action) -> None:
         """The kill runs beside the client loop, which keeps collecting replies."""
-        kill = {"what": what, "at": report.sent}
+        kill = {"what": what, "at": load.counts["sent"]}
         report.kills.append(kill)
 
         def act():
@@ -133,25 +165,22 @@ def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, 
     def sending() -> bool:
         # at least `total` requests, and load until a second after the last kill settled
         quiet = not any(w.is_alive() for w in workers) and time.monotonic() - settled > 1.0
-        return report.sent < total or bool(kills) or not quiet
+        return load.counts["sent"] < total or bool(kills) or not quiet
 
     deadline = started + 300
-    while (sending() or pending) and time.monotonic() < deadline:
+    while (sending() or load.pending) and time.monotonic() < deadline:
         if workers and not workers[-1].is_alive() and report.kills[-1].get("settled") is None:
             report.kills[-1]["settled"] = settled = time.monotonic()
         if kills and not any(w.is_alive() for w in workers) and time.monotonic() - settled > 1.0:
             kill_in_background(*kills.pop(0))
-        while sending() and len(pending) < inflight:
-            n, seed = 1 + report.sent % 4, report.sent
-            cid = uuid.uuid4().hex
-            pending[cid] = (n, seed)
-            client.send({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": seed}, cid)
-            report.sent += 1
-        client.poll(0.01)
-    client.poll(0.5)  # late duplicates
-    client.close()
+        load.fill(more=sending)
+        load.poll(0.01)
+    counts = load.finish(timeout=0)
+    report.sent, report.answered = counts["sent"], counts["answered"]
+    report.duplicates, report.wrong = counts["duplicates"], counts["wrong"]
     for worker in workers:
         worker.join()
+    reply_times = load.reply_times
     ends = [k["time"] for k in report.kills[1:]] + [float("inf")]
     for kill, end in zip(report.kills, ends, strict=True):
         # from the kill to each reply until the next kill: the longest silence

@@ -25,52 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
-from kill_and_recover import Expected  # noqa: E402
-from serve_client import Client  # noqa: E402
+from kill_and_recover import Load  # noqa: E402
 from service import Service  # noqa: E402
 
 DRAIN_TIMEOUT_S = 10
-
-
-class Load:
-    """Keeps `inflight` VAE requests outstanding on `queue` and checks every reply."""
-
-    def __init__(self, model_dir: Path, queue: str, inflight: int = 64) -> None:
-        self.expected = Expected(model_dir / "vae.safetensors")
-        self.inflight = inflight
-        self.pending: dict[str, tuple[int, int]] = {}
-        self.seen: set[str] = set()
-        self.counts = {"sent": 0, "answered": 0, "duplicates": 0, "wrong": 0}
-        self.client = Client(queue=queue, on_reply=self._on_reply)
-
-    def _on_reply(self, cid: str, reply: dict) -> None:
-        if cid in self.seen:
-            self.counts["duplicates"] += 1
-            return
-        self.seen.add(cid)
-        n, seed = self.pending.pop(cid)
-        self.counts["answered"] += 1
-        self.counts["wrong"] += not self.expected.matches(n, seed, reply)
-
-    def fill(self, n_of=lambda i: 1 + i % 4, seed_of=lambda i: i) -> None:
-        """Sends until `inflight` requests are outstanding."""
-        while len(self.pending) < self.inflight:
-            i = self.counts["sent"]
-            n, seed = n_of(i), seed_of(i)
-            cid = self.client.send({"v": 1, "model": "vae", "op": "generate", "n": n, "seed": seed})
-            self.pending[cid] = (n, seed)
-            self.counts["sent"] += 1
-
-    def poll(self) -> None:
-        self.client.poll(0.005)
-
-    def finish(self, timeout: float = 120.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while self.pending and time.monotonic() < deadline:
-            self.client.poll(0.01)
-        self.client.poll(0.5)  # late duplicates
-        self.client.close()
-        return {**self.counts, "lost": self.counts["sent"] - self.counts["answered"]}
 
 
 def stop_one_under_load(

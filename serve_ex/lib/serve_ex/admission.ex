@@ -19,9 +19,7 @@ defmodule ServeEx.Admission do
   def setup(model_ids, max_rows) do
     :persistent_term.put({__MODULE__, :max_rows}, max_rows)
 
-    for id <- model_ids, :persistent_term.get({__MODULE__, id}, nil) == nil do
-      :persistent_term.put({__MODULE__, id}, :atomics.new(2, signed: true))
-    end
+    Enum.each(model_ids, &counters/1)
 
     :ok
   end

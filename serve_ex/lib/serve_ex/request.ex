@@ -92,29 +92,25 @@ defmodule ServeEx.Request do
     end
   end
 
-  # Strict UTF-8, and objects decoded as key lists first so that a repeated key is an
-  # error rather than silently "last one wins".
+  # Strict UTF-8, and the body decoded as a key list first, so that a repeated key is
+  # an error rather than silently "last one wins". Only the top level becomes a map: no
+  # field takes an object, so a nested one stays a key list, which every field's check
+  # refuses as malformed, and the numbers of a matrix are not walked twice.
   defp decode_json(body) do
     case :jsx.decode(body, [{:return_maps, false}, {:strict, [:utf8]}]) do
-      [{key, _} | _] = pairs when is_binary(key) -> object(pairs)
-      _ -> malformed("the body must be a JSON object")
+      [{key, _} | _] = pairs when is_binary(key) ->
+        map = Map.new(pairs)
+
+        if map_size(map) == length(pairs),
+          do: {:ok, map},
+          else: malformed("the body repeats a key")
+
+      _ ->
+        malformed("the body must be a JSON object")
     end
   rescue
     _ -> malformed("the body is not valid JSON (UTF-8)")
-  catch
-    :duplicate_key -> malformed("the body repeats a key")
   end
-
-  defp object(pairs) do
-    keys = Enum.map(pairs, &elem(&1, 0))
-    if length(Enum.uniq(keys)) != length(keys), do: throw(:duplicate_key)
-    {:ok, Map.new(pairs, fn {k, v} -> {k, value(v)} end)}
-  end
-
-  defp value([{}]), do: %{}
-  defp value([{key, _} | _] = pairs) when is_binary(key), do: elem(object(pairs), 1)
-  defp value(list) when is_list(list), do: Enum.map(list, &value/1)
-  defp value(other), do: other
 
   defp check_version(%{"v" => 1}), do: :ok
 
