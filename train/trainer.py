@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from train.distributed import SINGLE, Group, data_parallel
+from train.flags import knob
 from train.runtime import autocast
 from train.schedule import clip_global_norm, set_lr, warmup_cosine
 
@@ -33,17 +34,32 @@ CPU = torch.device("cpu")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # passes over the data (the GPT: blocks of steps_per_epoch steps)
-    lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.0  # decoupled for AdamW, L2 for Adam
-    warmup_steps: int = 0  # linear warm-up steps before the cosine decay
-    min_lr_ratio: float = 1.0  # final lr / peak lr; 1.0 keeps the lr constant
-    grad_clip: float = 0.0  # global-norm clip; 0 disables
-    patience: int = 0  # early stop after this many epochs without a better val loss; 0 never
-    seed: int = 0  # seeds weights, data order and every random draw
-    max_seconds: float = 0.0  # wall-clock training budget; 0 means none
-    log_every: int = 10  # steps between lines in the metrics log
-    keep_best: bool = True  # end on the weights of the best validation loss, not the last
+    epochs: int = knob(30, "passes over the data (the GPT: blocks of --steps-per-epoch steps)")
+    steps_per_epoch: int = knob(0, "steps per epoch of a text model; image models make one pass (0)")
+    batch_size: int = knob(128, "samples per optimisation step, over all processes")
+    lr: float = knob(1e-3, "peak learning rate")
+    weight_decay: float = knob(0.0, "decoupled for AdamW, L2 for Adam")
+    warmup_steps: int = knob(0, "linear warm-up steps before the cosine decay")
+    min_lr_ratio: float = knob(1.0, "final lr / peak lr; 1.0 keeps the lr constant")
+    grad_clip: float = knob(0.0, "global-norm clip; 0 disables")
+    patience: int = knob(0, "stop after this many epochs without a better held-out loss; 0: never")
+    seed: int = knob(0, "seeds weights, data order and every random draw")
+    max_seconds: float = knob(0.0, "wall-clock training budget; 0: none")
+    log_every: int = knob(10, "steps between lines in the metrics log")
+    keep_best: bool = knob(True, "end on the weights of the best held-out loss, not the last")
+
+    def __post_init__(self) -> None:
+        assert self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"
+        assert self.steps_per_epoch >= 0, f"steps_per_epoch must be at least 0, got {self.steps_per_epoch}"
+
+    def describe(self) -> str:
+        """The schedule in words, e.g. "3e-3 cosine, batch 128, 30 epochs"."""
+        lr = np.format_float_scientific(self.lr, trim="-", exp_digits=1)
+        schedule = " cosine" if self.min_lr_ratio < 1 else ""
+        budget = f"{self.epochs} epochs"
+        if self.max_seconds:
+            budget = f"{self.max_seconds:g} s"
+        return f"{lr}{schedule}, batch {self.batch_size}, {budget}"
 
 
 def capture_rng() -> dict:

@@ -4,6 +4,10 @@ import torch
 
 from train.cli import main as train_main
 from train.data import ImageSplit
+from train.export import export
+from train.golden import SERVICE_VOCAB
+from train.models.gpt import GPT, GPTConfig
+from train.presets import MODELS
 
 
 @pytest.fixture
@@ -29,4 +33,8 @@ def trained(tmp_path_factory) -> dict:
     assert train_main(["--model", "vae", "--epochs", "2", *common]) == 0
     assert train_main(["--model", "wgan", "--epochs", "1", *common]) == 0
     assert train_main(["--model", "gpt", "--epochs", "1", "--steps-per-epoch", "40", *common]) == 0
-    return {name: out / f"{name}.safetensors" for name in ("vae", "wgan", "gpt")}
+    # the larger preset at its sizes, as initialised (training it takes a GPU or minutes)
+    torch.manual_seed(0)
+    sizes = MODELS["gpt-small"].sizes
+    export(GPT(GPTConfig(vocab=SERVICE_VOCAB, **sizes)), out / "gpt-small.safetensors", {"trained": False})
+    return {name: out / f"{name}.safetensors" for name in ("vae", "wgan", "gpt", "gpt-small")}

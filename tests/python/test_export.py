@@ -106,7 +106,7 @@ def test_manifest_expressions():
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--model", "vae", "--epochs", "1", "--hidden", "32", "--conditional"],
+        ["--model", "vae", "--epochs", "1", "--hidden", "32", "--n-classes", "10"],
         ["--model", "wgan", "--epochs", "1", "--spectral-norm"],
         ["--model", "gpt", "--epochs", "1", "--steps-per-epoch", "3", "--n-layer", "1", "--block-size", "16"],
     ],
@@ -127,6 +127,9 @@ def test_cli_trains_plots_and_exports(argv, tmp_path):
     expected |= {"samples.txt"} if name == "gpt" else {"samples.png"}
     expected |= {"recon.png"} if name == "vae" else set()
     assert expected <= {p.name for p in run.iterdir()}
+    summary = json.loads((run / "summary.json").read_text())
+    optimizer = {"vae": "Adam 3e-3 cosine", "wgan": "Adam (0.5, 0.9) 1e-4", "gpt": "AdamW 3e-3 cosine"}[name]
+    assert summary["recipe"].startswith(optimizer) and summary["model"] == name
 
 
 @pytest.mark.parametrize("path", ARTIFACTS, ids=lambda p: p.name)

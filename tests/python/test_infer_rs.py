@@ -70,6 +70,23 @@ def assert_same_greedy_text(ref, ours: str, expected: str, start: int) -> None:
     assert gap <= 2 * tol, f"texts part at {split}: torch prefers {expected[split]!r} by {gap} > 2 x {tol}"
 
 
+def test_gpt_small_preset_runs_in_infer_rs_past_its_block(trained):
+    """The gpt-small preset (6x6x384, block 256) loads through the symbolic manifest,
+    and its logits and greedy text, 300 tokens so that the last ones re-prefill a slid
+    window, agree with torch."""
+    ours, ref = infer_rs.Model(trained["gpt-small"]), load(trained["gpt-small"])
+    sizes = {k: ours.config[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+    assert sizes == {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256}
+    prompt = "ROMEO:"
+    ids = ref.encode(prompt)[None, :]
+    with torch.no_grad():
+        logits, _ = ref(ids)
+        expected = ref.decode(ref.generate(ids, 300)[0])
+    tol = tolerances(ref, {"logits": logits[0]}, {"logits": lambda: ref(ids)})["logits"]
+    assert max_diff(ours.logits(prompt), logits[0]) <= tol
+    assert_same_greedy_text(ref, ours.generate_text(prompt, 300), expected, len(prompt))
+
+
 def test_gpt_greedy_text_matches_torch_on_golden_models():
     for name in ("gpt_tiny", "gpt_tiny_post_ln"):
         ref = load(GOLDEN_DIR / f"{name}.safetensors")

@@ -44,7 +44,23 @@ def test_bf16_on_the_cpu_stays_fp32(capsys):
     assert autocast_dtype("bf16", torch.device("cpu")) is None
     assert autocast_dtype("fp32", torch.device("cuda")) is None
     assert autocast_dtype("bf16", torch.device("cuda")) is torch.bfloat16
-    # bad widths stop the run right after the runtime is settled
-    argv = ["--model", "vae", "--device", "cpu", "--precision", "bf16", "--hidden", "wide"]
+    # a bad size stops the run right after the runtime is settled
+    argv = ["--model", "vae", "--device", "cpu", "--precision", "bf16", "--z-dim", "0"]
     assert main(argv) == 2
-    assert "training on cpu stays fp32" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "training on cpu stays fp32" in out and err.startswith("error: bad vae settings")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "vae", "--n-layer", "2"], "error: --n-layer is a gpt setting"),
+        (["--model", "wgan", "--steps-per-epoch", "5"], "error: --model wgan makes passes over the images"),
+        (["--model", "gpt", "--batch-size", "0"], "error: bad trainer settings: batch_size"),
+    ],
+    ids=["foreign-flag", "steps-for-images", "batch-size"],
+)
+def test_settings_that_do_not_fit_the_model_are_one_error_line(argv, message, capsys):
+    assert main([*argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)

@@ -52,6 +52,12 @@ def test_served_images_equal_infer_rs(client, trained):
     np.testing.assert_array_equal(served, infer_rs.Model(trained["vae"]).decode(z))
 
 
+def test_the_gpt_small_preset_is_served(client, trained):
+    request = {"v": 1, "model": "gpt-small", "op": "generate_text", "prompt": "ROMEO:", "max_new_tokens": 40}
+    direct = infer_rs.Model(trained["gpt-small"]).generate_text("ROMEO:", 40)
+    assert client.call(request) == {"v": 1, "ok": True, "text": direct}
+
+
 def test_served_text_equals_infer_rs(client, trained):
     request = {
         "v": 1,

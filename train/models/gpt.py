@@ -21,18 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.flags import knob
+
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (B, nh, T, hs) keys, values
 
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab: str = ""  # the characters; token id = index in this string
-    block_size: int = 128  # longest context, in tokens
-    n_layer: int = 4  # Transformer blocks
-    n_head: int = 4  # attention heads per block
-    n_embd: int = 128  # residual-stream width
-    dropout: float = 0.0  # dropout on attention weights and residual branches
-    pre_ln: bool = True  # LayerNorm before each sublayer (GPT-2) or after (original)
+    vocab: str = ""  # the characters; token id = index in this string (set by the data)
+    block_size: int = knob(128, "longest context, in tokens")
+    n_layer: int = knob(4, "Transformer blocks")
+    n_head: int = knob(4, "attention heads per block")
+    n_embd: int = knob(128, "residual-stream width")
+    dropout: float = knob(0.0, "dropout on attention weights and residual branches")
+    pre_ln: bool = knob(True, "LayerNorm before each sublayer (GPT-2); --no-pre-ln puts it after")
 
     @property
     def vocab_size(self) -> int:
@@ -112,6 +114,8 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     arch = "gpt"
+    Config = GPTConfig
+    data = "text"
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -196,6 +200,14 @@ class GPT(nn.Module):
         rest = [p for n, p in self.named_parameters() if p.dim() < 2 or "wpe" in n]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
         return {"model": torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))}
+
+    @staticmethod
+    def recipe(cfg: GPTConfig, train) -> str:
+        return f"AdamW {train.describe()}"
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter but `lm_head.weight`, which is tied to `transformer.wte.weight`."""
+        return {k: v for k, v in self.state_dict().items() if k != "lm_head.weight"}
 
     def next_token_loss(self, batch) -> torch.Tensor:
         """Cross-entropy -1/(B T) sum log p(x_{t+1} | x_<=t)."""

@@ -14,16 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.flags import knob
+
 
 @dataclass(frozen=True)
 class VAEConfig:
-    x_dim: int = 784  # pixels per image
-    hidden: tuple[int, ...] = (400, 200)  # encoder widths; the decoder mirrors them
-    z_dim: int = 20  # latent dimension
-    n_classes: int = 0  # > 0 makes a conditional VAE: one-hot label joins both inputs
-    likelihood: str = "gaussian"  # "gaussian" (squared error) or "bernoulli" (BCE)
-    beta: float = 1.0  # weight of the KL term (beta-VAE, Higgins et al. 2017)
-    kl_anneal_steps: int = 0  # linear KL warm-up from 0 to beta over this many steps
+    x_dim: int = 784  # pixels per image (set by the data, not a flag)
+    hidden: tuple[int, ...] = knob((400, 200), "encoder widths; the decoder mirrors them")
+    z_dim: int = knob(20, "latent (VAE) or noise (WGAN) dimension")
+    n_classes: int = knob(0, "10 makes a conditional VAE: the one-hot digit joins both inputs")
+    likelihood: str = knob(
+        "gaussian", "gaussian (squared error) or bernoulli (BCE)", choices=("gaussian", "bernoulli")
+    )
+    beta: float = knob(1.0, "weight of the KL term (beta-VAE, Higgins et al. 2017)")
+    kl_anneal_steps: int = knob(0, "linear KL warm-up from 0 to beta over this many steps")
 
     def __post_init__(self) -> None:
         assert self.likelihood in ("gaussian", "bernoulli"), f"likelihood {self.likelihood!r}"
@@ -102,6 +106,8 @@ class Decoder(nn.Module):
 
 class VAE(nn.Module):
     arch = "vae"
+    Config = VAEConfig
+    data = "images"
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
@@ -137,6 +143,14 @@ class VAE(nn.Module):
     # --- the trainer's interface -------------------------------------------------
     def configure_optimizers(self, lr: float, weight_decay: float) -> dict:
         return {"model": torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)}
+
+    @staticmethod
+    def recipe(cfg: VAEConfig, train) -> str:
+        return f"Adam {train.describe()}"
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter: the encoder serves `encode`, the decoder `generate`."""
+        return self.state_dict()
 
     def objectives(self, batch, step: int):
         x, y = batch

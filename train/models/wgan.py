@@ -14,18 +14,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from train.flags import knob
+
 
 @dataclass(frozen=True)
 class WGANConfig:
-    z_dim: int = 100  # noise dimension
-    g_hidden: tuple[int, int] = (256, 512)  # generator widths
-    d_hidden: tuple[int, int] = (512, 256)  # critic widths
-    x_dim: int = 784  # pixels per image
-    gp_lambda: float = 10.0  # gradient-penalty weight (Alg. 1, lambda = 10)
-    n_critic: int = 5  # critic steps per generator step (Alg. 1)
-    betas: tuple[float, float] = (0.5, 0.9)  # Adam (beta1, beta2) of Alg. 1
-    spectral_norm: bool = False  # spectral-normalised critic (Miyato et al. 2018)
-    leak: float = 0.2  # leaky-relu slope of the critic
+    z_dim: int = knob(100, "noise dimension")
+    g_hidden: tuple[int, int] = knob((256, 512), "generator widths")
+    d_hidden: tuple[int, int] = knob((512, 256), "critic widths")
+    x_dim: int = 784  # pixels per image (set by the data, not a flag)
+    gp_lambda: float = knob(10.0, "gradient-penalty weight (Alg. 1, lambda = 10)")
+    n_critic: int = knob(5, "critic steps per generator step (Alg. 1)")
+    betas: tuple[float, float] = knob((0.5, 0.9), "Adam (beta1, beta2) of Alg. 1")
+    spectral_norm: bool = knob(False, "spectral-normalised critic (Miyato et al. 2018)")
+    leak: float = knob(0.2, "leaky-relu slope of the critic")
 
     def __post_init__(self) -> None:
         assert self.n_critic >= 1 and self.gp_lambda >= 0, "n_critic >= 1, lambda >= 0"
@@ -90,6 +92,8 @@ def generator_loss(critic: nn.Module, fake: torch.Tensor) -> torch.Tensor:
 
 class WGANGP(nn.Module):
     arch = "wgan"
+    Config = WGANConfig
+    data = "images"
 
     def __init__(self, cfg: WGANConfig) -> None:
         super().__init__()
@@ -115,6 +119,14 @@ class WGANGP(nn.Module):
             return torch.optim.Adam(params, lr=lr, betas=self.cfg.betas, weight_decay=weight_decay)
 
         return {"critic": adam(self.critic.parameters()), "generator": adam(self.generator.parameters())}
+
+    @staticmethod
+    def recipe(cfg: WGANConfig, train) -> str:
+        return f"Adam {cfg.betas} {train.describe()}, n_critic {cfg.n_critic}"
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """The generator only (`generator.*`): the critic is a training device."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith("generator.")}
 
     def objectives(self, batch, step: int):
         """Every batch is one critic step; every n_critic-th also one generator step."""
