@@ -24,7 +24,7 @@ RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness
+        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -121,6 +121,9 @@ test: lint ex-lint rust-test c-test ex-test pytest  ## every suite and linter
 
 golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 	$(PY) -m train.golden
+
+gpu-check: $(STAMP)  ## on a CUDA machine: train each model briefly, throughput and loss against the reference figures
+	$(PY) -m train.gpu_check $(ARGS)
 
 quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, throughput, FID
 	$(PY) -m train.quality --threads $(THREADS)

@@ -30,11 +30,12 @@ def tokens_per_step(summary: dict) -> int:
     return summary["train_config"]["batch_size"] * summary["model_config"]["block_size"]
 
 
-def train(name: str, argv: list[str], threads: int) -> dict:
-    args = [*argv, "--name", name, "--out", str(OUT / "artifacts"), "--runs", str(OUT)]
+def train(name: str, argv: list[str], threads: int, out: Path = OUT) -> dict:
+    """Train through the CLI into `out`; the run's summary."""
+    args = [*argv, "--name", name, "--out", str(out / "artifacts"), "--runs", str(out)]
     if train_main([*args, "--threads", str(threads)]) != 0:
         raise SystemExit(f"training {name} failed")
-    return json.loads((OUT / name / "summary.json").read_text())
+    return json.loads((out / name / "summary.json").read_text())
 
 
 def gpt_generation_rate(path: Path, new_tokens: int = 127, repeats: int = 5) -> dict:

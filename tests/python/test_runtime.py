@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from train import gpu_check
 from train.cli import main, parse_args, runtime_config
 from train.errors import TrainError
 from train.runtime import RuntimeConfig, autocast_dtype, resolve_device
@@ -64,3 +65,22 @@ def test_settings_that_do_not_fit_the_model_are_one_error_line(argv, message, ca
     assert main([*argv, "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message)
+
+
+def test_the_gpu_check_without_a_gpu_is_one_error_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device; `make gpu-check` measures it")
+    assert gpu_check.main([]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the GPU check needs a CUDA GPU")
+    assert gpu_check.main(["--device", "cpu"]) == 2
+
+
+def test_gpu_check_rows_compare_with_the_reference():
+    summary = {"train_seconds": 10.0, "epochs": 30, "steps": 1000, "final_val": {"loss": 1.44}}
+    summary |= {"train_config": {"batch_size": 64}, "model_config": {"block_size": 256, "n_critic": 5}}
+    rows = {c.name: gpu_check.row(c, summary) for c in gpu_check.CHECKS}
+    assert "13,500 samples/s (39%, missed (goal 90%))" in rows["vae"]  # 30 x 4,500 / 10 s
+    assert "1,638,400 tokens/s (161%, met)" in rows["gpt-small"]  # 1,000 x 64 x 256 / 10 s
+    assert "(goal <= 1.45: met)" in rows["gpt-small"]
+    assert "20.0 G steps/s" in rows["wgan"]
