@@ -53,7 +53,7 @@ class Client:
         self.channel.basic_consume(self.reply_queue, self._on_reply, auto_ack=True)
 
     def _on_reply(self, _ch, _method, props, body: bytes) -> None:
-        reply = json.loads(body)
+        reply = parse_reply(props, body)
         self.replies.setdefault(props.correlation_id, []).append(reply)
         self.versions.setdefault(props.correlation_id, []).append(
             (props.headers or {}).get("x-model-version")
@@ -100,10 +100,32 @@ class Client:
         self.close()
 
 
+BINARY = "application/octet-stream"
+
+
+def parse_reply(props, body: bytes) -> dict:
+    """A reply as a dict. A JSON body as it is; a binary one (`"encoding": "f32"`) as the
+    same dict a JSON tensor reply gives, with its tensors as float32 arrays instead of
+    base64, read with the x-shape and x-fields headers."""
+    if props.content_type != BINARY:
+        return json.loads(body)
+    headers = props.headers or {}
+    rows, cols = headers["x-shape"]
+    fields = headers["x-fields"]
+    values = np.frombuffer(body, dtype="<f4")
+    if headers.get("x-dtype") != "f32" or values.size != len(fields) * rows * cols:
+        raise ServeError("bad_reply", f"{len(body)} bytes do not hold {fields} of shape {rows}x{cols} f32")
+    arrays = values.reshape(len(fields), rows, cols)
+    tensors = dict(zip(fields, arrays, strict=True))
+    return {"v": 1, "ok": True, "shape": [rows, cols], "dtype": "f32", **tensors}
+
+
 def tensor(reply: dict, key: str = "data") -> np.ndarray:
-    """The float32 array of a tensor reply; raises ServeError for an error reply."""
+    """The float32 array of a tensor reply, JSON or binary; raises ServeError for an error reply."""
     if not reply.get("ok"):
         raise ServeError(reply["error"]["code"], reply["error"]["message"])
+    if isinstance(reply[key], np.ndarray):
+        return reply[key]
     return np.frombuffer(base64.b64decode(reply[key]), dtype="<f4").reshape(reply["shape"])
 
 
@@ -132,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("-n", type=int, default=16)
     g.add_argument("--seed", type=int)
     g.add_argument("--out", type=Path, default=Path("runs/served.png"))
+    g.add_argument("--encoding", choices=["base64", "f32"], default="f32", help="the reply's tensor encoding")
     t = sub.add_parser("text", help="text from a GPT model, printed")
     t.add_argument("--model", default="gpt")
     t.add_argument("--prompt", default="ROMEO:")
@@ -146,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         with Client(args.url, args.queue) as client:
             if args.command == "generate":
                 request = {"v": 1, "model": args.model, "op": "generate", "n": args.n}
+                request["encoding"] = args.encoding
                 if args.seed is not None:
                     request["seed"] = args.seed
                 images = tensor(client.call(request, args.timeout))

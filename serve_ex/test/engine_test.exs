@@ -29,7 +29,7 @@ defmodule ServeEx.EngineTest do
     {shape, want} = v["decode.x"]
 
     [{:ok, {rows, cols, bytes}}] =
-      Engine.decode_batch(model("vae_tiny"), [{Safetensors.f32_binary(z), width}])
+      Engine.decode_batch(model("vae_tiny"), [{Safetensors.f32_binary(z), width, :base64}])
 
     assert [rows, cols] == shape
     assert max_diff(bytes, want) <= tol["decode.x"]
@@ -41,7 +41,7 @@ defmodule ServeEx.EngineTest do
     {[_, width], z} = v["generate.z"]
 
     [{:ok, {_, _, bytes}}] =
-      Engine.decode_batch(model("wgan_tiny"), [{Safetensors.f32_binary(z), width}])
+      Engine.decode_batch(model("wgan_tiny"), [{Safetensors.f32_binary(z), width, :base64}])
 
     assert max_diff(bytes, elem(v["generate.x"], 1)) <= tol["generate.x"]
   end
@@ -64,13 +64,36 @@ defmodule ServeEx.EngineTest do
     end
   end
 
+  test "each request gets its own encoding: raw f32 bytes are the base64 ones decoded" do
+    vae = model("vae_tiny")
+    z = Safetensors.f32_binary([0.5, -1.0, 0.25, 2.0, -0.5, 1.0, 0.0, 3.0])
+
+    [{:ok, {2, 16, base64}}, {:ok, {2, 16, raw}}] =
+      Engine.generate_batch(vae, [{2, 7, :base64}, {2, 7, :f32}])
+
+    assert raw == Base.decode64!(base64) and byte_size(raw) == 2 * 16 * 4
+
+    [{:ok, {2, 16, decoded_b64}}, {:ok, {2, 16, decoded_raw}}] =
+      Engine.decode_batch(vae, [{z, 4, :base64}, {z, 4, :f32}])
+
+    assert decoded_raw == Base.decode64!(decoded_b64)
+
+    [{:ok, {mu, logvar}}] = Engine.encode_batch(vae, [{Base.decode64!(base64), 16, :f32}])
+
+    assert {2, 4, mu_bytes} = mu
+    assert {2, 4, logvar_bytes} = logvar
+    assert byte_size(mu_bytes) == 2 * 4 * 4 and byte_size(logvar_bytes) == 2 * 4 * 4
+  end
+
   test "a batch keeps each request's own result and error" do
     vae = model("vae_tiny")
 
     [{:ok, {3, 16, _}}, {:error, {:invalid_argument, _}}, {:error, {:too_large, _}}] =
-      Engine.generate_batch(vae, [{3, 1}, {0, 2}, {5000, 3}])
+      Engine.generate_batch(vae, [{3, 1, :base64}, {0, 2, :f32}, {5000, 3, :base64}])
 
-    [{:error, {:unknown_op, message}}] = Engine.generate_batch(model("gpt_tiny"), [{1, 1}])
+    [{:error, {:unknown_op, message}}] =
+      Engine.generate_batch(model("gpt_tiny"), [{1, 1, :base64}])
+
     assert message =~ "not available for a gpt model"
   end
 

@@ -63,8 +63,23 @@ defmodule ServeEx.PipelineTest do
     assert_receive {:ack, 1}
 
     {:ok, vae} = ModelRegistry.lookup("vae")
-    [{:ok, {2, 784, direct}}] = Engine.generate_batch(vae, [{2, 5}])
+    [{:ok, {2, 784, direct}}] = Engine.generate_batch(vae, [{2, 5, :base64}])
     assert reply["data"] == direct
+  end
+
+  test "a request for f32 gets the raw bytes, with the shape beside them", %{producer: producer} do
+    deliver(
+      producer,
+      ~s({"v": 1, "model": "vae", "op": "generate", "n": 2, "seed": 5, "encoding": "f32"}),
+      9
+    )
+
+    assert_receive {:published, @reply_queue, {:f32, {2, 784}, ["data"], bytes}, "c9"}, 2_000
+    assert_receive {:ack, 9}
+
+    {:ok, vae} = ModelRegistry.lookup("vae")
+    [{:ok, {2, 784, direct}}] = Engine.generate_batch(vae, [{2, 5, :base64}])
+    assert bytes == Base.decode64!(direct)
   end
 
   test "an invalid request gets an error reply and is acked, not requeued", %{producer: producer} do

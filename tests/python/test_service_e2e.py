@@ -52,6 +52,24 @@ def test_served_images_equal_infer_rs(client, trained):
     np.testing.assert_array_equal(served, infer_rs.Model(trained["vae"]).decode(z))
 
 
+def test_binary_replies_carry_the_json_replies_values(client, trained):
+    """ "encoding": "f32" replies are raw float32 bodies (content type and shape in the
+    AMQP properties), equal to the base64 of the default JSON reply and to infer_rs."""
+    generate = {"v": 1, "model": "vae", "op": "generate", "n": 16, "seed": 42}
+    as_json, as_f32 = client.call(generate), client.call({**generate, "encoding": "f32"})
+    assert isinstance(as_f32["data"], np.ndarray) and isinstance(as_json["data"], str)
+    np.testing.assert_array_equal(tensor(as_f32), tensor(as_json))
+    np.testing.assert_array_equal(tensor(as_f32), infer_rs.Model(trained["vae"]).generate(16, seed=42))
+    x = tensor(as_json)[:3].tolist()
+    encode = {"v": 1, "model": "vae", "op": "encode", "x": x}
+    posterior_json, posterior_f32 = client.call(encode), client.call({**encode, "encoding": "f32"})
+    for key in ("mu", "logvar"):
+        assert posterior_f32[key].shape == (3, 20)
+        np.testing.assert_array_equal(tensor(posterior_f32, key), tensor(posterior_json, key))
+    bad = client.call({**generate, "encoding": "f16"})
+    assert bad["ok"] is False and bad["error"]["code"] == "invalid_argument"
+
+
 def test_the_gpt_small_preset_is_served(client, trained):
     request = {"v": 1, "model": "gpt-small", "op": "generate_text", "prompt": "ROMEO:", "max_new_tokens": 40}
     direct = infer_rs.Model(trained["gpt-small"]).generate_text("ROMEO:", 40)

@@ -1,5 +1,6 @@
 //! The NIF behind `ServeEx.Native`: models live in resources, loaded once and shared;
-//! tensors come back base64-encoded, ready for the JSON reply;
+//! tensors come back in the encoding each request asked for (base64 for the JSON
+//! reply, or the raw little-endian f32 bytes of a binary reply);
 //! file reads run on dirty IO schedulers, inference on dirty CPU schedulers. Every
 //! failure comes back as `{:error, {kind, message}}`, with `kind` one of the wire
 //! error codes (mapped in one place, [`reason`]); rustler turns a panic into an Erlang
@@ -8,7 +9,7 @@
 use base64::Engine as _;
 use infer_core::batch::merge_errors;
 use infer_core::{InferError, Matrix, Model, Rows, Sampling, StopReason};
-use rustler::{Atom, Binary, Env, OwnedBinary, ResourceArc};
+use rustler::{Atom, Binary, Env, NifUnitEnum, OwnedBinary, ResourceArc};
 use std::panic::AssertUnwindSafe;
 
 mod atoms {
@@ -36,6 +37,13 @@ impl rustler::Resource for ModelResource {}
 
 type Reason = (Atom, String);
 
+/// How a request wants its tensors: `:base64` (the JSON reply's) or `:f32` (raw bytes).
+#[derive(NifUnitEnum, Clone, Copy)]
+enum Encoding {
+    Base64,
+    F32,
+}
+
 /// The one mapping from core errors to the wire's error codes.
 fn reason(err: InferError) -> Reason {
     let kind = match &err {
@@ -57,10 +65,19 @@ fn reason(err: InferError) -> Reason {
     (kind, err.to_string())
 }
 
-/// (rows, cols, base64 of the little-endian f32 bytes): the reply's encoding, done here
-/// because base64 in Rust is many times faster than in the VM.
-fn matrix<'a>(env: Env<'a>, m: Matrix) -> Result<(usize, usize, Binary<'a>), Reason> {
+/// (rows, cols, the little-endian f32 bytes, raw or base64): the reply's encoding, done
+/// here because base64 in Rust is many times faster than in the VM.
+fn matrix<'a>(
+    env: Env<'a>,
+    m: Matrix,
+    encoding: Encoding,
+) -> Result<(usize, usize, Binary<'a>), Reason> {
     let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if let Encoding::F32 = encoding {
+        let mut binary = OwnedBinary::new(bytes.len()).ok_or(out_of_memory())?;
+        binary.as_mut_slice().copy_from_slice(&bytes);
+        return Ok((m.rows, m.cols, binary.release(env)));
+    }
     let engine = base64::engine::general_purpose::STANDARD;
     let len = base64::encoded_len(bytes.len(), true).ok_or(out_of_memory())?;
     let mut binary = OwnedBinary::new(len).ok_or(out_of_memory())?;
@@ -94,18 +111,20 @@ fn model_load(path: String) -> Result<(ResourceArc<ModelResource>, Atom, String)
     ))
 }
 
-/// One result per `{n, seed}`, all decoded in one pass.
+/// One result per `{n, seed, encoding}`, all decoded in one pass.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn model_generate_batch<'a>(
     env: Env<'a>,
     resource: ResourceArc<ModelResource>,
-    requests: Vec<(usize, u64)>,
+    requests: Vec<(usize, u64, Encoding)>,
 ) -> Vec<Result<(usize, usize, Binary<'a>), Reason>> {
+    let sizes: Vec<(usize, u64)> = requests.iter().map(|&(n, seed, _)| (n, seed)).collect();
     resource
         .model
-        .generate_batch(&requests)
+        .generate_batch(&sizes)
         .into_iter()
-        .map(|r| r.map_err(reason).and_then(|m| matrix(env, m)))
+        .zip(&requests)
+        .map(|(r, &(_, _, encoding))| r.map_err(reason).and_then(|m| matrix(env, m, encoding)))
         .collect()
 }
 
@@ -123,43 +142,41 @@ fn floats(bytes: &[u8]) -> Result<Vec<f32>, InferError> {
         .collect())
 }
 
-/// One result per `{f32_bytes, width}`, all decoded in one pass.
+/// One result per `{f32_bytes, width, encoding}`, all decoded in one pass.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn model_decode_batch<'a>(
     env: Env<'a>,
     resource: ResourceArc<ModelResource>,
-    inputs: Vec<(Binary<'a>, usize)>,
+    inputs: Vec<(Binary<'a>, usize, Encoding)>,
 ) -> Vec<Result<(usize, usize, Binary<'a>), Reason>> {
     let decoded = inputs
         .iter()
-        .map(|(bytes, width)| floats(bytes.as_slice()).map(|data| (data, *width)))
+        .map(|(bytes, width, _)| floats(bytes.as_slice()).map(|data| (data, *width)))
         .collect();
     merge_errors(decoded, |rows| resource.model.decode_batch(rows))
         .into_iter()
-        .map(|r| r.map_err(reason).and_then(|m| matrix(env, m)))
+        .zip(&inputs)
+        .map(|(r, &(_, _, encoding))| r.map_err(reason).and_then(|m| matrix(env, m, encoding)))
         .collect()
 }
 
-/// One `{mu, logvar}` result per `{f32_bytes, width}`.
+/// One `{mu, logvar}` result per `{f32_bytes, width, encoding}`.
 #[rustler::nif(schedule = "DirtyCpu")]
 #[allow(clippy::type_complexity)]
 fn model_encode_batch<'a>(
     env: Env<'a>,
     resource: ResourceArc<ModelResource>,
-    inputs: Vec<(Binary<'a>, usize)>,
+    inputs: Vec<(Binary<'a>, usize, Encoding)>,
 ) -> Vec<Result<((usize, usize, Binary<'a>), (usize, usize, Binary<'a>)), Reason>> {
     inputs
         .iter()
-        .map(|(bytes, width)| {
+        .map(|&(ref bytes, width, encoding)| {
             let data = floats(bytes.as_slice()).map_err(reason)?;
             let (mu, logvar) = resource
                 .model
-                .encode(Rows {
-                    data: &data,
-                    width: *width,
-                })
+                .encode(Rows { data: &data, width })
                 .map_err(reason)?;
-            Ok((matrix(env, mu)?, matrix(env, logvar)?))
+            Ok((matrix(env, mu, encoding)?, matrix(env, logvar, encoding)?))
         })
         .collect()
 }

@@ -46,12 +46,14 @@ defmodule ServeEx.AMQP do
   @doc """
   Publishes a reply with `mandatory` set through the default exchange; `seqno` travels
   as its message id, so a return can be matched to the publish, and the version of the
-  model that computed it (if any) as the header `x-model-version`.
+  model that computed it (if any) as the header `x-model-version`. A JSON body goes as
+  `application/json`; a binary reply (`ServeEx.Reply.body/0`) as
+  `application/octet-stream` with headers `x-dtype`, `x-shape` and `x-fields`.
   """
   @callback publish(
               chan(),
               routing_key :: String.t(),
-              payload :: iodata(),
+              body :: ServeEx.Reply.body(),
               correlation_id :: String.t() | nil,
               seqno :: pos_integer(),
               model_version :: String.t() | nil

@@ -3,7 +3,8 @@ defmodule ServeEx.Engine do
   The Rust inference engine (`infer_core`) as seen from Elixir.
 
   Models are NIF resources, loaded once and shared by every process. Output tensors
-  are `{rows, cols, base64}` of the little-endian f32 values. Batch functions
+  are `{rows, cols, bytes}`: the little-endian f32 values, base64-encoded or raw as each
+  request's encoding (`:base64` or `:f32`) asks. Batch functions
   take many requests and return one result per request, in order; a request's error
   never affects the others. Errors are `{:error, {kind, message}}` where `kind` is a
   wire error code (`:invalid_argument`, `:too_large`, `:unknown_op`, `:internal`) or
@@ -22,7 +23,8 @@ defmodule ServeEx.Engine do
           version: String.t() | nil
         }
   @type reason :: {atom(), String.t()}
-  @type tensor :: {rows :: pos_integer(), cols :: pos_integer(), f32_le_base64 :: binary()}
+  @type tensor :: {rows :: pos_integer(), cols :: pos_integer(), f32_le :: binary()}
+  @type encoding :: :base64 | :f32
 
   @doc """
   Loads and checks a `.safetensors` exported by `train/`.
@@ -39,19 +41,20 @@ defmodule ServeEx.Engine do
     end
   end
 
-  @doc "One `{:ok, tensor}` or `{:error, reason}` per `{n, seed}`, decoded in one pass."
-  @spec generate_batch(t(), [{pos_integer(), non_neg_integer()}]) :: [
+  @doc "One `{:ok, tensor}` or `{:error, reason}` per `{n, seed, encoding}`, decoded in one pass."
+  @spec generate_batch(t(), [{pos_integer(), non_neg_integer(), encoding()}]) :: [
           {:ok, tensor()} | {:error, reason()}
         ]
   def generate_batch(%__MODULE__{ref: ref}, requests),
     do: Native.model_generate_batch(ref, requests)
 
-  @doc "One result per `{f32_le_rows, width}`, decoded in one pass."
-  @spec decode_batch(t(), [{binary(), pos_integer()}]) :: [{:ok, tensor()} | {:error, reason()}]
+  @doc "One result per `{f32_le_rows, width, encoding}`, decoded in one pass."
+  @spec decode_batch(t(), [{binary(), pos_integer(), encoding()}]) ::
+          [{:ok, tensor()} | {:error, reason()}]
   def decode_batch(%__MODULE__{ref: ref}, inputs), do: Native.model_decode_batch(ref, inputs)
 
-  @doc "One `{:ok, {mu, logvar}}` result per `{f32_le_rows, width}`."
-  @spec encode_batch(t(), [{binary(), pos_integer()}]) ::
+  @doc "One `{:ok, {mu, logvar}}` result per `{f32_le_rows, width, encoding}`."
+  @spec encode_batch(t(), [{binary(), pos_integer(), encoding()}]) ::
           [{:ok, {tensor(), tensor()}} | {:error, reason()}]
   def encode_batch(%__MODULE__{ref: ref}, inputs), do: Native.model_encode_batch(ref, inputs)
 

@@ -179,7 +179,7 @@ defmodule ServeEx.ModelRegistry do
   end
 
   defp warm_up(model) do
-    case Engine.generate_batch(model, [{1, 0}]) do
+    case Engine.generate_batch(model, [{1, 0, :base64}]) do
       [{:ok, _}] -> :ok
       [error] -> error
     end

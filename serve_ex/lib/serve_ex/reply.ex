@@ -45,22 +45,36 @@ defmodule ServeEx.Reply do
       else: message
   end
 
-  @doc """
-  A tensor reply: the shape and the base64 the engine produced. Built as iodata: base64
-  needs no JSON escaping, and encoding a large string with jsx would cost more than the
-  inference.
-
-      iex> ServeEx.Reply.tensor({1, 2, "AACAPwAAAEA="}) |> IO.iodata_to_binary() |> :jsx.decode([:return_maps])
-      %{"v" => 1, "ok" => true, "shape" => [1, 2], "dtype" => "f32", "data" => "AACAPwAAAEA="}
+  @typedoc """
+  A reply body: JSON (iodata), or a binary reply of raw little-endian f32 tensors of
+  one shape, back to back in the order of `fields` (the publisher puts the shape and
+  the fields in AMQP headers).
   """
-  @spec tensor(ServeEx.Engine.tensor()) :: iodata()
-  def tensor({rows, cols, base64}) do
+  @type body :: iodata() | {:f32, {non_neg_integer(), non_neg_integer()}, [String.t()], iodata()}
+
+  @doc """
+  A tensor reply: the shape and the tensor the engine produced, in the request's
+  encoding. JSON is built as iodata: base64 needs no JSON escaping, and encoding a
+  large string with jsx would cost more than the inference.
+
+      iex> ServeEx.Reply.tensor({1, 2, "AACAPwAAAEA="}, :base64) |> IO.iodata_to_binary() |> :jsx.decode([:return_maps])
+      %{"v" => 1, "ok" => true, "shape" => [1, 2], "dtype" => "f32", "data" => "AACAPwAAAEA="}
+      iex> ServeEx.Reply.tensor({1, 2, <<0, 0, 128, 63, 0, 0, 0, 64>>}, :f32)
+      {:f32, {1, 2}, ["data"], [<<0, 0, 128, 63, 0, 0, 0, 64>>]}
+  """
+  @spec tensor(ServeEx.Engine.tensor(), :base64 | :f32) :: body()
+  def tensor({rows, cols, bytes}, :f32), do: {:f32, {rows, cols}, ["data"], [bytes]}
+
+  def tensor({rows, cols, base64}, :base64) do
     [shape_prefix(rows, cols), ~s("data":"), base64, ~s("})]
   end
 
   @doc "An encode reply: the posterior mean and log-variance."
-  @spec posterior(ServeEx.Engine.tensor(), ServeEx.Engine.tensor()) :: iodata()
-  def posterior({rows, cols, mu}, {_, _, logvar}) do
+  @spec posterior(ServeEx.Engine.tensor(), ServeEx.Engine.tensor(), :base64 | :f32) :: body()
+  def posterior({rows, cols, mu}, {_, _, logvar}, :f32),
+    do: {:f32, {rows, cols}, ["mu", "logvar"], [mu, logvar]}
+
+  def posterior({rows, cols, mu}, {_, _, logvar}, :base64) do
     [shape_prefix(rows, cols), ~s("mu":"), mu, ~s(","logvar":"), logvar, ~s("})]
   end
 

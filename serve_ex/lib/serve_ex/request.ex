@@ -25,9 +25,9 @@ defmodule ServeEx.Request do
   @ops_by_arch Map.new(@errors["ops"], fn {arch, ops} -> {String.to_atom(arch), ops} end)
   @all_ops @ops_by_arch |> Map.values() |> List.flatten() |> Enum.uniq()
   @fields %{
-    "generate" => ~w(n seed),
-    "decode" => ~w(z),
-    "encode" => ~w(x),
+    "generate" => ~w(n seed encoding),
+    "decode" => ~w(z encoding),
+    "encode" => ~w(x encoding),
     "generate_text" => ~w(prompt max_new_tokens temperature top_k seed)
   }
 
@@ -165,8 +165,9 @@ defmodule ServeEx.Request do
 
   defp arguments("generate", map) do
     with {:ok, n} <- integer(map, "n", :required, 1, @limits["max_n"]),
-         {:ok, seed} <- seed(map) do
-      {:ok, %{n: n, seed: seed}, n}
+         {:ok, seed} <- seed(map),
+         {:ok, encoding} <- encoding(map) do
+      {:ok, %{n: n, seed: seed, encoding: encoding}, n}
     end
   end
 
@@ -174,8 +175,9 @@ defmodule ServeEx.Request do
     key = if op == "decode", do: "z", else: "x"
     limit = if op == "decode", do: @limits["max_z_rows"], else: @limits["max_x_rows"]
 
-    with {:ok, rows} <- matrix(map, key, limit) do
-      {:ok, %{rows: rows}, length(rows)}
+    with {:ok, rows} <- matrix(map, key, limit),
+         {:ok, encoding} <- encoding(map) do
+      {:ok, %{rows: rows, encoding: encoding}, length(rows)}
     end
   end
 
@@ -223,6 +225,17 @@ defmodule ServeEx.Request do
     case integer(map, "seed", nil, 0, @limits["max_seed"]) do
       {:ok, nil} -> {:ok, :rand.uniform(@limits["max_seed"] + 1) - 1}
       other -> other
+    end
+  end
+
+  # How the reply carries its tensors: base64 in the JSON body (the default), or the raw
+  # little-endian f32 bytes as the body, with the shape in AMQP headers.
+  defp encoding(map) do
+    case Map.get(map, "encoding", "base64") do
+      "base64" -> {:ok, :base64}
+      "f32" -> {:ok, :f32}
+      e when is_binary(e) -> invalid(~s["encoding" must be "base64" (the default) or "f32"])
+      _ -> malformed(~s["encoding" must be a string: "base64" or "f32"])
     end
   end
 

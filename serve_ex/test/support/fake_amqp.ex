@@ -69,8 +69,13 @@ defmodule ServeEx.AMQP.Fake do
       if routing_key in Application.get_env(:serve_ex, :fake_refused, []), do: :nack, else: :ack
 
     send(self(), {:fake_confirm, seqno, verdict})
-    report({:published, routing_key, IO.iodata_to_binary(payload), correlation_id})
+    report({:published, routing_key, materialize(payload), correlation_id})
   end
+
+  defp materialize({:f32, shape, fields, data}),
+    do: {:f32, shape, fields, IO.iodata_to_binary(data)}
+
+  defp materialize(json), do: IO.iodata_to_binary(json)
 
   @impl true
   def classify({:fake_deliver, payload, meta}), do: {:deliver, payload, meta}

@@ -167,17 +167,18 @@ defmodule ServeEx.AMQP.Client do
   end
 
   @impl true
-  def publish(chan, routing_key, payload, correlation_id, seqno, model_version) do
-    headers = if model_version, do: [{"x-model-version", :longstr, model_version}], else: []
+  def publish(chan, routing_key, body, correlation_id, seqno, model_version) do
+    {content_type, tensor_headers, payload} = wire_form(body)
+    version = if model_version, do: [{"x-model-version", :longstr, model_version}], else: []
 
     props =
       r_p_basic(
-        content_type: "application/json",
+        content_type: content_type,
         # transient: a reply queue is exclusive to its client and dies with it anyway
         delivery_mode: 1,
         correlation_id: correlation_id || :undefined,
         message_id: Integer.to_string(seqno),
-        headers: headers
+        headers: version ++ tensor_headers
       )
 
     msg = r_amqp_msg(props: props, payload: IO.iodata_to_binary(payload))
@@ -185,6 +186,19 @@ defmodule ServeEx.AMQP.Client do
     :amqp_channel.cast(chan, method, msg)
     :ok
   end
+
+  # A binary reply's body is its tensors' raw bytes; the headers say how to read them.
+  defp wire_form({:f32, {rows, cols}, fields, data}) do
+    headers = [
+      {"x-dtype", :longstr, "f32"},
+      {"x-shape", :array, [{:long, rows}, {:long, cols}]},
+      {"x-fields", :array, Enum.map(fields, &{:longstr, &1})}
+    ]
+
+    {"application/octet-stream", headers, data}
+  end
+
+  defp wire_form(json), do: {"application/json", [], json}
 
   @impl true
   def classify(

@@ -28,7 +28,8 @@ defmodule ServeEx.Pipeline.Acknowledger do
 
   alias ServeEx.{AMQP, Connection, InFlight, Metrics, Reply}
 
-  @type outcome :: {:reply, iodata(), atom()} | {:failed, String.t()} | {:dead, String.t()}
+  @type outcome ::
+          {:reply, ServeEx.Reply.body(), atom()} | {:failed, String.t()} | {:dead, String.t()}
 
   @retry_ms 200
 
@@ -194,7 +195,7 @@ defmodule ServeEx.Pipeline.Acknowledger do
       {{:nothing, :retried}, :requeue}
   """
   @spec decide({ServeEx.Message.t(), outcome()}) ::
-          {ServeEx.Message.t(), {:publish, iodata(), atom()} | {:nothing, atom()},
+          {ServeEx.Message.t(), {:publish, ServeEx.Reply.body(), atom()} | {:nothing, atom()},
            :ack | :requeue | :dead_letter}
   def decide({message, {:reply, body, label}}), do: {message, {:publish, body, label}, :ack}
 

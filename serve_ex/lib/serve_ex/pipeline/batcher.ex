@@ -174,17 +174,17 @@ defmodule ServeEx.Pipeline.Batcher do
         run(model, op, Enum.map(group, &Map.put(&1.request.args, :deadline, &1.deadline)))
       )
     end)
-    |> Enum.map(fn {message, result} -> {message, outcome(result, message.request.op)} end)
+    |> Enum.map(fn {message, result} -> {message, outcome(result, message.request)} end)
   end
 
   defp run(model, "generate", args),
-    do: Engine.generate_batch(model, Enum.map(args, &{&1.n, &1.seed}))
+    do: Engine.generate_batch(model, Enum.map(args, &{&1.n, &1.seed, &1.encoding}))
 
   defp run(model, "decode", args),
-    do: Engine.decode_batch(model, Enum.map(args, &f32_rows(&1.rows)))
+    do: Engine.decode_batch(model, Enum.map(args, &f32_rows(&1.rows, &1.encoding)))
 
   defp run(model, "encode", args),
-    do: Engine.encode_batch(model, Enum.map(args, &f32_rows(&1.rows)))
+    do: Engine.encode_batch(model, Enum.map(args, &f32_rows(&1.rows, &1.encoding)))
 
   defp run(model, "generate_text", args) do
     Engine.generate_text_batch(
@@ -196,16 +196,20 @@ defmodule ServeEx.Pipeline.Batcher do
     )
   end
 
-  defp f32_rows([first | _] = rows) do
-    {for(row <- rows, v <- row, into: <<>>, do: <<v::float-32-little>>), length(first)}
+  defp f32_rows([first | _] = rows, encoding) do
+    {for(row <- rows, v <- row, into: <<>>, do: <<v::float-32-little>>), length(first), encoding}
   end
 
-  defp outcome({:ok, text}, "generate_text"), do: {:reply, Reply.text(text), :ok}
-  defp outcome({:ok, {mu, logvar}}, "encode"), do: {:reply, Reply.posterior(mu, logvar), :ok}
-  defp outcome({:ok, tensor}, _op), do: {:reply, Reply.tensor(tensor), :ok}
+  defp outcome({:ok, text}, %{op: "generate_text"}), do: {:reply, Reply.text(text), :ok}
 
-  defp outcome({:error, {:bad_model, text}}, _op),
+  defp outcome({:ok, {mu, logvar}}, %{op: "encode", args: %{encoding: encoding}}),
+    do: {:reply, Reply.posterior(mu, logvar, encoding), :ok}
+
+  defp outcome({:ok, tensor}, %{args: %{encoding: encoding}}),
+    do: {:reply, Reply.tensor(tensor, encoding), :ok}
+
+  defp outcome({:error, {:bad_model, text}}, _request),
     do: {:reply, Reply.error(:internal, text), :internal}
 
-  defp outcome({:error, {code, text}}, _op), do: {:reply, Reply.error(code, text), code}
+  defp outcome({:error, {code, text}}, _request), do: {:reply, Reply.error(code, text), code}
 end
