@@ -13,6 +13,8 @@ import base64
 import json
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -110,14 +112,34 @@ def parse_reply(props, body: bytes) -> dict:
     if props.content_type != BINARY:
         return json.loads(body)
     headers = props.headers or {}
-    rows, cols = headers["x-shape"]
-    fields = headers["x-fields"]
+    return binary_reply(body, headers.get("x-dtype"), headers["x-shape"], headers["x-fields"])
+
+
+def binary_reply(body: bytes, dtype: str | None, shape: list[int], fields: list[str]) -> dict:
+    rows, cols = shape
     values = np.frombuffer(body, dtype="<f4")
-    if headers.get("x-dtype") != "f32" or values.size != len(fields) * rows * cols:
+    if dtype != "f32" or values.size != len(fields) * rows * cols:
         raise ServeError("bad_reply", f"{len(body)} bytes do not hold {fields} of shape {rows}x{cols} f32")
-    arrays = values.reshape(len(fields), rows, cols)
-    tensors = dict(zip(fields, arrays, strict=True))
+    tensors = dict(zip(fields, values.reshape(len(fields), rows, cols), strict=True))
     return {"v": 1, "ok": True, "shape": [rows, cols], "dtype": "f32", **tensors}
+
+
+def http_call(base: str, model: str, op: str, body: dict | bytes, timeout: float = 30.0) -> tuple[int, dict]:
+    """POST `body` (without model and op) to BASE/v1/models/MODEL/OP of the service's HTTP
+    endpoint; (status, reply), the reply decoded like an AMQP one."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{base}/v1/models/{model}/{op}", data=data, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            status, headers, payload = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as err:
+        status, headers, payload = err.code, err.headers, err.read()
+    if headers.get("content-type") != BINARY:
+        return status, json.loads(payload)
+    shape = [int(v) for v in headers["x-shape"].split(",")]
+    return status, binary_reply(payload, headers.get("x-dtype"), shape, headers["x-fields"].split(","))
 
 
 def tensor(reply: dict, key: str = "data") -> np.ndarray:

@@ -8,6 +8,8 @@ files and seeds.
 import json
 import random
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import infer_rs
 SCRIPTS = Path(__file__).resolve().parents[2] / "serve_ex" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import kill_and_recover  # noqa: E402
-from serve_client import Client, tensor  # noqa: E402
+from serve_client import Client, http_call, tensor  # noqa: E402
 from service import Service  # noqa: E402
 
 EXAMPLES = json.loads(
@@ -68,6 +70,67 @@ def test_binary_replies_carry_the_json_replies_values(client, trained):
         np.testing.assert_array_equal(tensor(posterior_f32, key), tensor(posterior_json, key))
     bad = client.call({**generate, "encoding": "f16"})
     assert bad["ok"] is False and bad["error"]["code"] == "invalid_argument"
+
+
+def test_http_replies_equal_the_queued_ones(service, client, trained):
+    """POST /v1/models/{id}/{op} runs through the same batchers: the same values as AMQP
+    and infer_rs, JSON or binary."""
+    base = f"http://127.0.0.1:{service.port}"
+    status, reply = http_call(base, "vae", "generate", {"n": 4, "seed": 7})
+    queued = client.call({"v": 1, "model": "vae", "op": "generate", "n": 4, "seed": 7})
+    assert status == 200 and reply == queued
+    status, binary = http_call(base, "vae", "generate", {"n": 4, "seed": 7, "encoding": "f32"})
+    assert status == 200 and isinstance(binary["data"], np.ndarray)
+    np.testing.assert_array_equal(tensor(binary), infer_rs.Model(trained["vae"]).generate(4, seed=7))
+    status, posterior = http_call(base, "vae", "encode", {"x": tensor(binary).tolist(), "encoding": "f32"})
+    assert status == 200 and posterior["mu"].shape == (4, 20) and posterior["logvar"].shape == (4, 20)
+    status, text = http_call(base, "gpt", "generate_text", {"v": 1, "prompt": "ROMEO:", "max_new_tokens": 30})
+    direct = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 30)
+    assert (status, text) == (200, {"v": 1, "ok": True, "text": direct})
+
+
+@pytest.mark.parametrize(
+    "model, op, body, status, code",
+    [
+        ("nope", "generate", {"n": 1}, 404, "unknown_model"),
+        ("vae", "generate_text", {"prompt": "a", "max_new_tokens": 1}, 404, "unknown_op"),
+        ("vae", "fly", {"n": 1}, 404, "unknown_op"),
+        ("vae", "generate", {"n": 0}, 400, "invalid_argument"),
+        ("vae", "generate", {"n": 1, "model": "wgan"}, 400, "malformed_request"),
+        ("vae", "generate", b"{not json", 400, "malformed_request"),
+        ("vae", "generate", {"n": 1, "encoding": "f16"}, 400, "invalid_argument"),
+        ("vae", "generate", {"n": 1000}, 413, "too_large"),
+        ("vae", "generate", b" " * (1 << 20) + b"{}", 413, "too_large"),
+    ],
+    ids=[
+        "unknown-model",
+        "op-of-another-arch",
+        "unknown-op",
+        "invalid",
+        "model-in-body",
+        "not-json",
+        "bad-encoding",
+        "n-too-large",
+        "body-too-large",
+    ],
+)
+def test_http_errors_map_to_statuses(service, model, op, body, status, code):
+    got_status, reply = http_call(f"http://127.0.0.1:{service.port}", model, op, body)
+    assert (got_status, reply["ok"], reply["error"]["code"]) == (status, False, code), reply
+    assert reply["error"]["message"]
+
+
+def test_http_deadlines_and_methods(service):
+    base = f"http://127.0.0.1:{service.port}"
+    request = urllib.request.Request(
+        f"{base}/v1/models/vae/generate", data=b'{"n": 1}', headers={"x-deadline-ms": "1000"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as late:
+        urllib.request.urlopen(request, timeout=10)
+    assert late.value.code == 504 and json.loads(late.value.read())["error"]["code"] == "deadline_exceeded"
+    with pytest.raises(urllib.error.HTTPError) as get:
+        urllib.request.urlopen(f"{base}/v1/models/vae/generate", timeout=10)
+    assert get.value.code == 405 and get.value.headers["allow"] == "POST"
 
 
 def test_the_gpt_small_preset_is_served(client, trained):

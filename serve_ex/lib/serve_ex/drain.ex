@@ -7,7 +7,8 @@ defmodule ServeEx.Drain do
   1. readiness goes false at once (`/readyz` answers 503);
   2. the consumer is cancelled (`basic.cancel`): the broker delivers nothing more, and
      another node on the queue takes the new work;
-  3. work in flight finishes: its replies are published, confirmed, and acked;
+  3. work in flight finishes: its replies are published, confirmed, and acked, and
+     the HTTP requests under way are answered (new ones get 503);
   4. whatever is still unsettled after the drain timeout (`DRAIN_TIMEOUT_MS`, default
      10 s) is nacked with requeue, for another node or the next start;
   5. then the application stops and the VM exits with status 0.
@@ -46,7 +47,9 @@ defmodule ServeEx.Drain do
   end
 
   defp wait_for_settled(deadline) do
-    if InFlight.count() > 0 and System.monotonic_time(:millisecond) < deadline do
+    busy = InFlight.count() > 0 or InFlight.http_count() > 0
+
+    if busy and System.monotonic_time(:millisecond) < deadline do
       Process.sleep(@poll_ms)
       wait_for_settled(deadline)
     end

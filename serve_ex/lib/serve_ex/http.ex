@@ -1,7 +1,9 @@
 defmodule ServeEx.HTTP do
   @moduledoc """
-  Health and metrics over cowboy, on 127.0.0.1 by default:
+  Inference, health and metrics over cowboy, on 127.0.0.1 by default:
 
+  - `POST /v1/models/{id}/{op}`: a request, batched with the AMQP traffic
+    (`ServeEx.HTTP.Inference`).
   - `GET /livez`: 200 while the VM is up and this listener answers.
   - `GET /readyz` (alias `/healthz`): 200 when the node takes work (`ServeEx.Status`),
     503 otherwise; the JSON body says which condition is missing.
@@ -21,7 +23,8 @@ defmodule ServeEx.HTTP do
            {"/livez", __MODULE__.Live, []},
            {"/readyz", __MODULE__.Ready, []},
            {"/healthz", __MODULE__.Ready, []},
-           {"/metrics", __MODULE__.Metrics, []}
+           {"/metrics", __MODULE__.Metrics, []},
+           {"/v1/models/:model/:op", __MODULE__.Inference, []}
          ]}
       ])
 

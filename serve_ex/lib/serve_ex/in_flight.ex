@@ -1,9 +1,10 @@
 defmodule ServeEx.InFlight do
   @moduledoc """
   How many deliveries the current consumer holds unsettled: the producer counts each
-  delivery in, the reply publisher counts each ack or reject out. A drain waits for
-  it to reach zero. A new consumer starts from zero: the old channel's deliveries were
-  requeued by the broker when it closed.
+  delivery in, the reply publisher counts each ack or reject out. A new consumer starts
+  from zero: the old channel's deliveries were requeued by the broker when it closed.
+  Beside it, how many HTTP requests wait for their replies. A drain waits for both to
+  reach zero.
   """
 
   @key {__MODULE__, :counter}
@@ -12,7 +13,7 @@ defmodule ServeEx.InFlight do
   @spec setup() :: :ok
   def setup do
     if :persistent_term.get(@key, nil) == nil,
-      do: :persistent_term.put(@key, :counters.new(1, []))
+      do: :persistent_term.put(@key, :counters.new(2, []))
 
     :ok
   end
@@ -25,6 +26,13 @@ defmodule ServeEx.InFlight do
 
   @spec count() :: integer()
   def count, do: :counters.get(counter(), 1)
+
+  @doc "Counts an HTTP request in (1) or out (-1)."
+  @spec add_http(integer()) :: :ok
+  def add_http(n), do: :counters.add(counter(), 2, n)
+
+  @spec http_count() :: integer()
+  def http_count, do: :counters.get(counter(), 2)
 
   defp counter, do: :persistent_term.get(@key)
 end

@@ -1,23 +1,27 @@
 defmodule ServeEx.Message do
   @moduledoc """
-  One delivery on its way through the pipeline. `acknowledger` is what the reply
-  publisher needs to settle it: the consumer channel and the delivery tag (acks must
-  go to the channel that received the message).
+  One request on its way through the pipeline. `acknowledger` says how it is settled:
+  for an AMQP delivery, the consumer channel and the delivery tag (acks must go to the
+  channel that received the message); for an HTTP request, `{:http, pid, ref}`: the
+  reply goes to the waiting HTTP handler as `{ref, body, label}`, and `route` holds the
+  model id and op of its path.
   """
 
   @enforce_keys [:payload, :reply_to, :correlation_id, :acknowledger, :redelivered, :received_at]
-  defstruct @enforce_keys ++ [:request, :deadline, :model_version, model_id: "unknown"]
+  defstruct @enforce_keys ++ [:request, :deadline, :model_version, :route, model_id: "unknown"]
 
   @type t :: %__MODULE__{
           payload: binary(),
           reply_to: String.t() | nil,
           correlation_id: String.t() | nil,
-          acknowledger: {module(), ServeEx.AMQP.chan(), non_neg_integer()},
+          acknowledger:
+            {module(), ServeEx.AMQP.chan(), non_neg_integer()} | {:http, pid(), reference()},
           redelivered: boolean(),
           received_at: integer(),
           deadline: term(),
           model_version: String.t() | nil,
           request: ServeEx.Request.t() | nil,
+          route: {model_id :: String.t(), op :: String.t()} | nil,
           model_id: String.t()
         }
 end

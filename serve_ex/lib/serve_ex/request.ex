@@ -55,12 +55,27 @@ defmodule ServeEx.Request do
       iex> ServeEx.Request.parse(~s({"v": 2, "model": "vae", "op": "generate", "n": 1}), fn _ -> :error end)
       {:error, :unsupported_version, "wire version 2 is not supported; send \\"v\\": 1"}
   """
-  @spec parse(binary(), (String.t() -> {:ok, ServeEx.Engine.t()} | :error)) ::
+  @spec parse(binary(), lookup()) :: {:ok, t()} | {:error, code(), String.t()}
+  def parse(body, lookup), do: parse(body, lookup, &{:ok, &1})
+
+  @doc """
+  Parses the body of an HTTP request to `/v1/models/{id}/{op}`: the same JSON as a
+  queued request without `model` and `op`, which the path gives (`v` may be left out).
+
+      iex> ServeEx.Request.parse_http(~s({"n": 1, "model": "wgan"}), "vae", "generate", fn _ -> :error end)
+      {:error, :malformed_request, "the model and the op are in the URL path; leave \"model\" and \"op\" out of the body"}
+  """
+  @spec parse_http(binary(), String.t(), String.t(), lookup()) ::
           {:ok, t()} | {:error, code(), String.t()}
-  def parse(body, lookup) do
+  def parse_http(body, id, op, lookup), do: parse(body, lookup, &addressed(&1, id, op))
+
+  @type lookup :: (String.t() -> {:ok, ServeEx.Engine.t()} | :error)
+
+  defp parse(body, lookup, address) do
     with :ok <- check_size(body),
          :ok <- check_brackets(body),
          {:ok, map} <- decode_json(body),
+         {:ok, map} <- address.(map),
          :ok <- check_version(map),
          {:ok, id, op} <- model_and_op(map),
          :ok <- check_fields(map, op),
@@ -70,6 +85,10 @@ defmodule ServeEx.Request do
       {:ok, %__MODULE__{model: model, op: op, args: args, rows: rows}}
     end
   end
+
+  @doc "The largest request body accepted, in bytes (`limits.json`)."
+  @spec max_body_bytes() :: pos_integer()
+  def max_body_bytes, do: @max_body_bytes
 
   defp check_size(body) when byte_size(body) > @max_body_bytes,
     do:
@@ -98,6 +117,9 @@ defmodule ServeEx.Request do
   # refuses as malformed, and the numbers of a matrix are not walked twice.
   defp decode_json(body) do
     case :jsx.decode(body, [{:return_maps, false}, {:strict, [:utf8]}]) do
+      [{}] ->
+        {:ok, %{}}
+
       [{key, _} | _] = pairs when is_binary(key) ->
         map = Map.new(pairs)
 
@@ -110,6 +132,15 @@ defmodule ServeEx.Request do
     end
   rescue
     _ -> malformed("the body is not valid JSON (UTF-8)")
+  end
+
+  defp addressed(map, id, op) do
+    if Map.has_key?(map, "model") or Map.has_key?(map, "op"),
+      do:
+        malformed(
+          ~s(the model and the op are in the URL path; leave "model" and "op" out of the body)
+        ),
+      else: {:ok, map |> Map.put("model", id) |> Map.put("op", op) |> Map.put_new("v", 1)}
   end
 
   defp check_version(%{"v" => 1}), do: :ok

@@ -39,9 +39,25 @@ defmodule ServeEx.Pipeline.Acknowledger do
     GenServer.start_link(__MODULE__, opts, name: __MODULE__)
   end
 
-  @doc "Settles messages: publish their replies, await confirms, then ack or reject."
+  @doc """
+  Settles messages: publish their replies, await confirms, then ack or reject. HTTP
+  requests are answered straight from the caller (`decide_http/1`): they have no
+  delivery to settle.
+  """
   @spec settle([{ServeEx.Message.t(), outcome()}]) :: :ok
-  def settle(outcomes), do: GenServer.cast(__MODULE__, {:settle, outcomes})
+  def settle(outcomes) do
+    {http, amqp} =
+      Enum.split_with(outcomes, fn {m, _} -> match?({:http, _, _}, m.acknowledger) end)
+
+    for {%{acknowledger: {:http, pid, ref}} = message, outcome} <- http do
+      {body, label} = decide_http(outcome)
+      send(pid, {ref, body, label})
+      Metrics.request(message.model_id, label, message.received_at)
+    end
+
+    if amqp != [], do: GenServer.cast(__MODULE__, {:settle, amqp})
+    :ok
+  end
 
   @impl true
   def init(opts) do
@@ -213,6 +229,24 @@ defmodule ServeEx.Pipeline.Acknowledger do
     Logger.error("dead-lettering a request: #{reason}")
     {message, {:nothing, :dead_lettered}, :dead_letter}
   end
+
+  @doc """
+  The failure policy of an HTTP request: there is no redelivery to retry on, so a
+  failure is an `internal` error reply at once.
+
+      iex> {body, :internal} = ServeEx.Pipeline.Acknowledger.decide_http({:failed, "boom"})
+      iex> body =~ "internal"
+      true
+  """
+  @spec decide_http(outcome()) :: {ServeEx.Reply.body(), atom()}
+  def decide_http({:reply, body, label}), do: {body, label}
+
+  def decide_http({:failed, reason}) do
+    Logger.error("an HTTP request failed: #{reason}")
+    {Reply.error(:internal, "the service failed on this request"), :internal}
+  end
+
+  def decide_http({:dead, reason}), do: {Reply.error(:internal, reason), :internal}
 
   defp finish(%{acknowledger: {impl, chan, tag}} = message, settle, label) do
     case settle do

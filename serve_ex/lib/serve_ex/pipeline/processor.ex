@@ -51,10 +51,10 @@ defmodule ServeEx.Pipeline.Processor do
   @doc "Validates one message and routes it: to a batcher, or straight to a reply."
   @spec handle_message(ServeEx.Message.t(), String.t()) :: :ok
   def handle_message(message, reply_prefix) do
-    if ReplyTo.accepted?(message.reply_to, reply_prefix) do
+    if http?(message) or ReplyTo.accepted?(message.reply_to, reply_prefix) do
       with {:ok, deadline} <- Deadline.parse(message.deadline),
            :ok <- check_deadline(deadline),
-           {:ok, request} <- Request.parse(message.payload, &ModelRegistry.lookup/1),
+           {:ok, request} <- parse(message),
            message = %{message | request: request, model_id: request.model.id, deadline: deadline},
            :ok <- admit(message) do
         Batcher.add(message)
@@ -73,6 +73,13 @@ defmodule ServeEx.Pipeline.Processor do
       ])
     end
   end
+
+  defp http?(message), do: match?({:http, _, _}, message.acknowledger)
+
+  defp parse(%{route: {id, op}} = message),
+    do: Request.parse_http(message.payload, id, op, &ModelRegistry.lookup/1)
+
+  defp parse(message), do: Request.parse(message.payload, &ModelRegistry.lookup/1)
 
   defp check_deadline(deadline) do
     if Deadline.passed?(deadline),

@@ -1,0 +1,143 @@
+defmodule ServeEx.HTTP.Inference do
+  @moduledoc """
+  `POST /v1/models/{id}/{op}`, op one of `generate`, `decode`, `encode`,
+  `generate_text`. The body is a queued request's JSON without `model` and `op`, which
+  the path gives (`v` may be left out). The request goes through the same validation,
+  admission and batchers as AMQP traffic, so the two are batched together; this
+  handler's process validates it, then waits for its reply.
+
+  | reply | status |
+  |---|---|
+  | a result | 200 |
+  | `malformed_request`, `unsupported_version`, `invalid_argument` | 400 |
+  | `unknown_model`, `unknown_op` | 404 |
+  | a method other than POST | 405 |
+  | `too_large` (an oversized body is refused before it is read) | 413 |
+  | `overloaded` (with `retry-after`) | 429 |
+  | the node is draining | 503 |
+  | `deadline_exceeded` (`x-deadline-ms` header, as on AMQP) | 504 |
+  | `internal` | 500 |
+
+  Error bodies are the wire's JSON error replies. With `"encoding": "f32"` a tensor
+  reply is `application/octet-stream`: the raw little-endian f32 values, with headers
+  `x-dtype: f32`, `x-shape: rows,cols` and `x-fields` (`data`, or `mu,logvar`).
+  """
+  alias ServeEx.{InFlight, Message, Reply, Request, Status}
+  alias ServeEx.Pipeline.Processor
+
+  # Without a deadline, the longest a handler waits: a 1,024-token generation queued
+  # behind others in its model's long lane.
+  @wait_ms 300_000
+  # With one, how long after it the batcher's own deadline_exceeded reply may take.
+  @grace_ms 1_000
+
+  @doc false
+  def init(req, state), do: {:ok, handle(req), state}
+
+  defp handle(%{method: "POST"} = req) do
+    limit = Request.max_body_bytes()
+
+    cond do
+      Status.draining?() ->
+        reply(req, 503, Reply.error(:overloaded, "this node is draining; retry on another"))
+
+      (:cowboy_req.body_length(req) || 0) > limit ->
+        too_large(req, limit)
+
+      true ->
+        case :cowboy_req.read_body(req, %{length: limit + 1, period: 10_000}) do
+          {:ok, body, req} -> infer(req, body)
+          {:more, _partial, req} -> too_large(req, limit)
+        end
+    end
+  end
+
+  defp handle(req) do
+    body = Reply.error(:malformed_request, "use POST with a JSON body")
+    :cowboy_req.reply(405, %{"allow" => "POST", "content-type" => "application/json"}, body, req)
+  end
+
+  defp too_large(req, limit),
+    do: reply(req, 413, Reply.error(:too_large, "the body is above the limit of #{limit} bytes"))
+
+  defp infer(req, body) do
+    ref = make_ref()
+    deadline = deadline(:cowboy_req.header("x-deadline-ms", req, nil))
+
+    message = %Message{
+      payload: body,
+      reply_to: nil,
+      correlation_id: nil,
+      acknowledger: {:http, self(), ref},
+      redelivered: false,
+      received_at: System.monotonic_time(:microsecond),
+      deadline: deadline,
+      route: {:cowboy_req.binding(:model, req), :cowboy_req.binding(:op, req)}
+    }
+
+    InFlight.add_http(1)
+
+    try do
+      :ok = Processor.handle_message(message, "")
+
+      receive do
+        {^ref, body, label} -> reply(req, status(label), body)
+      after
+        wait_ms(deadline) ->
+          reply(req, 504, Reply.error(:deadline_exceeded, "no result in time"))
+      end
+    after
+      InFlight.add_http(-1)
+    end
+  end
+
+  # The header as AMQP carries it: a whole number, or what the client sent (refused).
+  defp deadline(nil), do: nil
+
+  defp deadline(text) do
+    case Integer.parse(text) do
+      {ms, ""} -> ms
+      _ -> text
+    end
+  end
+
+  defp wait_ms(deadline) when is_integer(deadline),
+    do: max(deadline - System.os_time(:millisecond), 0) + @grace_ms
+
+  defp wait_ms(_none), do: @wait_ms
+
+  @doc """
+  The HTTP status of a reply's label (a wire error code, or `:ok`).
+
+      iex> ServeEx.HTTP.Inference.status(:unknown_model)
+      404
+  """
+  @spec status(atom()) :: 100..599
+  def status(:ok), do: 200
+
+  def status(code) when code in [:malformed_request, :unsupported_version, :invalid_argument],
+    do: 400
+
+  def status(code) when code in [:unknown_model, :unknown_op], do: 404
+  def status(:too_large), do: 413
+  def status(:overloaded), do: 429
+  def status(:deadline_exceeded), do: 504
+  def status(_internal), do: 500
+
+  defp reply(req, 200, {:f32, {rows, cols}, fields, data}) do
+    headers = %{
+      "content-type" => "application/octet-stream",
+      "x-dtype" => "f32",
+      "x-shape" => "#{rows},#{cols}",
+      "x-fields" => Enum.join(fields, ",")
+    }
+
+    :cowboy_req.reply(200, headers, data, req)
+  end
+
+  defp reply(req, status, json) do
+    headers = %{"content-type" => "application/json"}
+    headers = if status == 429, do: Map.put(headers, "retry-after", "1"), else: headers
+    :cowboy_req.reply(status, headers, json, req)
+  end
+end
