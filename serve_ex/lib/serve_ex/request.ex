@@ -63,7 +63,7 @@ defmodule ServeEx.Request do
   queued request without `model` and `op`, which the path gives (`v` may be left out).
 
       iex> ServeEx.Request.parse_http(~s({"n": 1, "model": "wgan"}), "vae", "generate", fn _ -> :error end)
-      {:error, :malformed_request, "the model and the op are in the URL path; leave \"model\" and \"op\" out of the body"}
+      {:error, :malformed_request, "the model and the op are in the URL path; leave \\"model\\" and \\"op\\" out of the body"}
   """
   @spec parse_http(binary(), String.t(), String.t(), lookup()) ::
           {:ok, t()} | {:error, code(), String.t()}
