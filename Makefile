@@ -24,7 +24,7 @@ RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness gpu-check
+        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness gpu-check wrk
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -131,9 +131,13 @@ quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, 
 bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch at 1, 2 and all cores [ARGS="--threads 1 8" or "--quick"]
 	$(PY) infer_rs/bench/vs_torch.py --artifacts artifacts $(ARGS)
 
-bench-service: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_ex vs a no-op responder vs pika+torch (about 2 minutes)
+wrk:  ## install the HTTP load tool wrk (Debian's package) if it is missing
+	@command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+
+bench-service: elixir broker wrk $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_ex vs a no-op responder vs pika+torch, and its HTTP endpoint vs FastAPI (about 4 minutes)
 	$(MIX) compile
 	PYTHONPATH=. $(PY) serve_ex/bench/vs_broker.py --models artifacts
+	PYTHONPATH=. $(PY) serve_ex/bench/http_vs_fastapi.py --models artifacts
 
 bench-fairness: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## how long short requests wait behind the largest GPT requests
 	$(MIX) compile

@@ -17,7 +17,7 @@ defmodule ServeEx.Config do
   | `MODEL_POLL_MS` | `2000` | how often the model directory is looked at for new or changed files (hot swap); 0 turns polling off (SIGHUP still reloads) |
   | `MAX_QUEUED_ROWS` | `8 * BATCH_SIZE` | rows one model may have waiting or computing; past it a request gets `overloaded` at once (`ServeEx.Admission`) |
   | `DRAIN_TIMEOUT_MS` | `10000` | on SIGTERM or `ServeEx.stop/0`, how long in-flight work may take to finish before it is requeued |
-  | `HTTP_IP` | `127.0.0.1` | address of the health and metrics endpoint |
+  | `HTTP_IP` | `127.0.0.1` | address of the HTTP endpoint (inference, health, metrics) |
   | `HTTP_PORT` | `9090` | its port |
   """
 
