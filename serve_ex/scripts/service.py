@@ -138,7 +138,11 @@ class Service:
         self.sigterm(timeout=15)
 
     def __enter__(self) -> Service:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()  # a node that never became ready is stopped, not left behind
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
 from kill_and_recover import Load  # noqa: E402
 from service import Service  # noqa: E402
 

@@ -7,6 +7,7 @@ files and seeds.
 
 import json
 import random
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -131,6 +132,27 @@ def test_http_deadlines_and_methods(service):
     with pytest.raises(urllib.error.HTTPError) as get:
         urllib.request.urlopen(f"{base}/v1/models/vae/generate", timeout=10)
     assert get.value.code == 405 and get.value.headers["allow"] == "POST"
+
+
+def test_the_client_survives_a_dropped_connection(service):
+    """The broker closes the client's connection with a request unanswered (its reply, if
+    any, dies with the exclusive reply queue): the client reconnects, declares a new
+    reply queue, publishes the request again and gets its answer."""
+    name = f"e2e-reconnect-{uuid.uuid4().hex[:6]}"
+    with Client(queue=service.env["REQUEST_QUEUE"], name=name) as client:
+        request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 20}
+        cid = client.send(request)
+        listing = subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        pid = next(line.split("\t")[0] for line in listing.splitlines() if name in line)
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: dropped on purpose"], check=True)
+        reply = client.wait(cid, timeout=60)
+        assert reply["ok"] is True and client.reconnects == 1
+        assert client.call({"v": 1, "model": "vae", "op": "generate", "n": 1})["ok"] is True
 
 
 def test_the_gpt_small_preset_is_served(client, trained):

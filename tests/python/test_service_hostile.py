@@ -17,7 +17,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "serve_ex" / "scripts"))
-sys.path.insert(0, str(REPO / "serve_ex" / "client"))
 from serve_client import Client, tensor  # noqa: E402
 from service import Service  # noqa: E402
 

@@ -20,7 +20,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "serve_ex" / "scripts"))
-sys.path.insert(0, str(REPO / "serve_ex" / "client"))
 from serve_client import Client, tensor  # noqa: E402
 from service import Service, free_port, http_json  # noqa: E402
 from two_nodes import DRAIN_TIMEOUT_S, stop_one_under_load  # noqa: E402

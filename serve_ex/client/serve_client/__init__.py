@@ -1,0 +1,27 @@
+"""Python client of the serve_ex model service. It needs numpy and pika only.
+
+    from serve_client import Client, tensor
+    with Client() as client:
+        images = tensor(client.call({"v": 1, "model": "vae", "op": "generate", "n": 16}))
+
+`Client` talks AMQP (publisher confirms, replies acked once recorded, reconnects with
+backoff); `http_call` talks to the HTTP endpoint. Both decode JSON and binary replies
+into the same dict, and `tensor` / `text` take the values out of it.
+"""
+
+from serve_client.amqp import DEFAULT_QUEUE, DEFAULT_URL, Client
+from serve_client.http import http_call
+from serve_client.png import save_grid
+from serve_client.replies import ServeError, parse_body, tensor, text
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "DEFAULT_URL",
+    "Client",
+    "ServeError",
+    "http_call",
+    "parse_body",
+    "save_grid",
+    "tensor",
+    "text",
+]

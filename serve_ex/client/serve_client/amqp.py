@@ -1,0 +1,154 @@
+"""The service over RabbitMQ: publish a request, await its reply by correlation id."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+import pika
+import pika.exceptions as amqp_errors
+
+from serve_client.replies import ServeError, parse_body
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+DEFAULT_QUEUE = "serve_ex.requests"
+# What a dropped connection or channel raises; the client reconnects on these.
+DROPPED = (
+    amqp_errors.AMQPConnectionError,
+    amqp_errors.ConnectionWrongStateError,
+    amqp_errors.ChannelWrongStateError,
+    amqp_errors.ChannelClosed,
+)
+
+
+class Client:
+    """One connection with an exclusive reply queue; requests may overlap.
+
+    - Requests go out with publisher confirms and `mandatory`: one the broker refuses or
+      cannot route raises ServeError at once instead of vanishing.
+    - Replies are acked after they are recorded, never before.
+    - A dropped connection is reopened with exponential backoff (`reconnect_tries`
+      times, 0.1 s doubling to 2 s); a new reply queue is declared and every request
+      still awaiting its reply is published again. The service may then answer one of
+      them twice: `wait` returns the first, `replies` keeps every one.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        queue: str = DEFAULT_QUEUE,
+        on_reply: Callable[[str, dict], None] | None = None,
+        reconnect_tries: int = 6,
+        name: str = "serve_client",
+    ) -> None:
+        """`on_reply(correlation_id, reply)` is called for every reply, duplicates included;
+        `name` is the connection name the broker shows."""
+        self.url, self.queue, self.on_reply, self.name = url, queue, on_reply, name
+        self.reconnect_tries = reconnect_tries
+        self.replies: dict[str, list[dict]] = {}
+        # the x-model-version header of each reply: which file version computed it
+        self.versions: dict[str, list[str | None]] = {}
+        self.outstanding: dict[str, bytes] = {}  # published, no reply yet
+        self.reconnects = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        params = pika.URLParameters(self.url)
+        params.client_properties = {"connection_name": self.name}
+        self.connection = pika.BlockingConnection(params)
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+        self.reply_queue = self.channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        self.channel.basic_consume(self.reply_queue, self._on_reply)
+
+    def _reconnect(self, error: Exception) -> None:
+        delay = 0.1
+        for _ in range(self.reconnect_tries):
+            time.sleep(delay)
+            try:
+                self._connect()
+            except DROPPED:
+                delay = min(2 * delay, 2.0)
+                continue
+            self.reconnects += 1
+            for cid, body in list(self.outstanding.items()):
+                self._publish(body, cid)
+            return
+        message = f"lost the broker at {self.url} ({error!r}); {self.reconnect_tries} reconnects failed"
+        raise ServeError("disconnected", message)
+
+    def _on_reply(self, channel, method, props, body: bytes) -> None:
+        headers = props.headers or {}
+        try:
+            shape, fields = headers.get("x-shape"), headers.get("x-fields")
+            reply = parse_body(props.content_type, body, shape, fields, headers.get("x-dtype"))
+        except (ServeError, ValueError) as err:
+            reply = {"v": 1, "ok": False, "error": {"code": "bad_reply", "message": str(err)}}
+        cid = props.correlation_id
+        self.replies.setdefault(cid, []).append(reply)
+        self.versions.setdefault(cid, []).append(headers.get("x-model-version"))
+        self.outstanding.pop(cid, None)
+        channel.basic_ack(method.delivery_tag)
+        if self.on_reply:
+            self.on_reply(cid, reply)
+
+    def _publish(self, body: bytes, correlation_id: str) -> None:
+        props = pika.BasicProperties(
+            reply_to=self.reply_queue,
+            correlation_id=correlation_id,
+            content_type="application/json",
+            delivery_mode=2,
+        )
+        try:
+            self.channel.basic_publish("", self.queue, body, props, mandatory=True)
+        except amqp_errors.UnroutableError:
+            self.outstanding.pop(correlation_id, None)
+            message = f"no queue {self.queue!r} took the request; is the service up?"
+            raise ServeError("unroutable", message) from None
+        except amqp_errors.NackError:
+            self.outstanding.pop(correlation_id, None)
+            raise ServeError("refused", f"the broker refused the request to {self.queue!r}") from None
+
+    def send(self, request: dict | bytes, correlation_id: str | None = None) -> str:
+        """Publish a request (a dict, or raw bytes sent as they are) once the broker has
+        confirmed it; returns its correlation id."""
+        correlation_id = correlation_id or uuid.uuid4().hex
+        body = request if isinstance(request, bytes) else json.dumps(request).encode()
+        self.outstanding[correlation_id] = body
+        try:
+            self._publish(body, correlation_id)
+        except DROPPED as err:
+            self._reconnect(err)  # publishes it again with the rest
+        return correlation_id
+
+    def poll(self, seconds: float = 0.0) -> None:
+        """Take in the replies that arrive within `seconds`."""
+        try:
+            self.connection.process_data_events(time_limit=seconds)
+        except DROPPED as err:
+            self._reconnect(err)
+
+    def wait(self, correlation_id: str, timeout: float = 30.0) -> dict:
+        """The first reply to `correlation_id` (later duplicates are ignored)."""
+        deadline = time.monotonic() + timeout
+        while correlation_id not in self.replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServeError("timeout", f"no reply to {correlation_id} within {timeout} s")
+            self.poll(min(left, 0.05))
+        return self.replies[correlation_id][0]
+
+    def call(self, request: dict | bytes, timeout: float = 30.0) -> dict:
+        return self.wait(self.send(request), timeout)
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,51 @@
+"""Replies as dicts: a JSON body as it is; a binary one (a request's `"encoding": "f32"`)
+as the same dict a JSON tensor reply gives, with float32 arrays in place of base64."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+
+BINARY = "application/octet-stream"
+
+
+class ServeError(Exception):
+    """An error reply, no reply in time, or a broken reply; the message says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def parse_body(content_type: str | None, body: bytes, shape, fields, dtype: str | None) -> dict:
+    """The reply dict of a body. For a binary body, `shape` is [rows, cols] and `fields`
+    the names of the tensors it holds back to back (the x-shape and x-fields headers)."""
+    if content_type != BINARY:
+        return json.loads(body)
+    rows, cols = (int(v) for v in shape)
+    values = np.frombuffer(body, dtype="<f4")
+    if dtype != "f32" or values.size != len(fields) * rows * cols:
+        raise ServeError("bad_reply", f"{len(body)} bytes do not hold {fields} of shape {rows}x{cols} f32")
+    tensors = dict(zip(fields, values.reshape(len(fields), rows, cols), strict=True))
+    return {"v": 1, "ok": True, "shape": [rows, cols], "dtype": "f32", **tensors}
+
+
+def tensor(reply: dict, key: str = "data") -> np.ndarray:
+    """The float32 array of a tensor reply, JSON or binary; ServeError for an error reply."""
+    check(reply)
+    if isinstance(reply[key], np.ndarray):
+        return reply[key]
+    return np.frombuffer(base64.b64decode(reply[key]), dtype="<f4").reshape(reply["shape"])
+
+
+def text(reply: dict) -> str:
+    """The text of a generate_text reply; ServeError for an error reply."""
+    check(reply)
+    return reply["text"]
+
+
+def check(reply: dict) -> None:
+    if not reply.get("ok"):
+        raise ServeError(reply["error"]["code"], reply["error"]["message"])
