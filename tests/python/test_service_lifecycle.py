@@ -55,7 +55,7 @@ def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained,
         )
     try:
         wait_for(lambda: http_json(port, "/readyz").get("ready"), 300, f"readiness; see {log}")
-        assert http_json(port, "/readyz")["models"] == ["gpt", "vae", "wgan"]
+        assert http_json(port, "/readyz")["models"] == ["gpt", "gpt-small", "vae", "wgan"]
         with Client(queue=queue) as client:
             reply = client.call({"v": 1, "model": "vae", "op": "generate", "n": 2, "seed": 1})
         assert tensor(reply).shape == (2, 784)
