@@ -58,7 +58,7 @@ defmodule ServeEx.EngineTest do
       for key <- ["greedy_within_block.ids", "greedy_past_block.ids"] do
         {_, ids} = v[key]
         new = length(ids) - length(prompt_ids)
-        assert [{:ok, text}] = Engine.generate_text_batch(gpt, [{prompt, new, 0.0, 0, 0, 0}])
+        assert [{:ok, text}] = Engine.generate_text_batch(gpt, [Engine.text_request(prompt, new)])
         assert text == decode.(ids), "#{name} #{key}"
       end
     end
@@ -117,17 +117,39 @@ defmodule ServeEx.EngineTest do
 
     assert [{:error, {:deadline_exceeded, message}}, {:ok, text}] =
              Engine.generate_text_batch(gpt, [
-               {"hi", 5, 0.0, 0, 0, past},
-               {"hi", 5, 0.0, 0, 0, ahead}
+               Engine.text_request("hi", 5, deadline_ms: past),
+               Engine.text_request("hi", 5, deadline_ms: ahead)
              ])
 
     assert message =~ "stopped after 0 new tokens: the deadline passed"
     assert String.length(text) == 7
   end
 
+  test "a streamed generation sends its text in chunks that add up to the whole" do
+    gpt = model("gpt_tiny")
+    tag = make_ref()
+    plain = Engine.text_request("hi", 21, temperature: 0.9, seed: 4)
+
+    [{:ok, whole}, {:ok, streamed}] =
+      Engine.generate_text_batch(gpt, [plain, %{plain | stream: {self(), tag}}])
+
+    chunks = collect_chunks(tag, [])
+    # 21 new tokens: two chunks of 8, then the last 5 before the call returns
+    assert Enum.map(chunks, &String.length/1) == [8, 8, 5]
+    assert streamed == whole and "hi" <> Enum.join(chunks) == whole
+  end
+
+  defp collect_chunks(tag, acc) do
+    receive do
+      {:stream_chunk, ^tag, text} -> collect_chunks(tag, [text | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
+
   test "generations whose callers were killed stop and free the dirty schedulers" do
     {:ok, gpt} = Engine.load(Path.join(Paths.service_models(), "gpt.safetensors"), "gpt")
-    long = {"A", 1024, 0.0, 0, 0, 0}
+    long = Engine.text_request("A", 1024)
     {full_us, [{:ok, _}]} = :timer.tc(fn -> Engine.generate_text_batch(gpt, [long]) end)
     # as many orphans as there are dirty CPU schedulers: if they ran on, a new call
     # would wait for one of them to finish
@@ -137,7 +159,7 @@ defmodule ServeEx.EngineTest do
 
     Process.sleep(div(full_us, 20_000))
     Enum.each(callers, &Process.exit(&1, :kill))
-    short = {"A", 1, 0.0, 0, 0, 0}
+    short = Engine.text_request("A", 1)
     {short_us, [{:ok, _}]} = :timer.tc(fn -> Engine.generate_text_batch(gpt, [short]) end)
 
     assert short_us < full_us / 4,

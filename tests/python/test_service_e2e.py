@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -25,6 +26,9 @@ import kill_and_recover  # noqa: E402
 from serve_client import Client, http_call, tensor  # noqa: E402
 from service import Service  # noqa: E402
 
+REPLY_SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "shared_schema/wire/reply.schema.json").read_text()
+)
 EXAMPLES = json.loads(
     (Path(__file__).resolve().parents[2] / "shared_schema/examples/requests.json").read_text()
 )
@@ -214,3 +218,75 @@ def test_kill_and_recover_loses_nothing(trained, tmp_path):
     assert [k["what"].split()[0] for k in report.kills] == ["producer", "vae", "BEAM", "BEAM"]
     assert report.kills[-1]["exit_status"] == 0
     assert report.sent >= 600 and report.lost == 0 and report.wrong == 0
+
+
+STREAM = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "ROMEO:", "temperature": 0.8, "top_k": 20}
+
+
+def test_a_stream_reassembles_to_the_unstreamed_text(client, trained):
+    """Frames come in sequence, each valid against the reply schema, 8 tokens a chunk,
+    and their text is the text of the same request unstreamed."""
+    request = {**STREAM, "max_new_tokens": 44, "seed": 9}
+    frames = list(client.stream(request))
+    for frame in frames:
+        jsonschema.validate(frame, REPLY_SCHEMA)
+    assert [f["seq"] for f in frames] == list(range(len(frames))) and frames[-1] == {
+        "v": 1,
+        "ok": True,
+        "seq": len(frames) - 1,
+        "done": True,
+    }
+    assert [len(f["delta"]) for f in frames[:-1]] == [8, 8, 8, 8, 8, 4]
+    whole = client.call(request)["text"]
+    assert request["prompt"] + "".join(f["delta"] for f in frames[:-1]) == whole
+    direct = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 44, temperature=0.8, top_k=20, seed=9)
+    assert whole == direct
+
+
+def test_an_http_stream_is_server_sent_events_of_the_same_frames(service, client):
+    request = {**STREAM, "max_new_tokens": 30, "seed": 2}
+    body = json.dumps({k: v for k, v in request.items() if k not in ("model", "op")} | {"stream": True})
+    post = urllib.request.Request(
+        f"http://127.0.0.1:{service.port}/v1/models/gpt/generate_text",
+        data=body.encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(post, timeout=30) as r:
+        assert r.headers["content-type"] == "text/event-stream"
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    frames = []
+    for i, event in enumerate(events):
+        lines = dict(line.split(": ", 1) for line in event.splitlines())
+        assert lines["id"] == str(i) and lines["event"] == ("done" if i == len(events) - 1 else "chunk")
+        frames.append(json.loads(lines["data"]))
+    assert frames[-1]["done"] is True and frames[-1]["ok"] is True
+    text = request["prompt"] + "".join(f["delta"] for f in frames[:-1])
+    assert text == client.call(request)["text"]
+
+
+def test_a_stream_cut_by_a_killed_node_completes_after_redelivery(trained, tmp_path):
+    """SIGKILL of the node mid-stream: the request goes back to the queue, a new node
+    streams it again from the start (the same frames: the seed comes from the
+    correlation id), and the client, dropping the frames it has seen, ends with the
+    whole text."""
+    queue = f"serve_ex.stream.{uuid.uuid4().hex[:8]}"
+    models = trained["vae"].parent
+    request = {**STREAM, "max_new_tokens": 1024}  # no seed: derived from the correlation id
+    first = Service(models, queue, tmp_path / "first.log")
+    with first, Client(queue=queue) as client:
+        frames, restarted = [], None
+        for frame in client.stream(request, timeout=300):
+            frames.append(frame)
+            if frame["seq"] == 2 and restarted is None:
+                first.sigkill()
+                restarted = Service(models, queue, tmp_path / "second.log")
+                restarted.start()
+        cid = next(iter(client.replies))
+        received = client.replies[cid]
+    try:
+        assert [f["seq"] for f in frames] == list(range(len(frames))) and frames[-1]["done"]
+        # the second node sent the first frames again; the client dropped them
+        assert len(received) > len(frames)
+        assert sum(len(f.get("delta", "")) for f in frames) == 1024
+    finally:
+        restarted.stop()

@@ -323,15 +323,16 @@ impl Gpt {
         self.generate_watched(prompt, max_new_tokens, sampling, &|_| None)
     }
 
-    /// `generate`, asking `watch(tokens so far)` before each new token whether to stop:
-    /// a `Some(reason)` ends the call with `InferError::Stopped`. A service uses it to
-    /// drop work whose deadline passed or whose caller is gone, between two tokens.
+    /// `generate`, asking `watch(the new ids so far)` before each new token whether to
+    /// stop: a `Some(reason)` ends the call with `InferError::Stopped`. A service uses it
+    /// to drop work whose deadline passed or whose caller is gone, between two tokens,
+    /// and to stream the tokens out as they come.
     pub fn generate_watched(
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
         sampling: Sampling,
-        watch: &dyn Fn(usize) -> Option<StopReason>,
+        watch: &dyn Fn(&[u32]) -> Option<StopReason>,
     ) -> Result<Vec<u32>> {
         self.check_ids(prompt)?;
         check_sampling(max_new_tokens, sampling, self.vocab.len())?;
@@ -340,7 +341,7 @@ impl Gpt {
         let mut cache = self.empty_cache();
         let c = self.cfg.n_embd;
         for tokens in 0..max_new_tokens {
-            if let Some(reason) = watch(tokens) {
+            if let Some(reason) = watch(&ids[prompt.len()..]) {
                 return Err(InferError::Stopped { tokens, reason });
             }
             let hidden = if ids.len() <= self.cfg.block_size && !cache.is_empty() {
@@ -373,7 +374,7 @@ impl Gpt {
         prompt: &str,
         max_new_tokens: usize,
         sampling: Sampling,
-        watch: &dyn Fn(usize) -> Option<StopReason>,
+        watch: &dyn Fn(&[u32]) -> Option<StopReason>,
     ) -> Result<String> {
         let chars = prompt.chars().count();
         if chars > MAX_PROMPT_CHARS {

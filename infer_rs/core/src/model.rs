@@ -141,10 +141,18 @@ impl Model {
         prompt: &str,
         max_new_tokens: usize,
         sampling: Sampling,
-        watch: &dyn Fn(usize) -> Option<crate::StopReason>,
+        watch: &dyn Fn(&[u32]) -> Option<crate::StopReason>,
     ) -> Result<String> {
         match self {
             Self::Gpt(m) => m.generate_text_watched(prompt, max_new_tokens, sampling, watch),
+            _ => self.unavailable("generate_text"),
+        }
+    }
+
+    /// The text of token ids (one character each: the vocabulary is a string).
+    pub fn decode_tokens(&self, ids: &[u32]) -> Result<String> {
+        match self {
+            Self::Gpt(m) => Ok(m.decode(ids)),
             _ => self.unavailable("generate_text"),
         }
     }

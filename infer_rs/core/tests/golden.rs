@@ -289,7 +289,7 @@ fn a_watched_generation_stops_between_tokens_when_told() {
         panic!("gpt_tiny is not a GPT")
     };
     let prompt = gpt.encode("hi").unwrap();
-    let stop_at_three = |tokens: usize| (tokens == 3).then_some(infer_core::StopReason::Deadline);
+    let stop_at_three = |new: &[u32]| (new.len() == 3).then_some(infer_core::StopReason::Deadline);
     let err = gpt
         .generate_watched(&prompt, 10, Sampling::greedy(), &stop_at_three)
         .unwrap_err();

@@ -9,7 +9,7 @@
 use base64::Engine as _;
 use infer_core::batch::merge_errors;
 use infer_core::{InferError, Matrix, Model, Rows, Sampling, StopReason};
-use rustler::{Atom, Binary, Env, NifUnitEnum, OwnedBinary, ResourceArc};
+use rustler::{Atom, Binary, Env, LocalPid, NifMap, NifUnitEnum, OwnedBinary, ResourceArc, Term};
 use std::panic::AssertUnwindSafe;
 
 mod atoms {
@@ -20,6 +20,7 @@ mod atoms {
         bad_model,
         internal,
         deadline_exceeded,
+        stream_chunk,
         vae,
         wgan,
         gpt,
@@ -195,31 +196,72 @@ fn stop_reason(env: Env, deadline_ms: u64) -> Option<StopReason> {
     (deadline_ms > 0 && now_ms >= u128::from(deadline_ms)).then_some(StopReason::Deadline)
 }
 
-/// One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed,
-/// deadline_ms (0 = none)}`; each generation checks its deadline and its caller's
-/// liveness between tokens.
+/// A text generation request, an Elixir map with these keys.
+#[derive(NifMap)]
+struct TextRequest<'a> {
+    prompt: String,
+    max_new_tokens: usize,
+    temperature: f64,
+    /// `nil`: sample from the whole vocabulary.
+    top_k: Option<usize>,
+    seed: u64,
+    /// Unix ms after which the generation stops; `nil`: none.
+    deadline_ms: Option<u64>,
+    /// `{pid, tag}`: the new text goes to pid as `{:stream_chunk, tag, text}` messages
+    /// while it is generated, every `STREAM_TOKENS` tokens and the rest at the end;
+    /// `nil`: no streaming.
+    stream: Option<(LocalPid, Term<'a>)>,
+}
+
+/// New tokens per streamed chunk.
+const STREAM_TOKENS: usize = 8;
+
+/// One text per request; each generation checks its deadline and its caller's
+/// liveness between tokens, and a streamed one sends its chunks as it goes.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn model_generate_text_batch(
-    env: Env,
+fn model_generate_text_batch<'a>(
+    env: Env<'a>,
     resource: ResourceArc<ModelResource>,
-    requests: Vec<(String, usize, f64, usize, u64, u64)>,
+    requests: Vec<TextRequest<'a>>,
 ) -> Vec<Result<String, Reason>> {
     requests
         .iter()
-        .map(
-            |(prompt, max_new_tokens, temperature, top_k, seed, deadline_ms)| {
-                let sampling = Sampling {
-                    temperature: *temperature as f32,
-                    top_k: (*top_k > 0).then_some(*top_k),
-                    seed: *seed,
-                };
-                let watch = |_tokens| stop_reason(env, *deadline_ms);
-                resource
-                    .model
-                    .generate_text_watched(prompt, *max_new_tokens, sampling, &watch)
-                    .map_err(reason)
-            },
-        )
+        .map(|r| {
+            let sampling = Sampling {
+                temperature: r.temperature as f32,
+                top_k: r.top_k,
+                seed: r.seed,
+            };
+            let sent = std::cell::Cell::new(0usize); // new tokens streamed so far
+            let send = |text: String| {
+                if let Some((pid, tag)) = &r.stream {
+                    // a gone receiver is the liveness check's business, not this one's
+                    let _ = env.send(pid, (atoms::stream_chunk(), *tag, text));
+                }
+            };
+            let watch = |new: &[u32]| {
+                if r.stream.is_some() && new.len() >= sent.get() + STREAM_TOKENS {
+                    send(
+                        resource
+                            .model
+                            .decode_tokens(&new[sent.get()..])
+                            .unwrap_or_default(),
+                    );
+                    sent.set(new.len());
+                }
+                stop_reason(env, r.deadline_ms.unwrap_or(0))
+            };
+            let text = resource
+                .model
+                .generate_text_watched(&r.prompt, r.max_new_tokens, sampling, &watch)
+                .map_err(reason)?;
+            // the tokens after the last chunk: one character each past the prompt's
+            let streamed = r.prompt.chars().count() + sent.get();
+            if r.stream.is_some() {
+                send(text.chars().skip(streamed).collect());
+            }
+            Ok(text)
+        })
         .collect()
 }
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pika
 import pika.exceptions as amqp_errors
 
-from serve_client.replies import ServeError, parse_body
+from serve_client.replies import ServeError, check, parse_body
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_QUEUE = "serve_ex.requests"
@@ -50,7 +50,8 @@ class Client:
         self.replies: dict[str, list[dict]] = {}
         # the x-model-version header of each reply: which file version computed it
         self.versions: dict[str, list[str | None]] = {}
-        self.outstanding: dict[str, bytes] = {}  # published, no reply yet
+        self.outstanding: dict[str, bytes] = {}  # published, no (last) reply yet
+        self._sequence: dict[str, int] = {}  # each stream's next frame to yield
         self.reconnects = 0
         self._connect()
 
@@ -89,7 +90,8 @@ class Client:
         cid = props.correlation_id
         self.replies.setdefault(cid, []).append(reply)
         self.versions.setdefault(cid, []).append(headers.get("x-model-version"))
-        self.outstanding.pop(cid, None)
+        if "seq" not in reply or reply.get("done"):  # a stream is answered by its last frame
+            self.outstanding.pop(cid, None)
         channel.basic_ack(method.delivery_tag)
         if self.on_reply:
             self.on_reply(cid, reply)
@@ -142,6 +144,41 @@ class Client:
 
     def call(self, request: dict | bytes, timeout: float = 30.0) -> dict:
         return self.wait(self.send(request), timeout)
+
+    def stream(self, request: dict, timeout: float = 60.0) -> Iterator[dict]:
+        """Send a streamed generate_text request (`"stream": true` is added) and yield
+        its frames in sequence order, each once: a frame seen again (a stream restarted
+        after a redelivery repeats its frames) is dropped. Ends after the frame with
+        `done`; an error frame, or an error reply before any frame, raises ServeError."""
+        cid = self.send({**request, "stream": True})
+        deadline = time.monotonic() + timeout
+        seen, frames = 0, {}
+        while True:
+            for reply in self.replies.get(cid, [])[seen:]:
+                if "seq" not in reply:
+                    check(reply)  # an error before the stream began
+                if reply["seq"] >= self._next(cid):  # not yielded yet
+                    frames.setdefault(reply["seq"], reply)
+            seen = len(self.replies.get(cid, []))
+            while frames and min(frames) == self._next(cid):
+                frame = frames.pop(min(frames))
+                self._sequence[cid] = frame["seq"] + 1
+                check(frame)
+                yield frame
+                if frame.get("done"):
+                    return
+            if time.monotonic() > deadline:
+                raise ServeError("timeout", f"stream {cid} did not finish within {timeout} s")
+            self.poll(0.05)
+
+    def stream_text(self, request: dict, timeout: float = 60.0) -> Iterator[str]:
+        """The new text of a streamed generate_text request, chunk by chunk."""
+        for frame in self.stream(request, timeout):
+            if "delta" in frame:
+                yield frame["delta"]
+
+    def _next(self, cid: str) -> int:
+        return self._sequence.setdefault(cid, 0)
 
     def close(self) -> None:
         if self.connection.is_open:

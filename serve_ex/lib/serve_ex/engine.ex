@@ -58,17 +58,42 @@ defmodule ServeEx.Engine do
           [{:ok, {tensor(), tensor()}} | {:error, reason()}]
   def encode_batch(%__MODULE__{ref: ref}, inputs), do: Native.model_encode_batch(ref, inputs)
 
-  @doc """
-  One text per `{prompt, max_new_tokens, temperature, top_k (0 = all), seed,
-  deadline_ms (Unix ms, 0 = none)}`. Each generation stops between tokens when its
-  deadline passes (`{:error, {:deadline_exceeded, _}}`) or when the calling process
-  has been killed (nobody would read the result).
+  @typedoc """
+  A text request: `top_k` nil samples from the whole vocabulary; `deadline_ms` is Unix
+  ms or nil; `stream`, if `{pid, tag}`, makes the engine send the new text to pid as
+  `{:stream_chunk, tag, text}` messages while it generates (every 8 tokens, and the
+  rest just before it returns).
   """
-  @spec generate_text_batch(t(), [
-          {String.t(), pos_integer(), float(), non_neg_integer(), non_neg_integer(),
-           non_neg_integer()}
-        ]) ::
-          [{:ok, String.t()} | {:error, reason()}]
+  @type text_request :: %{
+          prompt: String.t(),
+          max_new_tokens: pos_integer(),
+          temperature: float(),
+          top_k: pos_integer() | nil,
+          seed: non_neg_integer(),
+          deadline_ms: non_neg_integer() | nil,
+          stream: {pid(), term()} | nil
+        }
+
+  @doc """
+  A text request with these defaults: greedy, whole vocabulary, seed 0, no deadline,
+  no streaming.
+  """
+  @spec text_request(String.t(), pos_integer(), keyword()) :: text_request()
+  def text_request(prompt, max_new_tokens, opts \\ []) do
+    defaults = [temperature: 0.0, top_k: nil, seed: 0, deadline_ms: nil, stream: nil]
+
+    Map.merge(
+      %{prompt: prompt, max_new_tokens: max_new_tokens},
+      Map.new(Keyword.validate!(opts, defaults))
+    )
+  end
+
+  @doc """
+  One text per request. Each generation stops between tokens when its deadline passes
+  (`{:error, {:deadline_exceeded, _}}`) or when the calling process has been killed
+  (nobody would read the result).
+  """
+  @spec generate_text_batch(t(), [text_request()]) :: [{:ok, String.t()} | {:error, reason()}]
   def generate_text_batch(%__MODULE__{ref: ref}, requests),
     do: Native.model_generate_text_batch(ref, requests)
 end

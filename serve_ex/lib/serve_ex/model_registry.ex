@@ -172,7 +172,7 @@ defmodule ServeEx.ModelRegistry do
   defp warm_up(%Engine{arch: :gpt} = model) do
     first = model.config["vocab"] |> String.first()
 
-    case Engine.generate_text_batch(model, [{first, 1, 0.0, 0, 0, 0}]) do
+    case Engine.generate_text_batch(model, [Engine.text_request(first, 1)]) do
       [{:ok, _}] -> :ok
       [error] -> error
     end

@@ -46,11 +46,15 @@ defmodule ServeEx.Reply do
   end
 
   @typedoc """
-  A reply body: JSON (iodata), or a binary reply of raw little-endian f32 tensors of
-  one shape, back to back in the order of `fields` (the publisher puts the shape and
-  the fields in AMQP headers).
+  A reply body: JSON (iodata); a binary reply of raw little-endian f32 tensors of one
+  shape, back to back in the order of `fields` (the publisher puts the shape and the
+  fields in AMQP headers); or the end of the stream `key`, which its publisher renders
+  with `stream_end/2` once it knows how many frames went before.
   """
-  @type body :: iodata() | {:f32, {non_neg_integer(), non_neg_integer()}, [String.t()], iodata()}
+  @type body ::
+          iodata()
+          | {:f32, {non_neg_integer(), non_neg_integer()}, [String.t()], iodata()}
+          | {:stream_end, reference(), {atom(), String.t()} | nil}
 
   @doc """
   A tensor reply: the shape and the tensor the engine produced, in the request's
@@ -86,6 +90,32 @@ defmodule ServeEx.Reply do
       Integer.to_string(cols),
       ~s(],"dtype":"f32",)
     ]
+  end
+
+  @doc """
+  A frame of a streamed text: the text generated since the previous frame.
+
+      iex> ServeEx.Reply.stream_chunk(0, "To be") |> :jsx.decode([:return_maps])
+      %{"v" => 1, "ok" => true, "seq" => 0, "delta" => "To be"}
+  """
+  @spec stream_chunk(non_neg_integer(), String.t()) :: binary()
+  def stream_chunk(seq, text),
+    do: encode(%{"v" => 1, "ok" => true, "seq" => seq, "delta" => text})
+
+  @doc """
+  The last frame of a stream: `done`, and the error if the generation failed.
+
+      iex> ServeEx.Reply.stream_end(3, nil) |> :jsx.decode([:return_maps])
+      %{"v" => 1, "ok" => true, "seq" => 3, "done" => true}
+      iex> ServeEx.Reply.stream_end(1, {:deadline_exceeded, "too late"}) |> :jsx.decode([:return_maps])
+      %{"v" => 1, "ok" => false, "seq" => 1, "done" => true, "error" => %{"code" => "deadline_exceeded", "message" => "too late"}}
+  """
+  @spec stream_end(non_neg_integer(), {atom(), String.t()} | nil) :: binary()
+  def stream_end(seq, nil), do: encode(%{"v" => 1, "ok" => true, "seq" => seq, "done" => true})
+
+  def stream_end(seq, {code, message}) do
+    error = %{"code" => Atom.to_string(code), "message" => bounded(message)}
+    encode(%{"v" => 1, "ok" => false, "seq" => seq, "done" => true, "error" => error})
   end
 
   @doc "A text reply."

@@ -28,7 +28,7 @@ defmodule ServeEx.Request do
     "generate" => ~w(n seed encoding),
     "decode" => ~w(z encoding),
     "encode" => ~w(x encoding),
-    "generate_text" => ~w(prompt max_new_tokens temperature top_k seed)
+    "generate_text" => ~w(prompt max_new_tokens temperature top_k seed stream)
   }
 
   @enforce_keys [:model, :op, :args, :rows]
@@ -217,18 +217,31 @@ defmodule ServeEx.Request do
          {:ok, max_new} <-
            integer(map, "max_new_tokens", :required, 1, @limits["max_new_tokens"]),
          {:ok, temperature} <- temperature(map),
-         {:ok, top_k} <- integer(map, "top_k", 0, 1, @limits["max_top_k"]),
-         {:ok, seed} <- seed(map) do
+         {:ok, top_k} <- integer(map, "top_k", nil, 1, @limits["max_top_k"]),
+         {:ok, stream} <- stream(map),
+         {:ok, seed} <- if(stream, do: stream_seed(map), else: seed(map)) do
       {:ok,
        %{
          prompt: prompt,
          max_new_tokens: max_new,
          temperature: temperature,
          top_k: top_k,
-         seed: seed
+         seed: seed,
+         stream: stream
        }, 1}
     end
   end
+
+  defp stream(map) do
+    case Map.get(map, "stream", false) do
+      flag when is_boolean(flag) -> {:ok, flag}
+      _ -> malformed(~s["stream" must be true or false])
+    end
+  end
+
+  # A stream restarted after a redelivery must produce the same frames, so without a
+  # given seed the batcher derives one from the request's correlation id (nil here).
+  defp stream_seed(map), do: integer(map, "seed", nil, 0, @limits["max_seed"])
 
   defp integer(map, key, default, min, max) do
     case Map.fetch(map, key) do

@@ -18,6 +18,10 @@ defmodule ServeEx.HTTP.Inference do
   | `deadline_exceeded` (`x-deadline-ms` header, as on AMQP) | 504 |
   | `internal` | 500 |
 
+  With `"stream": true`, a `generate_text` reply is a stream of server-sent events
+  (`text/event-stream`), one per frame: `event: chunk` frames with the new text, then
+  one `event: done` frame, `ok` or with the error (the same JSON as the AMQP frames).
+
   Error bodies are the wire's JSON error replies. With `"encoding": "f32"` a tensor
   reply is `application/octet-stream`: the raw little-endian f32 values, with headers
   `x-dtype: f32`, `x-shape: rows,cols` and `x-fields` (`data`, or `mu,logvar`).
@@ -81,7 +85,14 @@ defmodule ServeEx.HTTP.Inference do
       :ok = Processor.handle_message(message, "")
 
       receive do
-        {^ref, body, label} -> reply(req, status(label), body)
+        {:stream_chunk, ^ref, text} ->
+          stream(req, ref, text, wait_ms(deadline))
+
+        {^ref, {:stream_end, _key, error}, label} ->
+          reply(req, status(label), Reply.stream_end(0, error))
+
+        {^ref, body, label} ->
+          reply(req, status(label), body)
       after
         wait_ms(deadline) ->
           reply(req, 504, Reply.error(:deadline_exceeded, "no result in time"))
@@ -90,6 +101,35 @@ defmodule ServeEx.HTTP.Inference do
       InFlight.add_http(-1)
     end
   end
+
+  # A streamed generation as server-sent events, one per frame (the AMQP frames' JSON):
+  # `event: chunk` with the new text, then `event: done` (ok, or the error).
+  defp stream(req, ref, first, wait_ms) do
+    headers = %{"content-type" => "text/event-stream", "cache-control" => "no-cache"}
+    req = :cowboy_req.stream_reply(200, headers, req)
+    :cowboy_req.stream_body(event(0, "chunk", Reply.stream_chunk(0, first)), :nofin, req)
+    stream_rest(req, ref, 1, wait_ms)
+  end
+
+  defp stream_rest(req, ref, seq, wait_ms) do
+    receive do
+      {:stream_chunk, ^ref, text} ->
+        :cowboy_req.stream_body(event(seq, "chunk", Reply.stream_chunk(seq, text)), :nofin, req)
+        stream_rest(req, ref, seq + 1, wait_ms)
+
+      {^ref, {:stream_end, _key, error}, _label} ->
+        :cowboy_req.stream_body(event(seq, "done", Reply.stream_end(seq, error)), :fin, req)
+        req
+    after
+      wait_ms ->
+        late = Reply.stream_end(seq, {:deadline_exceeded, "no result in time"})
+        :cowboy_req.stream_body(event(seq, "done", late), :fin, req)
+        req
+    end
+  end
+
+  defp event(seq, name, json),
+    do: ["id: ", Integer.to_string(seq), "\nevent: ", name, "\ndata: ", json, "\n\n"]
 
   # The header as AMQP carries it: a whole number, or what the client sent (refused).
   defp deadline(nil), do: nil

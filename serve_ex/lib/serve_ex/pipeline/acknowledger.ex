@@ -70,7 +70,9 @@ defmodule ServeEx.Pipeline.Acknowledger do
        monitor: nil,
        waiting: [],
        pending: %{},
-       next_seqno: 1
+       next_seqno: 1,
+       # stream key => the sequence number of its next frame
+       streams: %{}
      }}
   end
 
@@ -116,6 +118,16 @@ defmodule ServeEx.Pipeline.Acknowledger do
      }}
   end
 
+  # A chunk of a streamed text, sent by the engine while it generates: published at
+  # once as the stream's next frame; it settles nothing.
+  def handle_info({:stream_chunk, {key, reply_to, correlation_id}, text}, state) do
+    seq = Map.get(state.streams, key, 0)
+    to = %{reply_to: reply_to, correlation_id: correlation_id, model_version: nil}
+    frame = %{message: to, body: Reply.stream_chunk(seq, text), label: :frame, settle: :none}
+    state = %{state | streams: Map.put(state.streams, key, seq + 1)}
+    {:noreply, publish(Map.merge(frame, %{attempts: 0, returned: false}), state)}
+  end
+
   def handle_info(message, state) do
     case AMQP.impl().classify(message) do
       {:confirm, seqno, multiple, verdict} ->
@@ -136,6 +148,12 @@ defmodule ServeEx.Pipeline.Acknowledger do
 
   # A reply is published now and its delivery settled when the broker confirms it;
   # confirms arrive asynchronously, so publishing never waits for them.
+  defp start_settling({message, {:publish, {:stream_end, key, error}, label}, settle}, state) do
+    {seq, streams} = Map.pop(state.streams, key, 0)
+    body = Reply.stream_end(seq, error)
+    start_settling({message, {:publish, body, label}, settle}, %{state | streams: streams})
+  end
+
   defp start_settling({message, {:publish, body, label}, settle}, state) do
     publish(
       %{message: message, body: body, label: label, settle: settle, attempts: 0, returned: false},
@@ -247,6 +265,9 @@ defmodule ServeEx.Pipeline.Acknowledger do
   end
 
   def decide_http({:dead, reason}), do: {Reply.error(:internal, reason), :internal}
+
+  # a stream's chunk frame (published for no delivery of its own): nothing to settle
+  defp finish(message, _settle, _label) when not is_map_key(message, :acknowledger), do: :ok
 
   defp finish(%{acknowledger: {impl, chan, tag}} = message, settle, label) do
     case settle do

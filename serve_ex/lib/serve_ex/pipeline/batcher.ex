@@ -168,48 +168,86 @@ defmodule ServeEx.Pipeline.Batcher do
   def handle_batch(model, messages) do
     messages
     |> Enum.group_by(& &1.request.op)
-    |> Enum.flat_map(fn {op, group} ->
-      Enum.zip(
-        group,
-        run(model, op, Enum.map(group, &Map.put(&1.request.args, :deadline, &1.deadline)))
-      )
-    end)
-    |> Enum.map(fn {message, result} -> {message, outcome(result, message.request)} end)
+    |> Enum.flat_map(fn {op, group} -> Enum.zip(group, run(model, op, group)) end)
+    |> Enum.map(fn {message, result} -> {message, outcome(result, message)} end)
   end
 
-  defp run(model, "generate", args),
-    do: Engine.generate_batch(model, Enum.map(args, &{&1.n, &1.seed, &1.encoding}))
-
-  defp run(model, "decode", args),
-    do: Engine.decode_batch(model, Enum.map(args, &f32_rows(&1.rows, &1.encoding)))
-
-  defp run(model, "encode", args),
-    do: Engine.encode_batch(model, Enum.map(args, &f32_rows(&1.rows, &1.encoding)))
-
-  defp run(model, "generate_text", args) do
-    Engine.generate_text_batch(
-      model,
-      Enum.map(
-        args,
-        &{&1.prompt, &1.max_new_tokens, &1.temperature, &1.top_k, &1.seed, &1.deadline || 0}
+  defp run(model, "generate", messages),
+    do:
+      Engine.generate_batch(
+        model,
+        Enum.map(messages, &{args(&1).n, args(&1).seed, args(&1).encoding})
       )
-    )
+
+  defp run(model, "decode", messages),
+    do:
+      Engine.decode_batch(model, Enum.map(messages, &f32_rows(args(&1).rows, args(&1).encoding)))
+
+  defp run(model, "encode", messages),
+    do:
+      Engine.encode_batch(model, Enum.map(messages, &f32_rows(args(&1).rows, args(&1).encoding)))
+
+  defp run(model, "generate_text", messages) do
+    requests =
+      for m <- messages, a = args(m) do
+        Engine.text_request(a.prompt, a.max_new_tokens,
+          temperature: a.temperature,
+          top_k: a.top_k,
+          seed: a.seed || stream_seed(m),
+          deadline_ms: m.deadline,
+          stream: if(a.stream, do: stream_target(m))
+        )
+      end
+
+    Engine.generate_text_batch(model, requests)
   end
+
+  defp args(message), do: message.request.args
+
+  # The same for every delivery of a request, so a stream restarted after a redelivery
+  # sends the same frames.
+  defp stream_seed(%{correlation_id: cid, payload: payload}) when is_binary(cid),
+    do: :erlang.phash2({cid, payload}, 4_294_967_296)
+
+  defp stream_seed(_message), do: :rand.uniform(4_294_967_296) - 1
+
+  # Where the engine sends a stream's chunks: the HTTP handler that waits for it, or the
+  # reply publisher, which numbers them and publishes each as a frame.
+  defp stream_target(%{acknowledger: {:http, pid, ref}}), do: {pid, ref}
+
+  defp stream_target(m),
+    do: {Process.whereis(Acknowledger), {m.acknowledger, m.reply_to, m.correlation_id}}
 
   defp f32_rows([first | _] = rows, encoding) do
     {for(row <- rows, v <- row, into: <<>>, do: <<v::float-32-little>>), length(first), encoding}
   end
 
-  defp outcome({:ok, text}, %{op: "generate_text"}), do: {:reply, Reply.text(text), :ok}
+  # A stream's last frame is numbered by whoever published the frames before it.
+  defp outcome(result, %{request: %{args: %{stream: true}}} = message) do
+    case result do
+      {:ok, _text} ->
+        {:reply, {:stream_end, message.acknowledger, nil}, :ok}
 
-  defp outcome({:ok, {mu, logvar}}, %{op: "encode", args: %{encoding: encoding}}),
+      {:error, {:bad_model, text}} ->
+        {:reply, {:stream_end, message.acknowledger, {:internal, text}}, :internal}
+
+      {:error, {code, text}} ->
+        {:reply, {:stream_end, message.acknowledger, {code, text}}, code}
+    end
+  end
+
+  defp outcome(result, %{request: request}), do: outcome(result, request.op, request.args)
+
+  defp outcome({:ok, text}, "generate_text", _args), do: {:reply, Reply.text(text), :ok}
+
+  defp outcome({:ok, {mu, logvar}}, "encode", %{encoding: encoding}),
     do: {:reply, Reply.posterior(mu, logvar, encoding), :ok}
 
-  defp outcome({:ok, tensor}, %{args: %{encoding: encoding}}),
+  defp outcome({:ok, tensor}, _op, %{encoding: encoding}),
     do: {:reply, Reply.tensor(tensor, encoding), :ok}
 
-  defp outcome({:error, {:bad_model, text}}, _request),
+  defp outcome({:error, {:bad_model, text}}, _op, _args),
     do: {:reply, Reply.error(:internal, text), :internal}
 
-  defp outcome({:error, {code, text}}, _request), do: {:reply, Reply.error(code, text), code}
+  defp outcome({:error, {code, text}}, _op, _args), do: {:reply, Reply.error(code, text), code}
 end
