@@ -2,7 +2,7 @@
 //! `InferStatus` code in one place ([`status_of`]) and leave their message in a
 //! thread-local slot read by `infer_last_error`. Every entry point catches panics.
 
-use infer_core::{InferError, Matrix, Model, Rows, Sampling};
+use infer_core::{Arch, InferError, Matrix, Model, Rows, Sampling};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -139,9 +139,9 @@ pub unsafe extern "C" fn infer_model_free(model: *mut InferModel) {
 #[no_mangle]
 pub unsafe extern "C" fn infer_model_arch(model: *const InferModel) -> *const c_char {
     match model.as_ref().map(|m| m.0.arch()) {
-        Some("vae") => c"vae".as_ptr(),
-        Some("wgan") => c"wgan".as_ptr(),
-        Some(_) => c"gpt".as_ptr(),
+        Some(Arch::Vae) => c"vae".as_ptr(),
+        Some(Arch::Wgan) => c"wgan".as_ptr(),
+        Some(Arch::Gpt) => c"gpt".as_ptr(),
         None => ptr::null(),
     }
 }

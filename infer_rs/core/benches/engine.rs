@@ -7,14 +7,14 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use infer_core::rng::Rng;
-use infer_core::{Model, Rows, Sampling};
+use infer_core::{Arch, Model, Rows, Sampling};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// Write a model of `arch` with N(0, 0.05) weights of the manifest's shapes for `config`.
-fn write_model(arch: &str, config: serde_json::Value) -> PathBuf {
+fn write_model(arch: Arch, config: serde_json::Value) -> PathBuf {
     let shapes = infer_core::manifest::expected_shapes(arch, &config).expect("manifest");
     let mut rng = Rng::new(1);
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
@@ -58,7 +58,7 @@ fn mlps(c: &mut Criterion) {
         rayon::current_num_threads()
     );
     let vae = Model::load(write_model(
-        "vae",
+        Arch::Vae,
         serde_json::json!({"x_dim": 784, "hidden": [400, 200], "z_dim": 20, "n_classes": 0,
                            "likelihood": "gaussian", "beta": 1.0, "kl_anneal_steps": 0}),
     ))
@@ -74,7 +74,7 @@ fn mlps(c: &mut Criterion) {
     group.finish();
 
     let wgan = Model::load(write_model(
-        "wgan",
+        Arch::Wgan,
         serde_json::json!({"z_dim": 100, "g_hidden": [256, 512], "d_hidden": [512, 256], "x_dim": 784,
                            "gp_lambda": 10.0, "n_critic": 5, "betas": [0.5, 0.9],
                            "spectral_norm": false, "leak": 0.2}),
@@ -88,7 +88,7 @@ fn mlps(c: &mut Criterion) {
 fn gpt(c: &mut Criterion) {
     let vocab: String = (32u8..97).map(char::from).collect();
     let gpt = Model::load(write_model(
-        "gpt",
+        Arch::Gpt,
         serde_json::json!({"vocab": vocab, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128,
                            "dropout": 0.0, "pre_ln": true}),
     ))

@@ -1,6 +1,7 @@
 //! Reading an exported `.safetensors`: memory-map it, check its metadata and every tensor
 //! against the shared manifest, and hand the weights to a model as a `VarBuilder`.
 
+use crate::arch::Arch;
 use crate::error::{InferError, Result};
 use crate::manifest::expected_shapes;
 use candle_core::{DType, Device, Tensor};
@@ -16,7 +17,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// A checked file: its architecture, config and weights.
 pub struct Artifact {
     pub path: PathBuf,
-    pub arch: String,
+    pub arch: Arch,
     pub config: Value,
     pub tensors: HashMap<String, Tensor>,
 }
@@ -45,10 +46,7 @@ impl Artifact {
                 key,
             })
         };
-        let arch = get("arch")?.clone();
-        if !matches!(arch.as_str(), "vae" | "wgan" | "gpt") {
-            return Err(InferError::UnknownArchitecture { arch });
-        }
+        let arch: Arch = get("arch")?.parse()?;
         let version = get("schema_version")?;
         if version.parse::<u32>() != Ok(SCHEMA_VERSION) {
             return Err(InferError::UnsupportedSchemaVersion {
@@ -63,7 +61,7 @@ impl Artifact {
         };
         let config: Value =
             serde_json::from_str(get("config")?).map_err(|e| bad_config(e.to_string()))?;
-        let expected = expected_shapes(&arch, &config).map_err(bad_config)?;
+        let expected = expected_shapes(arch, &config).map_err(bad_config)?;
 
         let mut tensors = HashMap::new();
         for (name, shape) in &expected {

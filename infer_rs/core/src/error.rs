@@ -36,7 +36,7 @@ pub enum InferError {
     TensorNotFound { name: String },
     /// The file holds a tensor the manifest does not know.
     #[error("tensor '{name}' is not part of a {arch} model")]
-    UnexpectedTensor { name: String, arch: String },
+    UnexpectedTensor { name: String, arch: crate::Arch },
     /// A tensor's shape differs from the manifest's for this config.
     #[error("tensor '{name}' has shape {got:?}, expected {expected:?}")]
     ShapeMismatch {
@@ -49,10 +49,7 @@ pub enum InferError {
     UnsupportedDtype { name: String, dtype: String },
     /// The operation does not exist for this model's architecture.
     #[error("operation '{op}' is not available for a {arch} model")]
-    WrongArchitecture {
-        op: &'static str,
-        arch: &'static str,
-    },
+    WrongArchitecture { op: &'static str, arch: crate::Arch },
     /// An argument is of the right type but invalid (n = 0, wrong width, NaN, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

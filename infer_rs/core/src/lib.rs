@@ -3,6 +3,7 @@
 //! char-level GPT on the CPU with Candle. It knows nothing of Python or Erlang; the
 //! binding crates beside it convert types and map [`InferError`] in one place each.
 
+pub mod arch;
 pub mod artifact;
 mod attention;
 pub mod batch;
@@ -20,6 +21,7 @@ pub mod rng;
 pub mod vae;
 pub mod wgan;
 
+pub use arch::Arch;
 pub use batch::{Matrix, Rows};
 pub use cpu::{cpu_info, CpuInfo};
 pub use error::{InferError, Result, StopReason};

@@ -8,6 +8,7 @@
 //! atom  := INT | NAME | NAME "[" expr "]" | "len(" NAME ")" | "(" expr ")"
 //! ```
 
+use crate::arch::Arch;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -33,19 +34,18 @@ struct Loop {
 }
 
 /// The manifest text of an architecture, as shipped in `shared_schema/`.
-pub fn manifest_source(arch: &str) -> Option<&'static str> {
+pub fn manifest_source(arch: Arch) -> &'static str {
     match arch {
-        "vae" => Some(include_str!("../../../shared_schema/manifests/vae.json")),
-        "wgan" => Some(include_str!("../../../shared_schema/manifests/wgan.json")),
-        "gpt" => Some(include_str!("../../../shared_schema/manifests/gpt.json")),
-        _ => None,
+        Arch::Vae => include_str!("../../../shared_schema/manifests/vae.json"),
+        Arch::Wgan => include_str!("../../../shared_schema/manifests/wgan.json"),
+        Arch::Gpt => include_str!("../../../shared_schema/manifests/gpt.json"),
     }
 }
 
 /// Every tensor name the manifest requires for `config`, with its shape.
-pub fn expected_shapes(arch: &str, config: &Value) -> Result<BTreeMap<String, Vec<usize>>, String> {
-    let source = manifest_source(arch).ok_or_else(|| format!("no manifest for '{arch}'"))?;
-    let manifest: Manifest = serde_json::from_str(source).map_err(|e| e.to_string())?;
+pub fn expected_shapes(arch: Arch, config: &Value) -> Result<BTreeMap<String, Vec<usize>>, String> {
+    let manifest: Manifest =
+        serde_json::from_str(manifest_source(arch)).map_err(|e| e.to_string())?;
     let mut shapes = BTreeMap::new();
     for entry in &manifest.tensors {
         let Some(repeat) = &entry.repeat else {
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn vae_manifest() {
         let config = json!({"x_dim": 784, "hidden": [400, 200], "z_dim": 20, "n_classes": 0});
-        let shapes = expected_shapes("vae", &config).unwrap();
+        let shapes = expected_shapes(Arch::Vae, &config).unwrap();
         assert_eq!(shapes["decoder.hidden.1.weight"], vec![400, 200]);
         assert_eq!(shapes["encoder.hidden.0.weight"], vec![400, 784]);
         assert_eq!(shapes.len(), 14);

@@ -1,5 +1,6 @@
 //! A loaded model of any architecture, and the operations each one offers.
 
+use crate::arch::Arch;
 use crate::artifact::Artifact;
 use crate::batch::{Matrix, Rows};
 use crate::error::{InferError, Result};
@@ -19,11 +20,10 @@ impl Model {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let artifact = Artifact::read(path.as_ref())?;
         let vb = artifact.var_builder();
-        match artifact.arch.as_str() {
-            "vae" => Ok(Self::Vae(Vae::load(vb, artifact.typed_config()?)?)),
-            "wgan" => Ok(Self::Wgan(Generator::load(vb, artifact.typed_config()?)?)),
-            "gpt" => Ok(Self::Gpt(Gpt::load(vb, artifact.typed_config()?)?)),
-            other => Err(InferError::UnknownArchitecture { arch: other.into() }),
+        match artifact.arch {
+            Arch::Vae => Ok(Self::Vae(Vae::load(vb, artifact.typed_config()?)?)),
+            Arch::Wgan => Ok(Self::Wgan(Generator::load(vb, artifact.typed_config()?)?)),
+            Arch::Gpt => Ok(Self::Gpt(Gpt::load(vb, artifact.typed_config()?)?)),
         }
     }
 
@@ -37,11 +37,11 @@ impl Model {
         }
     }
 
-    pub fn arch(&self) -> &'static str {
+    pub fn arch(&self) -> Arch {
         match self {
-            Self::Vae(_) => "vae",
-            Self::Wgan(_) => "wgan",
-            Self::Gpt(_) => "gpt",
+            Self::Vae(_) => Arch::Vae,
+            Self::Wgan(_) => Arch::Wgan,
+            Self::Gpt(_) => Arch::Gpt,
         }
     }
 

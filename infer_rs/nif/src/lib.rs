@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use infer_core::batch::merge_errors;
-use infer_core::{InferError, Matrix, Model, Rows, Sampling, StopReason};
+use infer_core::{Arch, InferError, Matrix, Model, Rows, Sampling, StopReason};
 use rustler::{Atom, Binary, Env, LocalPid, NifMap, NifUnitEnum, OwnedBinary, ResourceArc, Term};
 use std::panic::AssertUnwindSafe;
 
@@ -98,9 +98,9 @@ fn out_of_memory() -> Reason {
 fn model_load(path: String) -> Result<(ResourceArc<ModelResource>, Atom, String), Reason> {
     let model = Model::load(&path).map_err(reason)?;
     let arch = match model.arch() {
-        "vae" => atoms::vae(),
-        "wgan" => atoms::wgan(),
-        _ => atoms::gpt(),
+        Arch::Vae => atoms::vae(),
+        Arch::Wgan => atoms::wgan(),
+        Arch::Gpt => atoms::gpt(),
     };
     let config = model.config_json();
     Ok((

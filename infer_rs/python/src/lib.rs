@@ -73,7 +73,7 @@ impl PyModel {
     /// "vae", "wgan" or "gpt".
     #[getter]
     fn arch(&self) -> &'static str {
-        self.inner.arch()
+        self.inner.arch().name()
     }
 
     /// The config stored in the file, as a dict.
@@ -156,7 +156,7 @@ impl PyModel {
         format!(
             "infer_rs.Model('{}', arch='{}')",
             self.path.display(),
-            self.inner.arch()
+            self.inner.arch().name()
         )
     }
 }
