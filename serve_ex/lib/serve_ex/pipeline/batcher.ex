@@ -212,11 +212,16 @@ defmodule ServeEx.Pipeline.Batcher do
   defp stream_seed(_message), do: :rand.uniform(4_294_967_296) - 1
 
   # Where the engine sends a stream's chunks: the HTTP handler that waits for it, or the
-  # reply publisher, which numbers them and publishes each as a frame.
+  # reply publisher, which numbers them and publishes each as a frame (with no publisher
+  # running, as in a batcher tested alone, only the last frame goes out).
   defp stream_target(%{acknowledger: {:http, pid, ref}}), do: {pid, ref}
 
-  defp stream_target(m),
-    do: {Process.whereis(Acknowledger), {m.acknowledger, m.reply_to, m.correlation_id}}
+  defp stream_target(m) do
+    case Process.whereis(Acknowledger) do
+      nil -> nil
+      pid -> {pid, {m.acknowledger, m.reply_to, m.correlation_id}}
+    end
+  end
 
   defp f32_rows([first | _] = rows, encoding) do
     {for(row <- rows, v <- row, into: <<>>, do: <<v::float-32-little>>), length(first), encoding}
