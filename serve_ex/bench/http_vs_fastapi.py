@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 SERVE_EX = Path(__file__).resolve().parents[1]
 REPO = SERVE_EX.parent
 sys.path.insert(0, str(SERVE_EX / "scripts"))
+import report  # noqa: E402
 from service import Service, free_port  # noqa: E402
 
 LOADS = [(1, 1), (1, 64), (16, 1), (16, 64)]  # (n, connections)
@@ -32,13 +32,6 @@ LOADS = [(1, 1), (1, 64), (16, 1), (16, 64)]  # (n, connections)
 
 def generate_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/v1/models/vae/generate"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def wrk(url: str, n: int, connections: int, seconds: float, scratch: Path) -> dict:
@@ -127,7 +120,7 @@ def main() -> None:
         )
 
     lines = [
-        f"HTTP benchmark on {cpu_model()} ({os.cpu_count()} cores shared by wrk, the service and the "
+        f"HTTP benchmark on {report.machine()} (shared by wrk, the service and the "
         f"baseline): VAE generate, {args.seconds:g} s per row, wrk with 2 threads and keep-alive "
         "connections, one request in flight per connection. serve_ex: 2 processors, batch size 64, "
         "batch timeout 0, MAX_QUEUED_ROWS 4096 (so nothing is shed), its HTTP requests batched like "
@@ -144,10 +137,7 @@ def main() -> None:
             f"| {r['target']} | {r['n']} | {r['connections']} | {r['per_second']:,.0f} "
             f"| {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {ratio:.1f}x |"
         )
-    out = "\n".join(lines) + "\n"
-    Path("runs/bench").mkdir(parents=True, exist_ok=True)
-    Path("runs/bench/http.md").write_text(out)
-    print("\n" + out)
+    report.write("http", lines)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 SERVE_EX = Path(__file__).resolve().parents[1]
 REPO = SERVE_EX.parent
 sys.path.insert(0, str(SERVE_EX / "scripts"))
+import report  # noqa: E402
 from service import Service  # noqa: E402
 
 MIX_ENV = {**os.environ, "MIX_HOME": str(REPO / ".mix"), "HEX_HOME": str(REPO / ".mix" / "hex")}
@@ -123,7 +124,7 @@ def main() -> None:
         )
 
     lines = [
-        "Service benchmark: VAE generate requests through RabbitMQ on one 2-core machine (broker, service, "
+        f"Service benchmark: VAE generate requests through RabbitMQ on {report.machine()} (broker, service, "
         f"load generator and baselines share it); {args.seconds:.0f} s per row after 1 s of warm-up; "
         "quorum queue, persistent requests. serve_ex: 2 processors, batch size 64, batch timeout 0 "
         "(flush once the waiting requests are in), prefetch 128, one engine thread per call. "
@@ -141,10 +142,7 @@ def main() -> None:
             f"| {noop_ratio} | {torch_ratio} |"
         )
     lines += ["", f"serve_ex rows per engine call over the run (histogram): {histogram}"]
-    out = "\n".join(lines) + "\n"
-    Path("runs/bench").mkdir(parents=True, exist_ok=True)
-    Path("runs/bench/service.md").write_text(out)
-    print("\n" + out)
+    report.write("service", lines)
 
 
 if __name__ == "__main__":
