@@ -221,3 +221,36 @@ def test_cpu_info_reports_a_forced_path_and_thread_count():
         child = cpu_info_in_child(INFER_RS_ISA=isa)
         assert child.returncode != 0
         assert f"InferError: INFER_RS_ISA={isa}: {reason}" in child.stderr
+
+
+def test_the_stub_describes_the_module():
+    """_infer_rs.pyi against the compiled module: the same public names, the same
+    parameters in the same order, and a docstring on every public callable."""
+    import ast
+    import inspect
+
+    from infer_rs import _infer_rs
+
+    stub = ast.parse((Path(_infer_rs.__file__).parent / "_infer_rs.pyi").read_text())
+    described = {}
+    for node in stub.body:
+        if isinstance(node, ast.FunctionDef):
+            described[node.name] = node
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            described[node.name] = node
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    described[f"{node.name}.{item.name}"] = item
+    public = {name for name in dir(_infer_rs) if not name.startswith("_")}
+    assert public == {name for name in described if "." not in name}
+    for name, node in described.items():
+        owner, _, attr = name.rpartition(".")
+        obj = getattr(getattr(_infer_rs, owner), attr) if owner else getattr(_infer_rs, name)
+        if attr == "__init__":
+            obj = getattr(_infer_rs, owner)
+        assert inspect.getdoc(obj), f"{name} has no docstring"
+        is_property = any(getattr(d, "id", None) == "property" for d in getattr(node, "decorator_list", []))
+        if isinstance(node, ast.FunctionDef) and not is_property:
+            stub_params = [a.arg for a in node.args.args + node.args.kwonlyargs if a.arg != "self"]
+            runtime = [p for p in inspect.signature(obj).parameters if p not in ("self", "$self")]
+            assert stub_params == runtime, f"{name}: stub {stub_params}, module {runtime}"

@@ -64,6 +64,8 @@ struct PyModel {
 
 #[pymethods]
 impl PyModel {
+    /// Load and check the file at `path` (an export of `python -m train`); raises
+    /// InferError, saying what is wrong, for a missing, corrupt or mismatched file.
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let inner = py.allow_threads(|| Model::load(&path)).map_err(py_err)?;
@@ -83,6 +85,8 @@ impl PyModel {
             .call_method1("loads", (self.inner.config_json(),))
     }
 
+    /// n samples from the prior, shape (n, x_dim), float32: images in [0, 1] (VAE) or
+    /// [-1, 1] (WGAN). The same seed gives the same samples; None draws a fresh one.
     #[pyo3(signature = (n, seed=None))]
     fn generate<'py>(
         &self,
@@ -97,6 +101,7 @@ impl PyModel {
         to_numpy(py, out)
     }
 
+    /// Decode latents z, shape (rows, z_dim), to samples (rows, x_dim), float32.
     fn decode<'py>(
         &self,
         py: Python<'py>,
@@ -105,6 +110,7 @@ impl PyModel {
         rows_to_rows(py, &z, |input| self.inner.decode(input))
     }
 
+    /// The VAE's posterior of images x (rows, x_dim): (mu, logvar), each (rows, z_dim).
     #[allow(clippy::type_complexity)]
     fn encode<'py>(
         &self,
@@ -118,6 +124,7 @@ impl PyModel {
         Ok((to_numpy(py, mu)?, to_numpy(py, logvar)?))
     }
 
+    /// The VAE's reconstruction of images x (rows, x_dim): decode(mu).
     fn reconstruct<'py>(
         &self,
         py: Python<'py>,
@@ -126,6 +133,7 @@ impl PyModel {
         rows_to_rows(py, &x, |input| self.inner.reconstruct(input))
     }
 
+    /// The GPT's next-token logits at every position of `prompt`, (len, vocab_size).
     fn logits<'py>(&self, py: Python<'py>, prompt: &str) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let out = py
             .allow_threads(|| self.inner.logits(prompt))
@@ -133,6 +141,9 @@ impl PyModel {
         to_numpy(py, out)
     }
 
+    /// `prompt` followed by up to `max_new_tokens` generated characters. Temperature 0
+    /// is greedy; otherwise sampling at that temperature (at least 0.01), over the
+    /// `top_k` most likely tokens if given. The same seed gives the same text.
     #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=None, seed=None))]
     fn generate_text(
         &self,
@@ -152,6 +163,7 @@ impl PyModel {
             .map_err(py_err)
     }
 
+    /// infer_rs.Model('path', arch='...').
     fn __repr__(&self) -> String {
         format!(
             "infer_rs.Model('{}', arch='{}')",
