@@ -276,3 +276,62 @@ pub unsafe extern "C" fn vae_generate(
 pub unsafe extern "C" fn vae_free(m: *mut InferMatrix) {
     infer_matrix_free(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::InferStatus;
+
+    /// Each status's name in `include/infer_rs.h`. The match is exhaustive: a new
+    /// variant does not compile until it has a name here (and a line in `ALL`).
+    fn header_name(status: InferStatus) -> &'static str {
+        match status {
+            InferStatus::Ok => "INFER_OK",
+            InferStatus::Io => "INFER_ERR_IO",
+            InferStatus::Corrupt => "INFER_ERR_CORRUPT",
+            InferStatus::Metadata => "INFER_ERR_METADATA",
+            InferStatus::Tensor => "INFER_ERR_TENSOR",
+            InferStatus::Argument => "INFER_ERR_ARGUMENT",
+            InferStatus::TooLarge => "INFER_ERR_TOO_LARGE",
+            InferStatus::Compute => "INFER_ERR_COMPUTE",
+            InferStatus::Null => "INFER_ERR_NULL",
+            InferStatus::Panic => "INFER_ERR_PANIC",
+        }
+    }
+
+    const ALL: [InferStatus; 10] = [
+        InferStatus::Ok,
+        InferStatus::Io,
+        InferStatus::Corrupt,
+        InferStatus::Metadata,
+        InferStatus::Tensor,
+        InferStatus::Argument,
+        InferStatus::TooLarge,
+        InferStatus::Compute,
+        InferStatus::Null,
+        InferStatus::Panic,
+    ];
+
+    /// The hand-written header's `InferStatus` enum has exactly the Rust enum's names and
+    /// values, in order.
+    #[test]
+    fn the_header_status_enum_is_the_rust_enum() {
+        let header = include_str!("../include/infer_rs.h");
+        let in_header: Vec<(String, i32)> = header
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.trim().split_once(" = ")?;
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                Some((name.to_string(), digits.parse().ok()?))
+            })
+            .filter(|(name, _)| name.starts_with("INFER_"))
+            .collect();
+        let in_rust: Vec<(String, i32)> = ALL
+            .iter()
+            .map(|&status| (header_name(status).to_string(), status as i32))
+            .collect();
+        assert_eq!(in_header, in_rust);
+        // the values run 0..N with no gap, so ALL cannot have left one out
+        assert!(ALL.iter().enumerate().all(|(i, &s)| s as usize == i));
+        assert_eq!(ALL.len(), InferStatus::Panic as usize + 1);
+    }
+}
