@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from train.errors import TrainError
-from train.quality import TRAIN_IMAGES, tokens_per_step, train
+from train.quality import throughput, train
 from train.runtime import resolve_device
 
 OUT = Path("runs/gpu_check")
@@ -61,18 +61,8 @@ CHECKS = [
 ]
 
 
-def rate(check: Check, summary: dict) -> float:
-    """Throughput over the training loop's own time (validation excluded)."""
-    seconds = summary["train_seconds"]
-    if check.unit == "samples/s":
-        return summary["epochs"] * TRAIN_IMAGES / seconds
-    if check.unit == "tokens/s":
-        return summary["steps"] * tokens_per_step(summary) / seconds
-    return summary["steps"] / summary["model_config"]["n_critic"] / seconds
-
-
 def row(check: Check, summary: dict) -> str:
-    measured, loss = rate(check, summary), summary["final_val"]["loss"]
+    measured, loss = throughput(summary, check.unit), summary["final_val"]["loss"]
     if check.reference_rate:
         share = measured / check.reference_rate
         verdict = "met" if share >= THROUGHPUT_GOAL else f"missed (goal {THROUGHPUT_GOAL:.0%})"

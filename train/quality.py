@@ -30,6 +30,17 @@ def tokens_per_step(summary: dict) -> int:
     return summary["train_config"]["batch_size"] * summary["model_config"]["block_size"]
 
 
+def throughput(summary: dict, unit: str) -> float:
+    """A run's rate over its training loop's own time (validation excluded), in `unit`:
+    "samples/s" (images), "tokens/s" (the GPT) or "G steps/s" (WGAN generator steps)."""
+    seconds = summary["train_seconds"]
+    if unit == "samples/s":
+        return summary["epochs"] * TRAIN_IMAGES / seconds
+    if unit == "tokens/s":
+        return summary["steps"] * tokens_per_step(summary) / seconds
+    return summary["steps"] / summary["model_config"]["n_critic"] / seconds
+
+
 def train(name: str, argv: list[str], threads: int, out: Path = OUT) -> dict:
     """Train through the CLI into `out`; the run's summary."""
     args = [*argv, "--name", name, "--out", str(out / "artifacts"), "--runs", str(out)]
@@ -119,7 +130,7 @@ def main() -> None:
     results["vae"] = dict(
         recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=s["epochs"] * TRAIN_IMAGES / s["train_seconds"],
+        rate=throughput(s, "samples/s"),
     )
     s = train(
         "vae_bce",
@@ -129,13 +140,13 @@ def main() -> None:
     results["vae_bce"] = dict(
         recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=s["epochs"] * TRAIN_IMAGES / s["train_seconds"],
+        rate=throughput(s, "samples/s"),
     )
     s = train("wgan", ["--model", "wgan"], args.threads)
     results["wgan"] = dict(
         recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=s["steps"] / s["model_config"]["n_critic"] / s["train_seconds"],
+        rate=throughput(s, "G steps/s"),
     )
     s = train(
         "gpt",
@@ -154,7 +165,7 @@ def main() -> None:
     results["gpt"] = dict(
         recipe=s["recipe"],
         val=s["final_val"]["loss"],
-        rate=s["steps"] * tokens_per_step(s) / s["train_seconds"],
+        rate=throughput(s, "tokens/s"),
     )
     results["gpt_gen"] = gpt_generation_rate(OUT / "artifacts" / "gpt.safetensors")
     results["quality"] = sample_quality({n: OUT / "artifacts" / f"{n}.safetensors" for n in ("vae", "wgan")})

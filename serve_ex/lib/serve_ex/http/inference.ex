@@ -107,14 +107,17 @@ defmodule ServeEx.HTTP.Inference do
   defp stream(req, ref, first, wait_ms) do
     headers = %{"content-type" => "text/event-stream", "cache-control" => "no-cache"}
     req = :cowboy_req.stream_reply(200, headers, req)
-    :cowboy_req.stream_body(event(0, "chunk", Reply.stream_chunk(0, first)), :nofin, req)
+    chunk(req, 0, first)
     stream_rest(req, ref, 1, wait_ms)
   end
+
+  defp chunk(req, seq, text),
+    do: :cowboy_req.stream_body(event(seq, "chunk", Reply.stream_chunk(seq, text)), :nofin, req)
 
   defp stream_rest(req, ref, seq, wait_ms) do
     receive do
       {:stream_chunk, ^ref, text} ->
-        :cowboy_req.stream_body(event(seq, "chunk", Reply.stream_chunk(seq, text)), :nofin, req)
+        chunk(req, seq, text)
         stream_rest(req, ref, seq + 1, wait_ms)
 
       {^ref, {:stream_end, _key, error}, _label} ->
