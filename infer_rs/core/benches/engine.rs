@@ -6,7 +6,7 @@
 //! instruction-set path.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use infer_core::rng::Rng;
+use infer_core::internals::Rng;
 use infer_core::{Arch, Model, Rows, Sampling};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 /// Write a model of `arch` with N(0, 0.05) weights of the manifest's shapes for `config`.
 fn write_model(arch: Arch, config: serde_json::Value) -> PathBuf {
-    let shapes = infer_core::manifest::expected_shapes(arch, &config).expect("manifest");
+    let shapes = infer_core::internals::expected_shapes(arch, &config).expect("manifest");
     let mut rng = Rng::new(1);
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
         .into_iter()

@@ -6,7 +6,7 @@
 //! `cargo run --release -p infer_core --example idle_cpu [idle seconds]`
 
 use candle_core::{Device, Tensor};
-use infer_core::dense::{Activation, Dense, Mlp};
+use infer_core::internals::{Activation, Dense, Mlp};
 use std::time::{Duration, Instant};
 
 /// (thread id, name, CPU time in ns) of each thread of this process, from

@@ -2,25 +2,16 @@
 
 use crate::error::{InferError, Result};
 use crate::limits::MAX_BATCH;
-use candle_core::Tensor;
 
 /// A (rows, cols) row-major f32 matrix: the engine's input and output type.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
+    /// The number of rows.
     pub rows: usize,
+    /// The number of values in a row.
     pub cols: usize,
+    /// rows * cols values, row after row.
     pub data: Vec<f32>,
-}
-
-impl Matrix {
-    pub fn from_tensor(t: &Tensor) -> Result<Self> {
-        let (rows, cols) = t.dims2()?;
-        Ok(Self {
-            rows,
-            cols,
-            data: t.flatten_all()?.to_vec1()?,
-        })
-    }
 }
 
 /// Check a batch size against 1..=MAX_BATCH.
@@ -43,7 +34,9 @@ pub fn check_count(what: &'static str, n: usize) -> Result<()> {
 /// A row-major input: `data` holds rows of `width` values.
 #[derive(Debug, Clone, Copy)]
 pub struct Rows<'a> {
+    /// The values, row after row.
     pub data: &'a [f32],
+    /// The number of values in a row.
     pub width: usize,
 }
 
@@ -121,18 +114,6 @@ pub fn run_stacked(
 
 /// Rows owned by the caller: the values and the width of a row.
 pub type OwnedRows = (Vec<f32>, usize);
-
-/// The latent rows of generate requests (n, seed), each drawn from its own seed; an
-/// out-of-range n keeps its error.
-pub fn seeded_latents(requests: &[(usize, u64)], width: usize) -> Vec<Result<OwnedRows>> {
-    requests
-        .iter()
-        .map(|&(n, seed)| {
-            check_count("n", n)?;
-            Ok((crate::rng::Rng::new(seed).normals(n * width), width))
-        })
-        .collect()
-}
 
 /// Run `batch` on the inputs that were prepared, and put the others' errors back in
 /// place: one result per input, in order.

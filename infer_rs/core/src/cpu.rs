@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::isa::Isa;
 
+/// The CPU and the engine's choices on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuInfo {
     /// "AMD EPYC 7B13", "Intel(R) Xeon(R) CPU @ 2.20GHz", ...; "unknown" if not found.

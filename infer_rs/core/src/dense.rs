@@ -49,13 +49,18 @@ fn threads_allowed() -> bool {
     threads() >= 2
 }
 
+/// The function a layer applies to W x + b.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// tanh(v).
     Tanh,
+    /// max(v, 0).
     Relu,
+    /// 1 / (1 + e^-v).
     Sigmoid,
     /// GELU in its exact erf form (the GPT's MLP).
     Gelu,
+    /// v unchanged.
     Identity,
 }
 
@@ -552,10 +557,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// The layers, applied in order.
     pub fn new(layers: Vec<Dense>) -> Self {
         Self { layers }
     }
 
+    /// The width of an input row.
     pub fn in_dim(&self) -> usize {
         self.layers.first().map_or(0, |l| l.in_dim)
     }

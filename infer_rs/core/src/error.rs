@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong loading a model or running it.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's fields are named in its message
 pub enum InferError {
     /// The file could not be opened or mapped.
     #[error("cannot read {path}: {source}")]
@@ -89,4 +90,5 @@ impl std::fmt::Display for StopReason {
     }
 }
 
+/// The engine's result: a value or an [`InferError`].
 pub type Result<T> = std::result::Result<T, InferError>;

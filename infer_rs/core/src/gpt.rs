@@ -51,6 +51,7 @@ pub struct Sampling {
 }
 
 impl Sampling {
+    /// Argmax at every step.
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
@@ -187,7 +188,9 @@ impl Block {
     }
 }
 
+/// The char-level GPT: embeddings, pre-norm blocks, final norm, tied head.
 pub struct Gpt {
+    /// The config from the file's metadata.
     pub cfg: Config,
     vocab: Vec<char>,
     /// Token and position embeddings, row-major (vocab, C) and (block_size, C).
@@ -201,6 +204,7 @@ pub struct Gpt {
 }
 
 impl Gpt {
+    /// The weights at `transformer.*` in `vb`, with the sizes of `cfg`.
     pub fn load(vb: VarBuilder, cfg: Config) -> Result<Self> {
         if cfg.n_head == 0 || !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(InferError::InvalidArgument(format!(
@@ -248,6 +252,7 @@ impl Gpt {
             .collect()
     }
 
+    /// The text of token ids; an id outside the vocabulary is skipped.
     pub fn decode(&self, ids: &[u32]) -> String {
         ids.iter()
             .filter_map(|&i| self.vocab.get(i as usize))

@@ -14,10 +14,14 @@ use std::sync::OnceLock;
 /// The environment variable that forces a path.
 pub const ENV_VAR: &str = "INFER_RS_ISA";
 
+/// An instruction-set path of the dense kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// Plain Rust, vectorised by the compiler only.
     Portable,
+    /// AVX2 with FMA.
     Avx2,
+    /// AVX-512F (with AVX2/FMA for the small-batch kernel).
     Avx512,
 }
 
@@ -25,6 +29,7 @@ impl Isa {
     /// Every path, from the most to the least widely available.
     pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
 
+    /// The name `INFER_RS_ISA` takes and reports show.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",

@@ -2,29 +2,45 @@
 //! the manifests of `shared_schema/`, and runs the VAE, the WGAN-GP generator and the
 //! char-level GPT on the CPU with Candle. It knows nothing of Python or Erlang; the
 //! binding crates beside it convert types and map [`InferError`] in one place each.
+//!
+//! The public API is [`Model`] and the types its methods take and return; the modules
+//! [`isa`] and [`limits`] hold the knobs and bounds a caller may need. Everything else is
+//! internal to the crate.
 
-pub mod arch;
-pub mod artifact;
+#![warn(missing_docs)]
+
+mod arch;
+mod artifact;
 mod attention;
-pub mod batch;
-pub mod cpu;
-pub mod dense;
-pub mod error;
+mod batch;
+mod cpu;
+mod dense;
+mod error;
 pub mod gpt;
 mod grid;
 pub mod isa;
+mod latent;
 pub mod limits;
-pub mod manifest;
-pub mod model;
+mod manifest;
+mod model;
 mod pair;
-pub mod rng;
+mod rng;
 pub mod vae;
 pub mod wgan;
 
 pub use arch::Arch;
-pub use batch::{Matrix, Rows};
+pub use batch::{merge_errors, Matrix, OwnedRows, Rows};
 pub use cpu::{cpu_info, CpuInfo};
 pub use error::{InferError, Result, StopReason};
 pub use gpt::Sampling;
 pub use isa::{isa, Isa};
 pub use model::Model;
+
+/// Internals that the benches, the idle test and the idle example drive directly. Not
+/// part of the API: it may change with any release.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::dense::{Activation, Dense, Mlp};
+    pub use crate::manifest::expected_shapes;
+    pub use crate::rng::Rng;
+}

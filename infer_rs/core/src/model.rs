@@ -9,9 +9,13 @@ use crate::vae::Vae;
 use crate::wgan::Generator;
 use std::path::Path;
 
+/// A model loaded from a file of `train/`, of one of the three architectures.
 pub enum Model {
+    /// A variational autoencoder: generate, decode, encode, reconstruct.
     Vae(Vae),
+    /// A WGAN-GP generator: generate, decode.
     Wgan(Generator),
+    /// A char-level GPT: logits, generate_text.
     Gpt(Gpt),
 }
 
@@ -37,6 +41,7 @@ impl Model {
         }
     }
 
+    /// The architecture of the loaded file.
     pub fn arch(&self) -> Arch {
         match self {
             Self::Vae(_) => Arch::Vae,
@@ -66,7 +71,7 @@ impl Model {
     pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
         match self {
             Self::Vae(m) => m.generate(n, seed),
-            Self::Wgan(m) => m.generate(n, seed),
+            Self::Wgan(m) => m.decoder.generate(n, seed),
             Self::Gpt(_) => self.unavailable("generate"),
         }
     }
@@ -75,7 +80,7 @@ impl Model {
     pub fn decode(&self, z: Rows) -> Result<Matrix> {
         match self {
             Self::Vae(m) => m.decode(z, None),
-            Self::Wgan(m) => m.decode(z),
+            Self::Wgan(m) => m.decoder.decode(z),
             Self::Gpt(_) => self.unavailable("decode"),
         }
     }
@@ -108,7 +113,7 @@ impl Model {
     pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
         match self {
             Self::Vae(m) => m.generate_batch(requests),
-            Self::Wgan(m) => m.generate_batch(requests),
+            Self::Wgan(m) => m.decoder.generate_batch(requests),
             Self::Gpt(_) => requests
                 .iter()
                 .map(|_| self.unavailable("generate"))
@@ -120,11 +125,12 @@ impl Model {
     pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
         match self {
             Self::Vae(m) => m.decode_batch(inputs),
-            Self::Wgan(m) => m.decode_batch(inputs),
+            Self::Wgan(m) => m.decoder.decode_batch(inputs),
             Self::Gpt(_) => inputs.iter().map(|_| self.unavailable("decode")).collect(),
         }
     }
 
+    /// Up to `max_new_tokens` characters continuing `prompt`, picked by `sampling`.
     pub fn generate_text(
         &self,
         prompt: &str,

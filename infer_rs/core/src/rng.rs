@@ -3,12 +3,14 @@
 //! uniforms into normals. (The streams differ from PyTorch's; seeds are reproducible
 //! within this engine, not across frameworks.)
 
+/// xoshiro256** state, and the second normal of the last Box–Muller pair.
 pub struct Rng {
     s: [u64; 4],
     spare_normal: Option<f32>,
 }
 
 impl Rng {
+    /// The generator of `seed`, its state expanded by SplitMix64.
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let mut split_mix = || {
@@ -55,6 +57,7 @@ impl Rng {
         (radius * angle.cos()) as f32
     }
 
+    /// `count` draws from N(0, 1).
     pub fn normals(&mut self, count: usize) -> Vec<f32> {
         (0..count).map(|_| self.normal()).collect()
     }

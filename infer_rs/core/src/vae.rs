@@ -2,12 +2,10 @@
 //! as trained by `train/models/vae.py`. Tensor paths: `encoder.hidden.{i}`,
 //! `encoder.mu`, `encoder.logvar`, `decoder.hidden.{i}`, `decoder.out`.
 
-use crate::batch::{
-    check_count, check_rows, merge_errors, run_stacked, seeded_latents, Matrix, Rows,
-};
+use crate::batch::{check_rows, Matrix, Rows};
 use crate::dense::{Activation, Dense, Mlp};
 use crate::error::{InferError, Result};
-use crate::rng::Rng;
+use crate::latent::LatentDecoder;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -55,15 +53,19 @@ fn tanh_stack(vb: VarBuilder, widths: &[usize], mut last: Vec<Dense>) -> Result<
     Ok(Mlp::new(layers))
 }
 
+/// The encoder q(z | x[, y]) and the decoder p(x | z[, y]).
 pub struct Vae {
+    /// The config from the file's metadata.
     pub cfg: Config,
     /// x -> [mu, logvar]: tanh hidden layers, then both heads as one (2 z_dim)-wide layer.
     encoder: Mlp,
     /// z -> x_hat: tanh hidden layers, then the sigmoid output.
-    decoder: Mlp,
+    decoder: LatentDecoder,
 }
 
 impl Vae {
+    /// The encoder and decoder at `encoder.*` and `decoder.*` in `vb`, with the widths
+    /// of `cfg`.
     pub fn load(vb: VarBuilder, cfg: Config) -> Result<Self> {
         let last = *cfg
             .hidden
@@ -87,7 +89,11 @@ impl Vae {
         let out = Dense::new(&out_w, &out_b, Activation::Sigmoid)?;
         Ok(Self {
             encoder: tanh_stack(enc.pp("hidden"), &enc_widths, vec![heads])?,
-            decoder: tanh_stack(dec.pp("hidden"), &dec_widths, vec![out])?,
+            decoder: LatentDecoder::new(
+                tanh_stack(dec.pp("hidden"), &dec_widths, vec![out])?,
+                cfg.z_dim,
+                cfg.x_dim,
+            ),
             cfg,
         })
     }
@@ -128,12 +134,14 @@ impl Vae {
 
     /// x_hat = sigmoid(out(tanh-MLP([z, y]))) for rows z of width z_dim.
     pub fn decode(&self, z: Rows, labels: Option<&[u32]>) -> Result<Matrix> {
+        if self.cfg.n_classes == 0 && labels.is_none() {
+            return self.decoder.decode(z);
+        }
         let rows = check_rows("z", z, self.cfg.z_dim)?;
-        let data = self.decoder.forward(&self.condition(z, labels)?, rows);
         Ok(Matrix {
             rows,
             cols: self.cfg.x_dim,
-            data,
+            data: self.decoder.forward(&self.condition(z, labels)?, rows),
         })
     }
 
@@ -169,16 +177,17 @@ impl Vae {
     /// n samples: z ~ N(0, I) from `seed`, decoded; a conditional model cycles labels
     /// 0, 1, ..., n_classes - 1 as `train/` does.
     pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
-        check_count("n", n)?;
-        let z = Rng::new(seed).normals(n * self.cfg.z_dim);
-        let labels: Option<Vec<u32>> = (self.cfg.n_classes > 0)
-            .then(|| (0..n).map(|i| (i % self.cfg.n_classes) as u32).collect());
+        if self.cfg.n_classes == 0 {
+            return self.decoder.generate(n, seed);
+        }
+        let z = self.decoder.latents(n, seed)?;
+        let labels: Vec<u32> = (0..n).map(|i| (i % self.cfg.n_classes) as u32).collect();
         self.decode(
             Rows {
                 data: &z,
                 width: self.cfg.z_dim,
             },
-            labels.as_deref(),
+            Some(&labels),
         )
     }
 
@@ -188,9 +197,7 @@ impl Vae {
         if self.cfg.n_classes > 0 {
             return inputs.iter().map(|z| self.decode(*z, None)).collect();
         }
-        run_stacked("z", inputs, self.cfg.z_dim, self.cfg.x_dim, |z, rows| {
-            self.decoder.forward(z, rows)
-        })
+        self.decoder.decode_batch(inputs)
     }
 
     /// Many generate requests (n, seed) in one pass; each equals `generate(n, seed)`
@@ -202,8 +209,6 @@ impl Vae {
                 .map(|&(n, seed)| self.generate(n, seed))
                 .collect();
         }
-        merge_errors(seeded_latents(requests, self.cfg.z_dim), |inputs| {
-            self.decode_batch(inputs)
-        })
+        self.decoder.generate_batch(requests)
     }
 }

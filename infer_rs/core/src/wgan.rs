@@ -2,12 +2,9 @@
 //! as trained by `train/models/wgan.py`. Tensor paths: `generator.fc1`, `generator.fc2`,
 //! `generator.out`. Images come out in [-1, 1], as the generator's tanh makes them.
 
-use crate::batch::{
-    check_count, check_rows, merge_errors, run_stacked, seeded_latents, Matrix, Rows,
-};
 use crate::dense::{Activation, Dense, Mlp};
 use crate::error::Result;
-use crate::rng::Rng;
+use crate::latent::LatentDecoder;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -35,13 +32,15 @@ pub struct Config {
     pub leak: f64,
 }
 
+/// The generator G(z) = tanh(out(relu(fc2(relu(fc1(z)))))); the critic is training only.
 pub struct Generator {
+    /// The config from the file's metadata.
     pub cfg: Config,
-    /// G(z) = tanh(out(relu(fc2(relu(fc1(z)))))).
-    net: Mlp,
+    pub(crate) decoder: LatentDecoder,
 }
 
 impl Generator {
+    /// The generator's layers at `generator.*` in `vb`, with the widths of `cfg`.
     pub fn load(vb: VarBuilder, cfg: Config) -> Result<Self> {
         let vb = vb.pp("generator");
         let widths = [cfg.z_dim, cfg.g_hidden[0], cfg.g_hidden[1], cfg.x_dim];
@@ -56,43 +55,8 @@ impl Generator {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            net: Mlp::new(layers),
+            decoder: LatentDecoder::new(Mlp::new(layers), cfg.z_dim, cfg.x_dim),
             cfg,
-        })
-    }
-
-    /// G(z) for rows z of width z_dim.
-    pub fn decode(&self, z: Rows) -> Result<Matrix> {
-        let rows = check_rows("z", z, self.cfg.z_dim)?;
-        Ok(Matrix {
-            rows,
-            cols: self.cfg.x_dim,
-            data: self.net.forward(z.data, rows),
-        })
-    }
-
-    /// n images from z ~ N(0, I) drawn with `seed`.
-    pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
-        check_count("n", n)?;
-        let z = Rng::new(seed).normals(n * self.cfg.z_dim);
-        self.decode(Rows {
-            data: &z,
-            width: self.cfg.z_dim,
-        })
-    }
-
-    /// Many decode inputs in one pass through the generator.
-    pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
-        run_stacked("z", inputs, self.cfg.z_dim, self.cfg.x_dim, |z, rows| {
-            self.net.forward(z, rows)
-        })
-    }
-
-    /// Many generate requests (n, seed) in one pass; each equals `generate(n, seed)`
-    /// up to float rounding.
-    pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
-        merge_errors(seeded_latents(requests, self.cfg.z_dim), |inputs| {
-            self.decode_batch(inputs)
         })
     }
 }

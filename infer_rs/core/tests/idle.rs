@@ -2,7 +2,7 @@
 //! short spin). Its own process, so that no other test calls the engine meanwhile.
 
 use candle_core::{Device, Tensor};
-use infer_core::dense::{Activation, Dense, Mlp};
+use infer_core::internals::{Activation, Dense, Mlp};
 use std::time::Duration;
 
 /// CPU time (ns) of the thread named `name`, from /proc/self/task/*/schedstat.

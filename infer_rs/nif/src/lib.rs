@@ -7,7 +7,7 @@
 //! exception, so none takes the VM down.
 
 use base64::Engine as _;
-use infer_core::batch::merge_errors;
+use infer_core::merge_errors;
 use infer_core::{Arch, InferError, Matrix, Model, Rows, Sampling, StopReason};
 use rustler::{Atom, Binary, Env, LocalPid, NifMap, NifUnitEnum, OwnedBinary, ResourceArc, Term};
 use std::panic::AssertUnwindSafe;
