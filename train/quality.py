@@ -125,48 +125,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gpt-seconds", type=float, default=300)
     args = p.parse_args()
+    gpt_budget = ["--epochs", "5", "--steps-per-epoch", "280", "--max-seconds", str(args.gpt_seconds)]
+    bce = ["--likelihood", "bernoulli", "--hidden", "400", "--lr", "5e-3"]
+    runs = {  # name: (flags, the throughput its summary reports)
+        "vae": (["--model", "vae", "--epochs", "30"], "samples/s"),
+        "vae_bce": (["--model", "vae", *bce], "samples/s"),
+        "wgan": (["--model", "wgan"], "G steps/s"),
+        "gpt": (["--model", "gpt", *gpt_budget], "tokens/s"),
+    }
     results = {}
-    s = train("vae", ["--model", "vae", "--epochs", "30"], args.threads)
-    results["vae"] = dict(
-        recipe=s["recipe"],
-        val=s["final_val"]["loss"],
-        rate=throughput(s, "samples/s"),
-    )
-    s = train(
-        "vae_bce",
-        ["--model", "vae", "--likelihood", "bernoulli", "--hidden", "400", "--lr", "5e-3"],
-        args.threads,
-    )
-    results["vae_bce"] = dict(
-        recipe=s["recipe"],
-        val=s["final_val"]["loss"],
-        rate=throughput(s, "samples/s"),
-    )
-    s = train("wgan", ["--model", "wgan"], args.threads)
-    results["wgan"] = dict(
-        recipe=s["recipe"],
-        val=s["final_val"]["loss"],
-        rate=throughput(s, "G steps/s"),
-    )
-    s = train(
-        "gpt",
-        [
-            "--model",
-            "gpt",
-            "--epochs",
-            "5",
-            "--steps-per-epoch",
-            "280",
-            "--max-seconds",
-            str(args.gpt_seconds),
-        ],
-        args.threads,
-    )
-    results["gpt"] = dict(
-        recipe=s["recipe"],
-        val=s["final_val"]["loss"],
-        rate=throughput(s, "tokens/s"),
-    )
+    for name, (flags, unit) in runs.items():
+        s = train(name, flags, args.threads)
+        results[name] = dict(recipe=s["recipe"], val=s["final_val"]["loss"], rate=throughput(s, unit))
     results["gpt_gen"] = gpt_generation_rate(OUT / "artifacts" / "gpt.safetensors")
     results["quality"] = sample_quality({n: OUT / "artifacts" / f"{n}.safetensors" for n in ("vae", "wgan")})
     results["overhead"] = overhead.measure(args.threads, steps=40, rounds=3)

@@ -9,7 +9,7 @@ defmodule ServeEx.EngineTest do
   doctest ServeEx.Reply
   doctest ServeEx.Request
   doctest ServeEx.ReplyTo
-  doctest ServeEx.Pipeline.Acknowledger
+  doctest ServeEx.Pipeline.FailurePolicy
 
   defp model(name) do
     {:ok, model} = Engine.load(Paths.golden("#{name}.safetensors"), name)

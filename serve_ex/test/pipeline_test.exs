@@ -4,38 +4,34 @@ defmodule ServeEx.PipelineTest do
   @moduletag :capture_log
 
   alias ServeEx.{Config, Connection, Engine, ModelRegistry}
+  alias ServeEx.AMQP.Fake
   alias ServeEx.Test.Paths
 
   # a broker-generated name, as a client's exclusive reply queue has
   @reply_queue "amq.gen-Y2xpZW50LXJlcGx5LXF1ZQ"
 
   setup do
-    Application.put_env(:serve_ex, :amqp, ServeEx.AMQP.Fake)
-    Application.put_env(:serve_ex, :fake_amqp_owner, self())
     ModelRegistry.load_dir(Paths.service_models())
+    url = Fake.url(self())
 
-    config =
+    config = %{
       Config.from_env(%{"BATCH_SIZE" => "64", "BATCH_TIMEOUT_MS" => "30", "PROCESSORS" => "2"})
+      | amqp_url: url,
+        amqp: Fake
+    }
 
-    start_supervised!({Connection, url: config.amqp_url, queue: config.request_queue})
+    start_supervised!({Connection, url: url, queue: config.request_queue, amqp: Fake})
 
     start_supervised!(
       {Connection,
-       url: config.amqp_url, queue: config.request_queue, name: ServeEx.ReplyConnection},
+       url: url, queue: config.request_queue, name: ServeEx.ReplyConnection, amqp: Fake},
       id: :reply_connection
     )
 
     start_supervised!({ServeEx.Pipeline.Supervisor, config})
     assert_receive {:consume, producer, _chan, "serve_ex.requests", 128}, 2_000
-
-    on_exit(fn ->
-      for key <- [:amqp, :fake_unroutable, :fake_refused],
-          do: Application.delete_env(:serve_ex, key)
-
-      ServeEx.Status.set_draining(false)
-    end)
-
-    %{producer: producer}
+    on_exit(fn -> ServeEx.Status.set_draining(false) end)
+    %{producer: producer, url: url}
   end
 
   defp deliver(producer, body, tag, opts \\ []) do
@@ -157,9 +153,9 @@ defmodule ServeEx.PipelineTest do
   end
 
   test "an unroutable reply is acked and counted, not dropped silently or recomputed",
-       %{producer: producer} do
+       %{producer: producer, url: url} do
     gone = "amq.gen-" <> String.duplicate("g", 22)
-    Application.put_env(:serve_ex, :fake_unroutable, [gone])
+    Fake.set(url, :unroutable, [gone])
     before = unroutable_count()
     deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 60, reply_to: gone)
     assert_receive {:published, ^gone, _, "c60"}, 2_000
@@ -174,9 +170,10 @@ defmodule ServeEx.PipelineTest do
     end
   end
 
-  test "a reply the broker refuses is dead-lettered, never computed again", %{producer: producer} do
+  test "a reply the broker refuses is dead-lettered, never computed again",
+       %{producer: producer, url: url} do
     refused = "amq.gen-" <> String.duplicate("r", 22)
-    Application.put_env(:serve_ex, :fake_refused, [refused])
+    Fake.set(url, :refused, [refused])
 
     deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 70,
       reply_to: refused

@@ -13,10 +13,11 @@ defmodule ServeEx.RabbitMQTest do
     ModelRegistry.load_dir(Paths.service_models())
     queue = "serve_ex.test.#{System.unique_integer([:positive])}"
     config = Config.from_env(%{"REQUEST_QUEUE" => queue, "BATCH_TIMEOUT_MS" => "5"})
-    start_supervised!({Connection, url: config.amqp_url, queue: queue})
+    start_supervised!({Connection, url: config.amqp_url, queue: queue, amqp: config.amqp})
 
     start_supervised!(
-      {Connection, url: config.amqp_url, queue: queue, name: ServeEx.ReplyConnection},
+      {Connection,
+       url: config.amqp_url, queue: queue, name: ServeEx.ReplyConnection, amqp: config.amqp},
       id: :reply_connection
     )
 

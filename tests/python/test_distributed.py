@@ -8,9 +8,9 @@ import os
 import socket
 
 import numpy as np
-import pytest
 import torch
 import torch.multiprocessing as mp
+from interrupt import crash_after_first_checkpoint
 
 from train.batches import ImageBatches, TextBatches
 from train.data import ImageSplit, TextSplit
@@ -65,15 +65,7 @@ def worker(rank: int, port: int, tmp: str) -> None:
     whole = image_trainer(f"{tmp}/whole", 2, group)
     whole.fit()
     interrupted = image_trainer(f"{tmp}/split", 2, group)
-    save = interrupted.save_checkpoint
-
-    def save_then_crash():  # every rank dies right after the first epoch's checkpoint
-        save()
-        raise KeyboardInterrupt
-
-    interrupted.save_checkpoint = save_then_crash
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
+    crash_after_first_checkpoint(interrupted)  # on every rank
     torch.distributed.barrier()  # rank 0 has written the checkpoint
     torch.manual_seed(12345)  # a fresh process: other RNG state, fresh model and optimizers
     resumed = image_trainer(f"{tmp}/split", 2, group)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from interrupt import crash_after_first_checkpoint
 
 from train.batches import ImageBatches
 from train.cli import build_model, parse_args, train_config
@@ -50,15 +51,7 @@ def test_resume_equals_an_uninterrupted_run(arch, small_images, tmp_path):
     whole.fit()
 
     interrupted = make(arch, small_images, cfg, tmp_path / "split")
-    save = interrupted.save_checkpoint
-
-    def save_then_crash():  # the process dies right after the first epoch's checkpoint
-        save()
-        raise KeyboardInterrupt
-
-    interrupted.save_checkpoint = save_then_crash
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
+    crash_after_first_checkpoint(interrupted)
     assert interrupted.epoch == 1
     # a fresh process: different global RNG state, fresh model and optimizers
     torch.manual_seed(12345)

@@ -363,17 +363,8 @@ impl Gpt {
         Ok(ids)
     }
 
-    /// `prompt` followed by up to `max_new_tokens` generated characters.
-    pub fn generate_text(
-        &self,
-        prompt: &str,
-        max_new_tokens: usize,
-        sampling: Sampling,
-    ) -> Result<String> {
-        self.generate_text_watched(prompt, max_new_tokens, sampling, &|_| None)
-    }
-
-    /// `generate_text` with a watcher (see `generate_watched`).
+    /// `prompt` followed by up to `max_new_tokens` generated characters, stopped between
+    /// tokens when `watch` says so (see `generate_watched`).
     pub fn generate_text_watched(
         &self,
         prompt: &str,

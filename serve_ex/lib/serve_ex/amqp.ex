@@ -2,7 +2,8 @@ defmodule ServeEx.AMQP do
   @moduledoc """
   The AMQP operations the service needs, as a behaviour: `ServeEx.AMQP.Client` speaks
   to RabbitMQ through the Erlang `amqp_client`; unit tests use a fake. The
-  implementation is chosen by the `:amqp` application env.
+  implementation is `ServeEx.Config`'s `amqp`, which each process that talks to the
+  broker keeps in its state.
 
   Deliveries reach the consuming process as messages; `classify/1` tells the
   consumer what a message means, so no other module depends on the client's records.
@@ -67,8 +68,4 @@ defmodule ServeEx.AMQP do
               | :cancel_ok
               | :cancelled
               | :other
-
-  @doc "The configured implementation."
-  @spec impl() :: module()
-  def impl, do: Application.get_env(:serve_ex, :amqp, ServeEx.AMQP.Client)
 end

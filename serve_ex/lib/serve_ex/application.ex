@@ -37,12 +37,15 @@ defmodule ServeEx.Application do
         {ServeEx.ModelRegistry, {config.model_dir, config.model_poll_ms}},
         {ServeEx.HTTP, config},
         Supervisor.child_spec(
-          {Connection, url: config.amqp_url, queue: config.request_queue},
+          {Connection, url: config.amqp_url, queue: config.request_queue, amqp: config.amqp},
           id: Connection
         ),
         Supervisor.child_spec(
           {Connection,
-           url: config.amqp_url, queue: config.request_queue, name: ServeEx.ReplyConnection},
+           url: config.amqp_url,
+           queue: config.request_queue,
+           name: ServeEx.ReplyConnection,
+           amqp: config.amqp},
           id: ServeEx.ReplyConnection
         ),
         {ServeEx.Pipeline.Supervisor, config}

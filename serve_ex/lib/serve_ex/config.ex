@@ -19,6 +19,10 @@ defmodule ServeEx.Config do
   | `DRAIN_TIMEOUT_MS` | `10000` | on SIGTERM or `ServeEx.stop/0`, how long in-flight work may take to finish before it is requeued |
   | `HTTP_IP` | `127.0.0.1` | address of the HTTP endpoint (inference, health, metrics) |
   | `HTTP_PORT` | `9090` | its port |
+
+  One setting is not an environment variable: `amqp`, the module that speaks AMQP
+  (`ServeEx.AMQP.Client`). Every process that talks to the broker takes it from here
+  and keeps it in its state; unit tests put a fake in its place.
   """
 
   @enforce_keys [
@@ -38,7 +42,8 @@ defmodule ServeEx.Config do
                 :reply_queue_prefix,
                 :drain_timeout_ms,
                 :max_queued_rows,
-                :model_poll_ms
+                :model_poll_ms,
+                amqp: ServeEx.AMQP.Client
               ]
 
   @type t :: %__MODULE__{}

@@ -15,7 +15,7 @@ defmodule ServeEx.Connection do
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, [:url, :queue, name: __MODULE__])
+    opts = Keyword.validate!(opts, [:url, :queue, :amqp, name: __MODULE__])
     GenServer.start_link(__MODULE__, opts, name: opts[:name])
   end
 
@@ -41,6 +41,7 @@ defmodule ServeEx.Connection do
     {:ok,
      %{
        name: opts[:name],
+       amqp: Keyword.fetch!(opts, :amqp),
        url: opts[:url],
        queue: opts[:queue],
        conn: nil,
@@ -53,22 +54,22 @@ defmodule ServeEx.Connection do
     do: {:reply, {:error, :not_connected}, state}
 
   def handle_call(:open_channel, _from, state),
-    do: {:reply, AMQP.impl().open_channel(state.conn), state}
+    do: {:reply, state.amqp.open_channel(state.conn), state}
 
   def handle_call(:connected?, _from, state), do: {:reply, state.conn != nil, state}
 
   @impl true
   def handle_info(:connect, state) do
-    case AMQP.impl().connect(state.url) do
+    case state.amqp.connect(state.url) do
       {:ok, conn} ->
-        case prepare(conn, state.queue) do
+        case prepare(state.amqp, conn, state.queue) do
           :ok ->
             Logger.info("#{inspect(state.name)} connected; queue #{state.queue} declared")
             Process.link(conn)
             {:noreply, %{state | conn: conn, backoff: @first_backoff_ms}}
 
           error ->
-            AMQP.impl().close_connection(conn)
+            state.amqp.close_connection(conn)
             retry(state, error)
         end
 
@@ -86,11 +87,11 @@ defmodule ServeEx.Connection do
   def handle_info(_other, state), do: {:noreply, state}
 
   # Declares the topology and learns the broker's direct reply-to node.
-  defp prepare(conn, queue) do
-    with {:ok, chan} <- AMQP.impl().open_channel(conn),
-         :ok <- AMQP.impl().declare_topology(chan, queue),
-         :ok <- AMQP.impl().close_channel(chan),
-         {:ok, node} <- AMQP.impl().direct_reply_node(conn) do
+  defp prepare(amqp, conn, queue) do
+    with {:ok, chan} <- amqp.open_channel(conn),
+         :ok <- amqp.declare_topology(chan, queue),
+         :ok <- amqp.close_channel(chan),
+         {:ok, node} <- amqp.direct_reply_node(conn) do
       ServeEx.ReplyTo.put_direct_node(node)
     end
   end
@@ -103,8 +104,8 @@ defmodule ServeEx.Connection do
   end
 
   @impl true
-  def terminate(_reason, %{conn: conn}) when conn != nil do
-    AMQP.impl().close_connection(conn)
+  def terminate(_reason, %{conn: conn} = state) when conn != nil do
+    state.amqp.close_connection(conn)
   end
 
   def terminate(_reason, _state), do: :ok

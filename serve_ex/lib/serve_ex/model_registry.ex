@@ -16,7 +16,7 @@ defmodule ServeEx.ModelRegistry do
   one. A corrupt or mismatched new file leaves the old version serving, and the log says
   why. A new id gets a batcher of its own; a file that disappears leaves its model
   serving until the next start. Each model's `version` is the first 12 hex digits of
-  the file's SHA-256; every reply carries it (`ServeEx.Pipeline.Acknowledger`).
+  the file's SHA-256; every reply carries it (`ServeEx.Pipeline.ReplyPublisher`).
 
   Models are kept in `:persistent_term`: lookups cost no message, and a model is one
   shared NIF resource.

@@ -1,27 +1,64 @@
 defmodule ServeEx.AMQP.Fake do
   @moduledoc """
-  A fake AMQP client for unit tests. Every operation is reported to the process stored
-  in the `:fake_amqp_owner` application env; a test delivers a message by sending
-  `{:fake_deliver, payload, meta}` to the producer it saw in `{:consume, producer, ...}`.
+  A fake AMQP client for unit tests. A test makes itself a broker with `url/2` and
+  starts its connections on that URL; every operation on that URL's connections and
+  channels is reported to the test process, so tests that use different URLs can run
+  at once. A test delivers a message by sending `{:fake_deliver, payload, meta}` to the
+  producer it saw in `{:consume, producer, ...}`.
+
+  The per-URL settings, kept in the ETS table `test_helper.exs` creates:
+  - `connect_failures`: how many connects are refused first, like a broker that is down;
+  - `unroutable`: routing keys whose replies are returned (no queue took them);
+  - `refused`: routing keys whose replies the broker nacks.
   """
   @behaviour ServeEx.AMQP
 
-  defp owner, do: Application.fetch_env!(:serve_ex, :fake_amqp_owner)
-  defp report(event), do: send(owner(), event) && :ok
+  @table :serve_ex_fake_amqp
 
-  defp idle_process, do: spawn(fn -> Process.sleep(:infinity) end)
+  @doc "The table of the fakes' settings; `test_helper.exs` creates it once."
+  @spec create_table() :: :ok
+  def create_table do
+    :ets.new(@table, [:named_table, :public, :set])
+    :ok
+  end
 
-  # Refuses as many connections as `:fake_connect_failures` says, like a broker that is down.
+  @doc "A new fake broker's URL, reporting to `owner`."
+  @spec url(pid(), keyword()) :: String.t()
+  def url(owner, settings \\ []) do
+    url = "fake://broker-#{System.unique_integer([:positive])}"
+    settings = Keyword.validate!(settings, connect_failures: 0, unroutable: [], refused: [])
+    :ets.insert(@table, {url, Map.new([owner: owner] ++ settings)})
+    url
+  end
+
+  @doc "Changes one setting of the fake broker at `url`."
+  @spec set(String.t(), atom(), term()) :: :ok
+  def set(url, key, value) do
+    :ets.insert(@table, {url, %{settings(url) | key => value}})
+    :ok
+  end
+
+  defp settings(url), do: :ets.lookup_element(@table, url, 2)
+  defp url_of(pid), do: :ets.lookup_element(@table, pid, 2)
+  defp report(pid, event), do: send(settings(url_of(pid)).owner, event) && :ok
+
+  # an idle process standing for a connection or channel of the broker at `url`
+  defp idle_process(url) do
+    pid = spawn(fn -> Process.sleep(:infinity) end)
+    :ets.insert(@table, {pid, url})
+    pid
+  end
+
   @impl true
-  def connect(_url) do
-    case Application.get_env(:serve_ex, :fake_connect_failures, 0) do
+  def connect(url) do
+    case settings(url).connect_failures do
       0 ->
-        conn = idle_process()
-        report({:connected, conn})
+        conn = idle_process(url)
+        report(conn, {:connected, conn})
         {:ok, conn}
 
       n ->
-        Application.put_env(:serve_ex, :fake_connect_failures, n - 1)
+        set(url, :connect_failures, n - 1)
         {:error, :econnrefused}
     end
   end
@@ -29,7 +66,7 @@ defmodule ServeEx.AMQP.Fake do
   @impl true
   def close_connection(_conn), do: :ok
   @impl true
-  def open_channel(_conn), do: {:ok, idle_process()}
+  def open_channel(conn), do: {:ok, idle_process(url_of(conn))}
   @impl true
   def close_channel(_chan), do: :ok
   @impl true
@@ -38,38 +75,35 @@ defmodule ServeEx.AMQP.Fake do
   def direct_reply_node(_conn), do: {:ok, "reply@1"}
   @impl true
   def consume(chan, queue, prefetch) do
-    report({:consume, self(), chan, queue, prefetch})
+    report(chan, {:consume, self(), chan, queue, prefetch})
     {:ok, "fake-consumer"}
   end
 
   # The broker's cancel_ok reaches the consumer after the deliveries sent before it.
   @impl true
-  def cancel(_chan, _tag) do
+  def cancel(chan, _tag) do
     send(self(), :fake_cancel_ok)
-    report(:cancelled)
+    report(chan, :cancelled)
   end
 
   @impl true
-  def requeue_all(_chan), do: report(:requeued_all)
+  def requeue_all(chan), do: report(chan, :requeued_all)
   @impl true
-  def ack(_chan, tag), do: report({:ack, tag})
+  def ack(chan, tag), do: report(chan, {:ack, tag})
   @impl true
-  def reject(_chan, tag, requeue), do: report({:reject, tag, requeue})
+  def reject(chan, tag, requeue), do: report(chan, {:reject, tag, requeue})
   @impl true
   def confirm_select(_chan, _handler), do: :ok
 
   # Confirms each publish at once, as the broker would; a routing key listed in
-  # `:fake_unroutable` is returned first, one in `:fake_refused` is nacked.
+  # `unroutable` is returned first, one in `refused` is nacked.
   @impl true
-  def publish(_chan, routing_key, payload, correlation_id, seqno, _model_version) do
-    if routing_key in Application.get_env(:serve_ex, :fake_unroutable, []),
-      do: send(self(), {:fake_return, seqno})
-
-    verdict =
-      if routing_key in Application.get_env(:serve_ex, :fake_refused, []), do: :nack, else: :ack
-
+  def publish(chan, routing_key, payload, correlation_id, seqno, _model_version) do
+    settings = settings(url_of(chan))
+    if routing_key in settings.unroutable, do: send(self(), {:fake_return, seqno})
+    verdict = if routing_key in settings.refused, do: :nack, else: :ack
     send(self(), {:fake_confirm, seqno, verdict})
-    report({:published, routing_key, materialize(payload), correlation_id})
+    report(chan, {:published, routing_key, materialize(payload), correlation_id})
   end
 
   defp materialize({:f32, shape, fields, data}),

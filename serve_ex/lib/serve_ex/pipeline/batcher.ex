@@ -5,13 +5,13 @@ defmodule ServeEx.Pipeline.Batcher do
   per op present in the batch, on a dirty CPU scheduler (the NIF's choice), and one
   reply per request. A crash inside a batch is attributed to the request that caused
   it: the batch runs again one request at a time, the innocent ones are answered, and
-  only the guilty one fails (`ServeEx.Pipeline.Acknowledger` decides what then).
+  only the guilty one fails (`ServeEx.Pipeline.FailurePolicy` decides what then).
   """
   use GenServer
   require Logger
 
   alias ServeEx.{Admission, Deadline, Engine, Metrics, Reply}
-  alias ServeEx.Pipeline.Acknowledger
+  alias ServeEx.Pipeline.{FailurePolicy, ReplyPublisher}
 
   @late_reply Reply.error(
                 :deadline_exceeded,
@@ -118,14 +118,14 @@ defmodule ServeEx.Pipeline.Batcher do
 
     id = state.model.id
     Enum.each(due, &Metrics.queue_time(id, started - &1.received_at))
-    Acknowledger.settle(Enum.map(late, &{&1, {:reply, @late_reply, :deadline_exceeded}}))
+    ReplyPublisher.settle(Enum.map(late, &{&1, {:reply, @late_reply, :deadline_exceeded}}))
 
     if due != [] do
       # the model's current version: a swap takes effect from the next batch on
       model = current(state.model)
       Metrics.batch(Enum.sum(Enum.map(due, & &1.request.rows)))
       due = Enum.map(due, &%{&1 | model_version: model.version})
-      Acknowledger.settle(run_isolated(model, due))
+      ReplyPublisher.settle(run_isolated(model, due))
     end
 
     compute_us = System.monotonic_time(:microsecond) - started
@@ -163,7 +163,7 @@ defmodule ServeEx.Pipeline.Batcher do
 
   @doc "Runs `messages` through `model`, one engine call per op; one outcome per message."
   @spec handle_batch(Engine.t(), [ServeEx.Message.t()]) :: [
-          {ServeEx.Message.t(), Acknowledger.outcome()}
+          {ServeEx.Message.t(), FailurePolicy.outcome()}
         ]
   def handle_batch(model, messages) do
     messages
@@ -217,7 +217,7 @@ defmodule ServeEx.Pipeline.Batcher do
   defp stream_target(%{acknowledger: {:http, pid, ref}}), do: {pid, ref}
 
   defp stream_target(m) do
-    case Process.whereis(Acknowledger) do
+    case Process.whereis(ReplyPublisher) do
       nil -> nil
       pid -> {pid, {m.acknowledger, m.reply_to, m.correlation_id}}
     end

@@ -5,14 +5,14 @@ defmodule ServeEx.Pipeline.Processor do
   it against its model's bound (`ServeEx.Admission`), then passes it to its model's
   batcher. An invalid, late or overloading request is answered with an error reply
   right away; one whose `reply_to` is not accepted is dead-lettered without a publish. A crash while handling becomes a
-  failed message (see `ServeEx.Pipeline.Acknowledger`), logged once with its stack
+  failed message (see `ServeEx.Pipeline.FailurePolicy`), logged once with its stack
   trace; the processor lives on.
   """
   use GenServer
   require Logger
 
   alias ServeEx.{Admission, Deadline, ModelRegistry, Reply, ReplyTo, Request}
-  alias ServeEx.Pipeline.{Acknowledger, Batcher}
+  alias ServeEx.Pipeline.{Batcher, ReplyPublisher}
 
   @spec start_link({non_neg_integer(), String.t()}) :: GenServer.on_start()
   def start_link({index, reply_prefix}),
@@ -42,7 +42,7 @@ defmodule ServeEx.Pipeline.Processor do
             Exception.format(kind, reason, __STACKTRACE__)
         )
 
-        Acknowledger.settle([{message, {:failed, Exception.format_banner(kind, reason)}}])
+        ReplyPublisher.settle([{message, {:failed, Exception.format_banner(kind, reason)}}])
     end
 
     {:noreply, state}
@@ -60,15 +60,15 @@ defmodule ServeEx.Pipeline.Processor do
         Batcher.add(message)
       else
         {:error, code, text} ->
-          Acknowledger.settle([{message, {:reply, Reply.error(code, text), code}}])
+          ReplyPublisher.settle([{message, {:reply, Reply.error(code, text), code}}])
 
         {:overloaded, admitted, retry_after_ms} ->
-          Acknowledger.settle([
+          ReplyPublisher.settle([
             {admitted, {:reply, Reply.overloaded(retry_after_ms), :overloaded}}
           ])
       end
     else
-      Acknowledger.settle([
+      ReplyPublisher.settle([
         {message, {:dead, "reply_to is missing or not an accepted reply queue name"}}
       ])
     end

@@ -17,14 +17,16 @@ defmodule ServeEx.Pipeline.Producer do
   use GenServer
   require Logger
 
-  alias ServeEx.{AMQP, Connection, InFlight, Message, Metrics, Status}
+  alias ServeEx.{Connection, InFlight, Message, Metrics, Status}
   alias ServeEx.Pipeline.Processor
 
   @retry_ms 200
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, [:queue, :prefetch, :processors, connection: Connection])
+    opts =
+      Keyword.validate!(opts, [:queue, :prefetch, :processors, :amqp, connection: Connection])
+
     GenServer.start_link(__MODULE__, opts, name: __MODULE__)
   end
 
@@ -51,7 +53,7 @@ defmodule ServeEx.Pipeline.Producer do
   def handle_call(:cancel, _from, %{tag: nil} = state), do: {:reply, :ok, state}
 
   def handle_call(:cancel, from, state) do
-    :ok = AMQP.impl().cancel(state.chan, state.tag)
+    :ok = state.amqp.cancel(state.chan, state.tag)
     Status.set_consuming(false)
     {:noreply, %{state | tag: nil, cancelling: from}}
   end
@@ -59,7 +61,7 @@ defmodule ServeEx.Pipeline.Producer do
   def handle_call(:requeue_all, _from, %{chan: nil} = state), do: {:reply, :ok, state}
 
   def handle_call(:requeue_all, _from, state) do
-    :ok = AMQP.impl().requeue_all(state.chan)
+    :ok = state.amqp.requeue_all(state.chan)
     InFlight.reset()
     {:reply, :ok, state}
   end
@@ -79,7 +81,7 @@ defmodule ServeEx.Pipeline.Producer do
   def handle_info({:EXIT, _other, _reason}, state), do: {:noreply, state}
 
   def handle_info(message, state) do
-    case AMQP.impl().classify(message) do
+    case state.amqp.classify(message) do
       {:deliver, payload, meta} -> {:noreply, dispatch(payload, meta, state)}
       :cancel_ok -> {:noreply, cancelled(state)}
       :cancelled -> {:stop, :consumer_cancelled, state}
@@ -104,7 +106,7 @@ defmodule ServeEx.Pipeline.Producer do
         # the broker requeues its unacked deliveries; if the channel dies, so does this.
         Process.link(chan)
         InFlight.reset()
-        {:ok, tag} = AMQP.impl().consume(chan, state.queue, state.prefetch)
+        {:ok, tag} = state.amqp.consume(chan, state.queue, state.prefetch)
         Status.set_consuming(true)
         {:noreply, %{state | chan: chan, tag: tag}}
 
@@ -122,7 +124,7 @@ defmodule ServeEx.Pipeline.Producer do
       payload: payload,
       reply_to: meta.reply_to,
       correlation_id: meta.correlation_id,
-      acknowledger: {AMQP.impl(), state.chan, meta.delivery_tag},
+      acknowledger: {state.amqp, state.chan, meta.delivery_tag},
       redelivered: meta.redelivered,
       received_at: System.monotonic_time(:microsecond),
       deadline: Map.get(meta, :deadline)

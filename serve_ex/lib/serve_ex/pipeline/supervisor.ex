@@ -16,7 +16,7 @@ defmodule ServeEx.Pipeline.Supervisor do
 
   alias ServeEx.ModelRegistry
   require Logger
-  alias ServeEx.Pipeline.{Acknowledger, Batcher, Processor, Producer}
+  alias ServeEx.Pipeline.{ReplyPublisher, Batcher, Processor, Producer}
 
   @spec start_link(ServeEx.Config.t()) :: Supervisor.on_start()
   def start_link(config) do
@@ -71,12 +71,18 @@ defmodule ServeEx.Pipeline.Supervisor do
       else
         [
           {Producer,
-           queue: config.request_queue, prefetch: config.prefetch, processors: config.processors}
+           queue: config.request_queue,
+           prefetch: config.prefetch,
+           processors: config.processors,
+           amqp: config.amqp}
         ]
       end
 
     children =
-      [{Registry, keys: :unique, name: ServeEx.Pipeline.Registry}, Acknowledger] ++
+      [
+        {Registry, keys: :unique, name: ServeEx.Pipeline.Registry},
+        {ReplyPublisher, amqp: config.amqp}
+      ] ++
         batchers ++ processors ++ producer
 
     Supervisor.init(children, strategy: :one_for_all, max_restarts: 20, max_seconds: 10)

@@ -1,19 +1,15 @@
-defmodule ServeEx.Pipeline.Acknowledger do
+defmodule ServeEx.Pipeline.ReplyPublisher do
   @moduledoc """
-  The reply publisher and acknowledger. For each settled message it publishes the
-  reply to `reply_to` with the request's `correlation_id`, on its own channel of the
-  reply connection (not the one that consumes), in publisher-confirm mode and with
-  `mandatory` set, and acks the delivery (on the channel that received it) only when
-  the broker has confirmed the reply. Confirms come back asynchronously, keyed by the
-  publish sequence number, so many replies are in flight at once.
+  The reply publisher: the one process that publishes replies and settles deliveries.
+  For each settled message it publishes the reply to `reply_to` with the request's
+  `correlation_id`, on its own channel of the reply connection (not the one that
+  consumes), in publisher-confirm mode and with `mandatory` set, and acks the delivery
+  (on the channel that received it) only when the broker has confirmed the reply.
+  Confirms come back asynchronously, keyed by the publish sequence number, so many
+  replies are in flight at once.
 
-  Failure policy (`decide/1` and `confirmed/3`):
-  - a reply (a result, or an error reply for invalid input) is acked once confirmed:
-    invalid input is never requeued;
-  - a failed message (a crash while handling it) is requeued once; failing again on
-    its redelivery, it gets an `internal` error reply and is rejected without requeue,
-    so it lands in the dead-letter queue (`ServeEx.Topology`) and is not retried forever;
-  - a message that cannot be answered (no or unaccepted `reply_to`) is dead-lettered;
+  What to publish and how to settle is `ServeEx.Pipeline.FailurePolicy`'s to decide;
+  this process carries it out, and handles what only the broker's answers reveal:
   - a reply no queue took (the broker returns it) is counted and logged as
     `unroutable`, and its request acked: its client is gone;
   - a reply the broker refuses (nack) is never recomputed: its request is
@@ -26,31 +22,29 @@ defmodule ServeEx.Pipeline.Acknowledger do
   use GenServer
   require Logger
 
-  alias ServeEx.{AMQP, Connection, InFlight, Metrics, Reply}
-
-  @type outcome ::
-          {:reply, ServeEx.Reply.body(), atom()} | {:failed, String.t()} | {:dead, String.t()}
+  alias ServeEx.{Connection, InFlight, Metrics, Reply}
+  alias ServeEx.Pipeline.FailurePolicy
 
   @retry_ms 200
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, connection: ServeEx.ReplyConnection)
+    opts = Keyword.validate!(opts, [:amqp, connection: ServeEx.ReplyConnection])
     GenServer.start_link(__MODULE__, opts, name: __MODULE__)
   end
 
   @doc """
   Settles messages: publish their replies, await confirms, then ack or reject. HTTP
-  requests are answered straight from the caller (`decide_http/1`): they have no
-  delivery to settle.
+  requests are answered straight from the caller (`FailurePolicy.decide_http/1`): they
+  have no delivery to settle.
   """
-  @spec settle([{ServeEx.Message.t(), outcome()}]) :: :ok
+  @spec settle([{ServeEx.Message.t(), FailurePolicy.outcome()}]) :: :ok
   def settle(outcomes) do
     {http, amqp} =
       Enum.split_with(outcomes, fn {m, _} -> match?({:http, _, _}, m.acknowledger) end)
 
     for {%{acknowledger: {:http, pid, ref}} = message, outcome} <- http do
-      {body, label} = decide_http(outcome)
+      {body, label} = FailurePolicy.decide_http(outcome)
       send(pid, {ref, body, label})
       Metrics.request(message.model_id, label, message.received_at)
     end
@@ -66,6 +60,7 @@ defmodule ServeEx.Pipeline.Acknowledger do
     {:ok,
      %{
        connection: opts[:connection],
+       amqp: Keyword.fetch!(opts, :amqp),
        chan: nil,
        monitor: nil,
        waiting: [],
@@ -79,7 +74,7 @@ defmodule ServeEx.Pipeline.Acknowledger do
   @impl true
   def handle_info(:open, %{chan: nil} = state) do
     with {:ok, chan} <- Connection.open_channel(state.connection),
-         :ok <- AMQP.impl().confirm_select(chan, self()) do
+         :ok <- state.amqp.confirm_select(chan, self()) do
       # monitored, not linked: a broker-side close of the reply path costs a new
       # channel, not the consumer's deliveries
       state = %{state | chan: chan, monitor: Process.monitor(chan), next_seqno: 1}
@@ -129,7 +124,7 @@ defmodule ServeEx.Pipeline.Acknowledger do
   end
 
   def handle_info(message, state) do
-    case AMQP.impl().classify(message) do
+    case state.amqp.classify(message) do
       {:confirm, seqno, multiple, verdict} ->
         {:noreply, confirmed(state, seqno, multiple, verdict)}
 
@@ -143,7 +138,7 @@ defmodule ServeEx.Pipeline.Acknowledger do
 
   @impl true
   def handle_cast({:settle, outcomes}, state) do
-    {:noreply, Enum.reduce(outcomes, state, &start_settling(decide(&1), &2))}
+    {:noreply, Enum.reduce(outcomes, state, &start_settling(FailurePolicy.decide(&1), &2))}
   end
 
   # A reply is published now and its delivery settled when the broker confirms it;
@@ -172,7 +167,7 @@ defmodule ServeEx.Pipeline.Acknowledger do
     m = entry.message
 
     :ok =
-      AMQP.impl().publish(
+      state.amqp.publish(
         state.chan,
         m.reply_to,
         entry.body,
@@ -220,51 +215,6 @@ defmodule ServeEx.Pipeline.Acknowledger do
 
     %{state | pending: Map.drop(state.pending, done)}
   end
-
-  @doc """
-  The failure policy: what to publish for an outcome, and how to settle its delivery.
-
-      iex> msg = %ServeEx.Message{payload: "", reply_to: "q", correlation_id: nil, acknowledger: nil, redelivered: false, received_at: 0}
-      iex> ServeEx.Pipeline.Acknowledger.decide({msg, {:failed, "boom"}}) |> Tuple.delete_at(0)
-      {{:nothing, :retried}, :requeue}
-  """
-  @spec decide({ServeEx.Message.t(), outcome()}) ::
-          {ServeEx.Message.t(), {:publish, ServeEx.Reply.body(), atom()} | {:nothing, atom()},
-           :ack | :requeue | :dead_letter}
-  def decide({message, {:reply, body, label}}), do: {message, {:publish, body, label}, :ack}
-
-  def decide({message, {:failed, reason}}) do
-    if message.redelivered do
-      Logger.error("request failed twice, dead-lettering it: #{reason}")
-      body = Reply.error(:internal, "the service failed on this request twice")
-      {message, {:publish, body, :dead_lettered}, :dead_letter}
-    else
-      {message, {:nothing, :retried}, :requeue}
-    end
-  end
-
-  def decide({message, {:dead, reason}}) do
-    Logger.error("dead-lettering a request: #{reason}")
-    {message, {:nothing, :dead_lettered}, :dead_letter}
-  end
-
-  @doc """
-  The failure policy of an HTTP request: there is no redelivery to retry on, so a
-  failure is an `internal` error reply at once.
-
-      iex> {body, :internal} = ServeEx.Pipeline.Acknowledger.decide_http({:failed, "boom"})
-      iex> body =~ "internal"
-      true
-  """
-  @spec decide_http(outcome()) :: {ServeEx.Reply.body(), atom()}
-  def decide_http({:reply, body, label}), do: {body, label}
-
-  def decide_http({:failed, reason}) do
-    Logger.error("an HTTP request failed: #{reason}")
-    {Reply.error(:internal, "the service failed on this request"), :internal}
-  end
-
-  def decide_http({:dead, reason}), do: {Reply.error(:internal, reason), :internal}
 
   # a stream's chunk frame (published for no delivery of its own): nothing to settle
   defp finish(message, _settle, _label) when not is_map_key(message, :acknowledger), do: :ok
