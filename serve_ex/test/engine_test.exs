@@ -64,6 +64,51 @@ defmodule ServeEx.EngineTest do
     end
   end
 
+  test "the engine counts a row's multiply-adds as the sum of in x out over the layers" do
+    # VAE: encoder [x+y, hidden..., 2 z] and decoder [z+y, reversed hidden..., x]; the
+    # dearer of the two. WGAN: generator [z, g_hidden..., x].
+    macs = fn widths ->
+      widths |> Enum.chunk_every(2, 1, :discard) |> Enum.map(&Enum.product/1)
+    end
+
+    vae = model("vae_tiny")
+    c = vae.config
+
+    encoder =
+      macs.([c["x_dim"] + c["n_classes"] | c["hidden"]]) ++
+        [List.last(c["hidden"]) * 2 * c["z_dim"]]
+
+    decoder = macs.([c["z_dim"] + c["n_classes"] | Enum.reverse(c["hidden"])] ++ [c["x_dim"]])
+    assert vae.macs_per_row == max(Enum.sum(encoder), Enum.sum(decoder))
+
+    wgan = model("wgan_tiny")
+    g = wgan.config
+    assert wgan.macs_per_row == Enum.sum(macs.([g["z_dim"] | g["g_hidden"]] ++ [g["x_dim"]]))
+    assert model("gpt_tiny").macs_per_row == nil
+  end
+
+  test "a small batch runs inline, a large one on a dirty scheduler, with equal results" do
+    vae = model("vae_tiny")
+    limit = div(2_000_000, vae.macs_per_row)
+    assert Engine.runs_inline?(vae, limit) and not Engine.runs_inline?(vae, limit + 1)
+    refute Engine.runs_inline?(model("gpt_tiny"), 1)
+
+    requests = [{3, 11, :f32}, {2, 5, :base64}, {0, 1, :f32}]
+
+    assert ServeEx.Native.model_generate_batch_inline(vae.ref, requests) ==
+             ServeEx.Native.model_generate_batch(vae.ref, requests)
+
+    z = Safetensors.f32_binary(Enum.map(1..8, &(&1 / 4)))
+    inputs = [{z, 4, :f32}, {z, 3, :base64}]
+
+    for {inline, dirty} <- [
+          {&ServeEx.Native.model_decode_batch_inline/2, &ServeEx.Native.model_decode_batch/2},
+          {&ServeEx.Native.model_encode_batch_inline/2, &ServeEx.Native.model_encode_batch/2}
+        ] do
+      assert inline.(vae.ref, inputs) == dirty.(vae.ref, inputs)
+    end
+  end
+
   test "each request gets its own encoding: raw f32 bytes are the base64 ones decoded" do
     vae = model("vae_tiny")
     z = Safetensors.f32_binary([0.5, -1.0, 0.25, 2.0, -0.5, 1.0, 0.0, 3.0])

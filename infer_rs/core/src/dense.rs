@@ -567,6 +567,11 @@ impl Mlp {
         self.layers.first().map_or(0, |l| l.in_dim)
     }
 
+    /// Multiply-adds per input row: the sum of in_dim * out_dim over the layers.
+    pub fn macs_per_row(&self) -> usize {
+        self.layers.iter().map(|l| l.in_dim * l.out_dim).sum()
+    }
+
     /// The output (rows, out_dim) row-major for x (rows, in_dim) row-major.
     ///
     /// Few rows: one hand-off to the spinning helper of `pair` for the whole call. Both

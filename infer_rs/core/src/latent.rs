@@ -21,6 +21,11 @@ impl LatentDecoder {
         Self { z_dim, x_dim, net }
     }
 
+    /// Multiply-adds per decoded row.
+    pub(crate) fn macs_per_row(&self) -> usize {
+        self.net.macs_per_row()
+    }
+
     /// `rows` rows of the network's input (which may be wider than z_dim, as a
     /// conditional VAE's is) through the network, unchecked.
     pub(crate) fn forward(&self, input: &[f32], rows: usize) -> Vec<f32> {

@@ -50,6 +50,17 @@ impl Model {
         }
     }
 
+    /// Multiply-adds per row of an image operation (generate, decode, encode): what a
+    /// caller weighs to run a small batch inline rather than on a worker thread. `None`
+    /// for the GPT, whose cost grows with the text.
+    pub fn macs_per_row(&self) -> Option<usize> {
+        match self {
+            Self::Vae(m) => Some(m.macs_per_row()),
+            Self::Wgan(m) => Some(m.decoder.macs_per_row()),
+            Self::Gpt(_) => None,
+        }
+    }
+
     /// The config from the file's metadata, as JSON.
     pub fn config_json(&self) -> String {
         let json = match self {

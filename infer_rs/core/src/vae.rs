@@ -98,6 +98,11 @@ impl Vae {
         })
     }
 
+    /// Multiply-adds per row of the dearer of encode and decode.
+    pub fn macs_per_row(&self) -> usize {
+        self.encoder.macs_per_row().max(self.decoder.macs_per_row())
+    }
+
     /// Rows of `v` with one_hot(y) appended for a conditional model; `v` itself otherwise.
     fn condition<'a>(&self, v: Rows<'a>, labels: Option<&[u32]>) -> Result<Cow<'a, [f32]>> {
         let rows = v.data.len() / v.width;

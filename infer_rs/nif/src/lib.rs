@@ -93,40 +93,27 @@ fn out_of_memory() -> Reason {
     (atoms::internal(), "out of memory".to_string())
 }
 
-/// `{:ok, {model, arch, config_json}}` for an exported `.safetensors`.
+/// `{:ok, {model, arch, config_json, macs_per_row}}` for an exported `.safetensors`;
+/// `macs_per_row` is nil for the GPT (`Model::macs_per_row`).
 #[rustler::nif(schedule = "DirtyIo")]
-fn model_load(path: String) -> Result<(ResourceArc<ModelResource>, Atom, String), Reason> {
+fn model_load(
+    path: String,
+) -> Result<(ResourceArc<ModelResource>, Atom, String, Option<usize>), Reason> {
     let model = Model::load(&path).map_err(reason)?;
     let arch = match model.arch() {
         Arch::Vae => atoms::vae(),
         Arch::Wgan => atoms::wgan(),
         Arch::Gpt => atoms::gpt(),
     };
-    let config = model.config_json();
+    let (config, macs) = (model.config_json(), model.macs_per_row());
     Ok((
         ResourceArc::new(ModelResource {
             model: AssertUnwindSafe(model),
         }),
         arch,
         config,
+        macs,
     ))
-}
-
-/// One result per `{n, seed, encoding}`, all decoded in one pass.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn model_generate_batch<'a>(
-    env: Env<'a>,
-    resource: ResourceArc<ModelResource>,
-    requests: Vec<(usize, u64, Encoding)>,
-) -> Vec<Result<(usize, usize, Binary<'a>), Reason>> {
-    let sizes: Vec<(usize, u64)> = requests.iter().map(|&(n, seed, _)| (n, seed)).collect();
-    resource
-        .model
-        .generate_batch(&sizes)
-        .into_iter()
-        .zip(&requests)
-        .map(|(r, &(_, _, encoding))| r.map_err(reason).and_then(|m| matrix(env, m, encoding)))
-        .collect()
 }
 
 /// Little-endian f32 bytes as floats, refusing a length that is not a multiple of 4.
@@ -143,44 +130,113 @@ fn floats(bytes: &[u8]) -> Result<Vec<f32>, InferError> {
         .collect())
 }
 
-/// One result per `{f32_bytes, width, encoding}`, all decoded in one pass.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn model_decode_batch<'a>(
+/// An output tensor: rows, cols, and the values in the encoding the request asked for.
+type Tensor<'a> = (usize, usize, Binary<'a>);
+
+/// Each request's result in its own encoding.
+fn encoded<'a>(
     env: Env<'a>,
-    resource: ResourceArc<ModelResource>,
-    inputs: Vec<(Binary<'a>, usize, Encoding)>,
-) -> Vec<Result<(usize, usize, Binary<'a>), Reason>> {
+    results: Vec<infer_core::Result<Matrix>>,
+    encodings: impl Iterator<Item = Encoding>,
+) -> Vec<Result<Tensor<'a>, Reason>> {
+    results
+        .into_iter()
+        .zip(encodings)
+        .map(|(r, encoding)| r.map_err(reason).and_then(|m| matrix(env, m, encoding)))
+        .collect()
+}
+
+/// One result per `{n, seed, encoding}`, all decoded in one pass.
+fn generate_batch<'a>(
+    env: Env<'a>,
+    model: &Model,
+    requests: &[(usize, u64, Encoding)],
+) -> Vec<Result<Tensor<'a>, Reason>> {
+    let sizes: Vec<(usize, u64)> = requests.iter().map(|&(n, seed, _)| (n, seed)).collect();
+    encoded(
+        env,
+        model.generate_batch(&sizes),
+        requests.iter().map(|r| r.2),
+    )
+}
+
+/// One result per `{f32_bytes, width, encoding}`, all decoded in one pass.
+fn decode_batch<'a>(
+    env: Env<'a>,
+    model: &Model,
+    inputs: &[(Binary<'a>, usize, Encoding)],
+) -> Vec<Result<Tensor<'a>, Reason>> {
     let decoded = inputs
         .iter()
         .map(|(bytes, width, _)| floats(bytes.as_slice()).map(|data| (data, *width)))
         .collect();
-    merge_errors(decoded, |rows| resource.model.decode_batch(rows))
-        .into_iter()
-        .zip(&inputs)
-        .map(|(r, &(_, _, encoding))| r.map_err(reason).and_then(|m| matrix(env, m, encoding)))
-        .collect()
+    let results = merge_errors(decoded, |rows| model.decode_batch(rows));
+    encoded(env, results, inputs.iter().map(|i| i.2))
 }
 
 /// One `{mu, logvar}` result per `{f32_bytes, width, encoding}`.
-#[rustler::nif(schedule = "DirtyCpu")]
-#[allow(clippy::type_complexity)]
-fn model_encode_batch<'a>(
+fn encode_batch<'a>(
     env: Env<'a>,
-    resource: ResourceArc<ModelResource>,
-    inputs: Vec<(Binary<'a>, usize, Encoding)>,
-) -> Vec<Result<((usize, usize, Binary<'a>), (usize, usize, Binary<'a>)), Reason>> {
+    model: &Model,
+    inputs: &[(Binary<'a>, usize, Encoding)],
+) -> Vec<Result<(Tensor<'a>, Tensor<'a>), Reason>> {
     inputs
         .iter()
         .map(|&(ref bytes, width, encoding)| {
             let data = floats(bytes.as_slice()).map_err(reason)?;
-            let (mu, logvar) = resource
-                .model
-                .encode(Rows { data: &data, width })
-                .map_err(reason)?;
+            let (mu, logvar) = model.encode(Rows { data: &data, width }).map_err(reason)?;
             Ok((matrix(env, mu, encoding)?, matrix(env, logvar, encoding)?))
         })
         .collect()
 }
+
+/// An image operation as two NIFs of one body: `$dirty` runs on a dirty CPU scheduler;
+/// `$inline` runs on the calling process's own scheduler, which saves the two
+/// migrations to a dirty scheduler and back, for a batch that `ServeEx.Engine` judged
+/// small enough to finish well within a scheduler's 1 ms time slice.
+macro_rules! image_nifs {
+    ($dirty:ident, $inline:ident, $body:ident, $input:ty, $output:ty) => {
+        #[rustler::nif(schedule = "DirtyCpu")]
+        fn $dirty<'a>(
+            env: Env<'a>,
+            resource: ResourceArc<ModelResource>,
+            inputs: Vec<$input>,
+        ) -> Vec<Result<$output, Reason>> {
+            $body(env, &resource.model, &inputs)
+        }
+
+        #[rustler::nif]
+        fn $inline<'a>(
+            env: Env<'a>,
+            resource: ResourceArc<ModelResource>,
+            inputs: Vec<$input>,
+        ) -> Vec<Result<$output, Reason>> {
+            $body(env, &resource.model, &inputs)
+        }
+    };
+}
+
+image_nifs!(
+    model_generate_batch,
+    model_generate_batch_inline,
+    generate_batch,
+    (usize, u64, Encoding),
+    Tensor<'a>
+);
+image_nifs!(
+    model_decode_batch,
+    model_decode_batch_inline,
+    decode_batch,
+    (Binary<'a>, usize, Encoding),
+    Tensor<'a>
+);
+image_nifs!(
+    model_encode_batch,
+    model_encode_batch_inline,
+    encode_batch,
+    (Binary<'a>, usize, Encoding),
+    (Tensor<'a>, Tensor<'a>)
+);
 
 /// Whether to stop a generation before its next token: the calling process was killed
 /// (a restarted pipeline orphans its calls: nobody would read the result, and the

@@ -11,7 +11,10 @@ defmodule ServeEx.Native do
 
   def model_load(_path), do: :erlang.nif_error(:nif_not_loaded)
   def model_generate_batch(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)
+  def model_generate_batch_inline(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)
   def model_decode_batch(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
+  def model_decode_batch_inline(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
   def model_encode_batch(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
+  def model_encode_batch_inline(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
   def model_generate_text_batch(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)
 end
