@@ -3,13 +3,13 @@ defmodule ServeEx.Bench.StageCosts do
   What one VAE generate request (n = 1) costs in each in-VM stage of its path, each
   stage timed alone in a loop on one scheduler: decoding and validating the body, the
   admission counters, the engine call (alone, and its share of a 64-row batch), the
-  reply's encoding, and one hop between processes (a request makes about six: producer,
+  reply's encoding, the metrics a request updates, and one hop between processes (a request makes about six: producer,
   processor, batcher, reply publisher, and their replies). What the broker costs is what
   the no-op responder of `make bench-service` measures.
 
       mix run --no-start -e 'ServeEx.Bench.StageCosts.main()' MODEL_DIR
   """
-  alias ServeEx.{Admission, Engine, Reply, Request}
+  alias ServeEx.{Admission, Engine, Metrics, Reply, Request}
 
   # each timed run takes about this long: enough calls to average, few for slow stages
   @run_us 100_000
@@ -21,6 +21,7 @@ defmodule ServeEx.Bench.StageCosts do
     body = ~s({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 7})
     lookup = fn _ -> {:ok, vae} end
     Admission.setup(["vae"], 1_000_000)
+    Metrics.setup()
     [{:ok, tensor}] = Engine.generate_batch(vae, [{1, 7, :base64}])
     sixty_four = for seed <- 1..64, do: {1, seed, :base64}
 
@@ -31,11 +32,16 @@ defmodule ServeEx.Bench.StageCosts do
          Admission.admit("vae", 1)
          Admission.release("vae", 1, 1)
        end, 1},
-      {"engine, a batch of 1 (NIF, dirty CPU)",
+      {"engine, a batch of 1 (NIF, inline: Engine.runs_inline?/2)",
        fn -> Engine.generate_batch(vae, [{1, 7, :base64}]) end, 1},
       {"engine, one row of a batch of 64", fn -> Engine.generate_batch(vae, sixty_four) end, 64},
       {"encode the reply (Reply.tensor, to one binary)",
        fn -> IO.iodata_to_binary(Reply.tensor(tensor, :base64)) end, 1},
+      {"metrics: a request's count and latency, its queue time (Metrics)",
+       fn ->
+         Metrics.request("vae", :ok, System.monotonic_time(:microsecond))
+         Metrics.queue_time("vae", 120)
+       end, 1},
       {"one hop between processes (a message there and one back, halved)", hop(), 2}
     ]
 
