@@ -2,26 +2,45 @@ defmodule ServeEx.Bench.NoopResponder do
   @moduledoc """
   The broker's own ceiling, a benchmark baseline: answers every request on its
   `reply_to` with a fixed reply and acks it, computing nothing. Same queue type and
-  prefetch as serve_ex; no publisher confirms, so it measures the raw round trip.
+  prefetch as serve_ex. Two modes:
 
-      mix run --no-start -e 'ServeEx.Bench.NoopResponder.main()' QUEUE [PREFETCH]
+  - `plain`: the reply on the consuming channel, the ack right after it, no publisher
+    confirms: the raw round trip;
+  - `confirmed`: serve_ex's delivery protocol without its work: the reply on a channel
+    of a second connection, `mandatory`, under publisher confirms, and the request acked
+    only once its reply is confirmed. What this costs against `plain` is the price of
+    never losing a reply, not of the service.
+
+      mix run --no-start -e 'ServeEx.Bench.NoopResponder.main()' QUEUE PREFETCH plain|confirmed
   """
   import ServeEx.AMQP.Records
+  alias ServeEx.AMQP.Client
 
   @reply ~s({"v":1,"ok":true,"text":""})
 
   @spec main([String.t()]) :: no_return()
   def main(args \\ System.argv()) do
-    [queue | rest] = args
-    prefetch = rest |> List.first("64") |> String.to_integer()
+    [queue, prefetch, mode] = args
     chan = ServeEx.Bench.Load.channel()
-    :ok = ServeEx.AMQP.Client.declare_topology(chan, queue)
-    {:ok, _tag} = ServeEx.AMQP.Client.consume(chan, queue, prefetch)
-    IO.puts("noop responder ready on #{queue}")
-    loop(chan)
+    :ok = Client.declare_topology(chan, queue)
+
+    loop =
+      case mode do
+        "plain" ->
+          fn -> plain(chan) end
+
+        "confirmed" ->
+          replies = ServeEx.Bench.Load.channel()
+          :ok = Client.confirm_select(replies, self())
+          fn -> confirmed(chan, replies, 1, %{}) end
+      end
+
+    {:ok, _tag} = Client.consume(chan, queue, String.to_integer(prefetch))
+    IO.puts("noop responder (#{mode}) ready on #{queue}")
+    loop.()
   end
 
-  defp loop(chan) do
+  defp plain(chan) do
     receive do
       {r_basic_deliver(delivery_tag: tag), r_amqp_msg(props: props)} ->
         out = r_p_basic(correlation_id: r_p_basic(props, :correlation_id))
@@ -33,6 +52,26 @@ defmodule ServeEx.Bench.NoopResponder do
         :ok
     end
 
-    loop(chan)
+    plain(chan)
+  end
+
+  # `pending`: publish sequence number => the delivery tag its confirm will ack
+  defp confirmed(chan, replies, seqno, pending) do
+    receive do
+      message ->
+        case Client.classify(message) do
+          {:deliver, _payload, meta} ->
+            :ok = Client.publish(replies, meta.reply_to, @reply, meta.correlation_id, seqno, nil)
+            confirmed(chan, replies, seqno + 1, Map.put(pending, seqno, meta.delivery_tag))
+
+          {:confirm, up_to, multiple, _verdict} ->
+            done = if multiple, do: for({s, _} <- pending, s <= up_to, do: s), else: [up_to]
+            for s <- done, do: Client.ack(chan, pending[s])
+            confirmed(chan, replies, seqno, Map.drop(pending, done))
+
+          _ ->
+            confirmed(chan, replies, seqno, pending)
+        end
+    end
   end
 end
