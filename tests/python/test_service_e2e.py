@@ -5,6 +5,7 @@ all three). Served outputs are compared with infer_rs called directly on the sam
 files and seeds.
 """
 
+import asyncio
 import json
 import random
 import subprocess
@@ -23,7 +24,8 @@ import infer_rs
 SCRIPTS = Path(__file__).resolve().parents[2] / "serve_ex" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import kill_and_recover  # noqa: E402
-from serve_client import Client, http_call, tensor  # noqa: E402
+from serve_client import Client, ServeError, http_call, tensor  # noqa: E402
+from serve_client.aio import AsyncClient  # noqa: E402
 from service import Service  # noqa: E402
 
 REPLY_SCHEMA = json.loads(
@@ -138,6 +140,18 @@ def test_http_deadlines_and_methods(service):
     assert get.value.code == 405 and get.value.headers["allow"] == "POST"
 
 
+def close_connection_named(name: str) -> None:
+    """Make the broker close the client connection called `name`."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pid = next(line.split("\t")[0] for line in listing.splitlines() if name in line)
+    subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: dropped on purpose"], check=True)
+
+
 def test_the_client_survives_a_dropped_connection(service):
     """The broker closes the client's connection with a request unanswered (its reply, if
     any, dies with the exclusive reply queue): the client reconnects, declares a new
@@ -146,17 +160,61 @@ def test_the_client_survives_a_dropped_connection(service):
     with Client(queue=service.env["REQUEST_QUEUE"], name=name) as client:
         request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 20}
         cid = client.send(request)
-        listing = subprocess.run(
-            ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        pid = next(line.split("\t")[0] for line in listing.splitlines() if name in line)
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test: dropped on purpose"], check=True)
+        close_connection_named(name)
         reply = client.wait(cid, timeout=60)
         assert reply["ok"] is True and client.reconnects == 1
         assert client.call({"v": 1, "model": "vae", "op": "generate", "n": 1})["ok"] is True
+
+
+def test_the_async_client_overlaps_calls_and_streams(service, trained):
+    """Eight overlapping calls from one asyncio task group, each equal to infer_rs on its
+    own seed; a streamed text reassembles into the engine's text."""
+    queue = service.env["REQUEST_QUEUE"]
+    prompt = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "ROMEO:", "max_new_tokens": 40}
+
+    async def run():
+        async with AsyncClient(queue=queue) as client:
+            requests = [{"v": 1, "model": "vae", "op": "generate", "n": 2, "seed": s} for s in range(8)]
+            replies = await asyncio.gather(*(client.call(r) for r in requests))
+            frames = [frame async for frame in client.stream(prompt)]
+            return replies, frames, client.outstanding
+
+    replies, frames, outstanding = asyncio.run(run())
+    vae = infer_rs.Model(trained["vae"])
+    for seed, reply in enumerate(replies):
+        assert np.abs(tensor(reply) - vae.generate(2, seed=seed)).max() <= 1e-6, seed
+    assert [f["seq"] for f in frames] == list(range(len(frames))) and frames[-1]["done"]
+    text = "ROMEO:" + "".join(f.get("delta", "") for f in frames)
+    assert text == infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 40)
+    assert outstanding == {}
+
+
+def test_the_async_client_survives_a_dropped_connection(service):
+    """As `test_the_client_survives_a_dropped_connection`, from asyncio: the robust
+    connection comes back, the reply queue is declared again, the request goes out again."""
+    name = f"e2e-async-reconnect-{uuid.uuid4().hex[:6]}"
+    # long enough (past the block, every step a full prefill) to be under way at the close
+    request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 400}
+
+    async def run():
+        async with AsyncClient(queue=service.env["REQUEST_QUEUE"], name=name) as client:
+            cid = await client.send(request)
+            await asyncio.to_thread(close_connection_named, name)
+            reply = await client.wait(cid, 60)
+            again = await client.call({"v": 1, "model": "vae", "op": "generate", "n": 1})
+            return reply, again, client.reconnects
+
+    reply, again, reconnects = asyncio.run(run())
+    assert reply["ok"] is True and again["ok"] is True and reconnects == 1
+
+
+def test_the_async_client_says_when_no_queue_takes_a_request():
+    async def run():
+        async with AsyncClient(queue=f"serve_ex.nobody.{uuid.uuid4().hex[:6]}") as client:
+            await client.call({"v": 1, "model": "vae", "op": "generate", "n": 1}, timeout=5)
+
+    with pytest.raises(ServeError, match="unroutable"):
+        asyncio.run(run())
 
 
 def test_the_gpt_small_preset_is_served(client, trained):

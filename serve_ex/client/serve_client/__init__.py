@@ -1,4 +1,5 @@
-"""Python client of the serve_ex model service. It needs numpy and pika only.
+"""Python client of the serve_ex model service. It needs numpy and pika only (and aio-pika
+for `serve_client.aio.AsyncClient`, with `pip install serve-client[asyncio]`).
 
     from serve_client import Client, tensor
     with Client() as client:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pika
 import pika.exceptions as amqp_errors
 
-from serve_client.replies import ServeError, check, parse_body
+from serve_client.replies import FrameOrder, ServeError, is_last, reply_from
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_QUEUE = "serve_ex.requests"
@@ -51,7 +51,6 @@ class Client:
         # the x-model-version header of each reply: which file version computed it
         self.versions: dict[str, list[str | None]] = {}
         self.outstanding: dict[str, bytes] = {}  # published, no (last) reply yet
-        self._sequence: dict[str, int] = {}  # each stream's next frame to yield
         self.reconnects = 0
         self._connect()
 
@@ -81,16 +80,11 @@ class Client:
         raise ServeError("disconnected", message)
 
     def _on_reply(self, channel, method, props, body: bytes) -> None:
-        headers = props.headers or {}
-        try:
-            shape, fields = headers.get("x-shape"), headers.get("x-fields")
-            reply = parse_body(props.content_type, body, shape, fields, headers.get("x-dtype"))
-        except (ServeError, ValueError) as err:
-            reply = {"v": 1, "ok": False, "error": {"code": "bad_reply", "message": str(err)}}
+        reply = reply_from(props.content_type, body, props.headers)
         cid = props.correlation_id
         self.replies.setdefault(cid, []).append(reply)
-        self.versions.setdefault(cid, []).append(headers.get("x-model-version"))
-        if "seq" not in reply or reply.get("done"):  # a stream is answered by its last frame
+        self.versions.setdefault(cid, []).append((props.headers or {}).get("x-model-version"))
+        if is_last(reply):
             self.outstanding.pop(cid, None)
         channel.basic_ack(method.delivery_tag)
         if self.on_reply:
@@ -152,21 +146,14 @@ class Client:
         `done`; an error frame, or an error reply before any frame, raises ServeError."""
         cid = self.send({**request, "stream": True})
         deadline = time.monotonic() + timeout
-        seen, frames = 0, {}
+        seen, order = 0, FrameOrder()
         while True:
             for reply in self.replies.get(cid, [])[seen:]:
-                if "seq" not in reply:
-                    check(reply)  # an error before the stream began
-                if reply["seq"] >= self._next(cid):  # not yielded yet
-                    frames.setdefault(reply["seq"], reply)
-            seen = len(self.replies.get(cid, []))
-            while frames and min(frames) == self._next(cid):
-                frame = frames.pop(min(frames))
-                self._sequence[cid] = frame["seq"] + 1
-                check(frame)
-                yield frame
-                if frame.get("done"):
-                    return
+                seen += 1
+                for frame in order.add(reply):
+                    yield frame
+                    if frame.get("done"):
+                        return
             if time.monotonic() > deadline:
                 raise ServeError("timeout", f"stream {cid} did not finish within {timeout} s")
             self.poll(0.05)
@@ -176,9 +163,6 @@ class Client:
         for frame in self.stream(request, timeout):
             if "delta" in frame:
                 yield frame["delta"]
-
-    def _next(self, cid: str) -> int:
-        return self._sequence.setdefault(cid, 0)
 
     def close(self) -> None:
         if self.connection.is_open:

@@ -32,6 +32,47 @@ def parse_body(content_type: str | None, body: bytes, shape, fields, dtype: str 
     return {"v": 1, "ok": True, "shape": [rows, cols], "dtype": "f32", **tensors}
 
 
+def reply_from(content_type: str | None, body: bytes, headers: dict | None) -> dict:
+    """The reply dict of a delivered reply; a body that cannot be read becomes a
+    `bad_reply` error reply, so a waiter is answered rather than left hanging."""
+    headers = headers or {}
+    try:
+        shape, fields = headers.get("x-shape"), headers.get("x-fields")
+        return parse_body(content_type, body, shape, fields, headers.get("x-dtype"))
+    except (ServeError, ValueError) as err:
+        return {"v": 1, "ok": False, "error": {"code": "bad_reply", "message": str(err)}}
+
+
+def is_last(reply: dict) -> bool:
+    """Whether a reply ends its request: a plain reply, or a stream's `done` frame."""
+    return "seq" not in reply or bool(reply.get("done"))
+
+
+class FrameOrder:
+    """A stream's frames in sequence order, each once: frames may come out of order, and
+    a stream restarted after a redelivery repeats the ones already seen."""
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.waiting: dict[int, dict] = {}
+
+    def add(self, reply: dict) -> list[dict]:
+        """Take in one reply; the frames now ready, in order. An error reply that is not
+        a frame (the request was refused before its stream began) raises ServeError, and
+        so does an error frame."""
+        if "seq" not in reply:
+            check(reply)
+        if reply["seq"] >= self.next:
+            self.waiting.setdefault(reply["seq"], reply)
+        ready = []
+        while self.next in self.waiting:
+            frame = self.waiting.pop(self.next)
+            self.next += 1
+            check(frame)
+            ready.append(frame)
+        return ready
+
+
 def tensor(reply: dict, key: str = "data") -> np.ndarray:
     """The float32 array of a tensor reply, JSON or binary; ServeError for an error reply."""
     check(reply)
