@@ -10,6 +10,7 @@ defmodule ServeEx.EngineTest do
   doctest ServeEx.Request
   doctest ServeEx.ReplyTo
   doctest ServeEx.Pipeline.FailurePolicy
+  doctest ServeEx.StreamCursor
 
   defp model(name) do
     {:ok, model} = Engine.load(Paths.golden("#{name}.safetensors"), name)

@@ -29,9 +29,9 @@ defmodule ServeEx.PipelineTest do
     )
 
     start_supervised!({ServeEx.Pipeline.Supervisor, config})
-    assert_receive {:consume, producer, _chan, "serve_ex.requests", 128}, 2_000
+    assert_receive {:consume, producer, chan, "serve_ex.requests", 128}, 2_000
     on_exit(fn -> ServeEx.Status.set_draining(false) end)
-    %{producer: producer, url: url}
+    %{producer: producer, url: url, chan: chan}
   end
 
   defp deliver(producer, body, tag, opts \\ []) do
@@ -177,6 +177,36 @@ defmodule ServeEx.PipelineTest do
     assert_receive {:published, ^refused, _, "c70"}, 2_000
     assert_receive {:reject, 70, false}, 2_000
     refute_receive {:published, ^refused, _, "c70"}, 200
+  end
+
+  test "a stream whose generation runs again publishes each frame once, in order",
+       %{chan: chan} do
+    # what a batcher sends when a batch with a streamed request failed and is retried one
+    # request at a time: the chunks of the failed run, a restart, the retried run's
+    key = {Fake, chan, 95}
+    tag = {key, @reply_queue, "c95"}
+    publisher = Process.whereis(ServeEx.Pipeline.ReplyPublisher)
+    for text <- ["ab", "cd"], do: send(publisher, {:stream_chunk, tag, text})
+    send(publisher, {:stream_restart, tag})
+    for text <- ["ab", "cd", "ef"], do: send(publisher, {:stream_chunk, tag, text})
+
+    message = %ServeEx.Message{
+      payload: "",
+      reply_to: @reply_queue,
+      correlation_id: "c95",
+      acknowledger: key,
+      redelivered: false,
+      received_at: System.monotonic_time(:microsecond)
+    }
+
+    ServeEx.Pipeline.ReplyPublisher.settle([{message, {:reply, {:stream_end, key, nil}, :ok}}])
+
+    frames = for _ <- 1..4, do: reply_for(95)
+    assert Enum.map(frames, & &1["seq"]) == [0, 1, 2, 3]
+    assert Enum.map_join(frames, &Map.get(&1, "delta", "")) == "abcdef"
+    assert List.last(frames)["done"] == true
+    assert_receive {:ack, 95}, 2_000
+    refute_receive {:published, _, _, "c95"}, 100
   end
 
   test "a bad number fails only its own request; its batch neighbours are answered",

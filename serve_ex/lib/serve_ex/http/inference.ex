@@ -26,7 +26,7 @@ defmodule ServeEx.HTTP.Inference do
   reply is `application/octet-stream`: the raw little-endian f32 values, with headers
   `x-dtype: f32`, `x-shape: rows,cols` and `x-fields` (`data`, or `mu,logvar`).
   """
-  alias ServeEx.{InFlight, Message, Reply, Request, Status}
+  alias ServeEx.{InFlight, Message, Reply, Request, Status, StreamCursor}
   alias ServeEx.Pipeline.Processor
 
   # Without a deadline, the longest a handler waits: a 1,024-token generation queued
@@ -83,50 +83,69 @@ defmodule ServeEx.HTTP.Inference do
 
     try do
       :ok = Processor.handle_message(message, "")
-
-      receive do
-        {:stream_chunk, ^ref, text} ->
-          stream(req, ref, text, wait_ms(deadline))
-
-        {^ref, {:stream_end, _key, error}, label} ->
-          reply(req, status(label), Reply.stream_end(0, error))
-
-        {^ref, body, label} ->
-          reply(req, status(label), body)
-      after
-        wait_ms(deadline) ->
-          reply(req, 504, Reply.error(:deadline_exceeded, "no result in time"))
-      end
+      await_reply(req, ref, deadline)
     after
       InFlight.add_http(-1)
     end
   end
 
+  defp await_reply(req, ref, deadline) do
+    receive do
+      {:stream_chunk, ^ref, text} ->
+        stream(req, ref, text, wait_ms(deadline))
+
+      {:stream_restart, ^ref} ->
+        # no chunk came before the run was retried: the retried run starts the stream
+        await_reply(req, ref, deadline)
+
+      {^ref, {:stream_end, _key, error}, label} ->
+        reply(req, status(label), Reply.stream_end(0, error))
+
+      {^ref, body, label} ->
+        reply(req, status(label), body)
+    after
+      wait_ms(deadline) ->
+        reply(req, 504, Reply.error(:deadline_exceeded, "no result in time"))
+    end
+  end
+
   # A streamed generation as server-sent events, one per frame (the AMQP frames' JSON):
   # `event: chunk` with the new text, then `event: done` (ok, or the error).
+  # A retried run repeats the chunks already sent; `ServeEx.StreamCursor` skips them.
   defp stream(req, ref, first, wait_ms) do
     headers = %{"content-type" => "text/event-stream", "cache-control" => "no-cache"}
     req = :cowboy_req.stream_reply(200, headers, req)
-    chunk(req, 0, first)
-    stream_rest(req, ref, 1, wait_ms)
+    stream_rest(req, ref, chunk(req, %StreamCursor{}, first), wait_ms)
   end
 
-  defp chunk(req, seq, text),
-    do: :cowboy_req.stream_body(event(seq, "chunk", Reply.stream_chunk(seq, text)), :nofin, req)
+  defp chunk(req, cursor, text) do
+    case StreamCursor.chunk(cursor) do
+      {:skip, cursor} ->
+        cursor
 
-  defp stream_rest(req, ref, seq, wait_ms) do
+      {{:send, seq}, cursor} ->
+        json = Reply.stream_chunk(seq, text)
+        :cowboy_req.stream_body(event(seq, "chunk", json), :nofin, req)
+        cursor
+    end
+  end
+
+  defp stream_rest(req, ref, cursor, wait_ms) do
     receive do
       {:stream_chunk, ^ref, text} ->
-        chunk(req, seq, text)
-        stream_rest(req, ref, seq + 1, wait_ms)
+        stream_rest(req, ref, chunk(req, cursor, text), wait_ms)
+
+      {:stream_restart, ^ref} ->
+        stream_rest(req, ref, StreamCursor.restart(cursor), wait_ms)
 
       {^ref, {:stream_end, _key, error}, _label} ->
-        :cowboy_req.stream_body(event(seq, "done", Reply.stream_end(seq, error)), :fin, req)
+        done = Reply.stream_end(cursor.next, error)
+        :cowboy_req.stream_body(event(cursor.next, "done", done), :fin, req)
         req
     after
       wait_ms ->
-        late = Reply.stream_end(seq, {:deadline_exceeded, "no result in time"})
-        :cowboy_req.stream_body(event(seq, "done", late), :fin, req)
+        late = Reply.stream_end(cursor.next, {:deadline_exceeded, "no result in time"})
+        :cowboy_req.stream_body(event(cursor.next, "done", late), :fin, req)
         req
     end
   end

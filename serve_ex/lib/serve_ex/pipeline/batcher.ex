@@ -152,8 +152,17 @@ defmodule ServeEx.Pipeline.Batcher do
           Exception.format(kind, reason, __STACKTRACE__)
       )
 
+      Enum.each(messages, &restart_stream/1)
       Enum.flat_map(messages, &run_alone(model, &1))
   end
+
+  # A streamed request's chunks so far came from the run that failed; the one-by-one run
+  # repeats them, and whoever numbers the frames must skip the repeats.
+  defp restart_stream(%{request: %{args: %{stream: true}}} = message) do
+    with {pid, tag} <- stream_target(message), do: send(pid, {:stream_restart, tag})
+  end
+
+  defp restart_stream(_message), do: :ok
 
   defp run_alone(model, message) do
     handle_batch(model, [message])
@@ -209,7 +218,9 @@ defmodule ServeEx.Pipeline.Batcher do
   defp stream_seed(%{correlation_id: cid, payload: payload}) when is_binary(cid),
     do: :erlang.phash2({cid, payload}, 4_294_967_296)
 
-  defp stream_seed(_message), do: :rand.uniform(4_294_967_296) - 1
+  # without a correlation id, the same for a retry within this node
+  defp stream_seed(%{payload: payload, received_at: received_at}),
+    do: :erlang.phash2({payload, received_at}, 4_294_967_296)
 
   # Where the engine sends a stream's chunks: the HTTP handler that waits for it, or the
   # reply publisher, which numbers them and publishes each as a frame (with no publisher

@@ -22,7 +22,7 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   use GenServer
   require Logger
 
-  alias ServeEx.{Connection, InFlight, Metrics, Reply}
+  alias ServeEx.{Connection, InFlight, Metrics, Reply, StreamCursor}
   alias ServeEx.Pipeline.FailurePolicy
 
   @retry_ms 200
@@ -66,7 +66,7 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
        waiting: [],
        pending: %{},
        next_seqno: 1,
-       # stream key => the sequence number of its next frame
+       # stream key => its ServeEx.StreamCursor
        streams: %{}
      }}
   end
@@ -116,11 +116,26 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   # A chunk of a streamed text, sent by the engine while it generates: published at
   # once as the stream's next frame; it settles nothing.
   def handle_info({:stream_chunk, {key, reply_to, correlation_id}, text}, state) do
-    seq = Map.get(state.streams, key, 0)
-    to = %{reply_to: reply_to, correlation_id: correlation_id, model_version: nil}
-    frame = %{message: to, body: Reply.stream_chunk(seq, text), label: :frame, settle: :none}
-    state = %{state | streams: Map.put(state.streams, key, seq + 1)}
-    {:noreply, publish(Map.merge(frame, %{attempts: 0, returned: false}), state)}
+    {action, cursor} = StreamCursor.chunk(Map.get(state.streams, key, %StreamCursor{}))
+    state = %{state | streams: Map.put(state.streams, key, cursor)}
+
+    case action do
+      :skip ->
+        {:noreply, state}
+
+      {:send, seq} ->
+        to = %{reply_to: reply_to, correlation_id: correlation_id, model_version: nil}
+        body = Reply.stream_chunk(seq, text)
+        frame = %{message: to, body: body, label: :frame, settle: :none}
+        {:noreply, publish(Map.merge(frame, %{attempts: 0, returned: false}), state)}
+    end
+  end
+
+  # The stream's generation runs again (its batch is retried): its repeated chunks are
+  # skipped.
+  def handle_info({:stream_restart, {key, _reply_to, _correlation_id}}, state) do
+    cursor = Map.get(state.streams, key, %StreamCursor{})
+    {:noreply, %{state | streams: Map.put(state.streams, key, StreamCursor.restart(cursor))}}
   end
 
   def handle_info(message, state) do
@@ -144,8 +159,8 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   # A reply is published now and its delivery settled when the broker confirms it;
   # confirms arrive asynchronously, so publishing never waits for them.
   defp start_settling({message, {:publish, {:stream_end, key, error}, label}, settle}, state) do
-    {seq, streams} = Map.pop(state.streams, key, 0)
-    body = Reply.stream_end(seq, error)
+    {cursor, streams} = Map.pop(state.streams, key, %StreamCursor{})
+    body = Reply.stream_end(cursor.next, error)
     start_settling({message, {:publish, body, label}, settle}, %{state | streams: streams})
   end
 

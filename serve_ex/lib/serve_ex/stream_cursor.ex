@@ -1,0 +1,35 @@
+defmodule ServeEx.StreamCursor do
+  @moduledoc """
+  Numbers the chunk frames of one streamed generation, across restarts. A generation
+  that is run again (its batch crashed and is retried one request at a time) sends its
+  chunks again from the first: the same text, since its seed is the same. The frames
+  already sent are not sent twice: after `restart/1`, the repeated chunks are skipped,
+  and numbering goes on from the first chunk not yet sent.
+
+      iex> alias ServeEx.StreamCursor
+      iex> {{:send, 0}, c} = StreamCursor.chunk(%StreamCursor{})
+      iex> {{:send, 1}, c} = StreamCursor.chunk(c)
+      iex> c = StreamCursor.restart(c)
+      iex> {:skip, c} = StreamCursor.chunk(c)
+      iex> {:skip, c} = StreamCursor.chunk(c)
+      iex> {{:send, 2}, c} = StreamCursor.chunk(c)
+      iex> c.next
+      3
+  """
+
+  @typedoc "`next`: the next frame's number; `seen`: chunks of the current run so far."
+  @type t :: %__MODULE__{next: non_neg_integer(), seen: non_neg_integer()}
+  defstruct next: 0, seen: 0
+
+  @doc "One more chunk of the current run: send it as frame `seq`, or skip a repeat."
+  @spec chunk(t()) :: {{:send, non_neg_integer()} | :skip, t()}
+  def chunk(%__MODULE__{next: next, seen: seen} = cursor) when seen < next,
+    do: {:skip, %{cursor | seen: seen + 1}}
+
+  def chunk(%__MODULE__{next: next, seen: seen}),
+    do: {{:send, next}, %__MODULE__{next: next + 1, seen: seen + 1}}
+
+  @doc "The generation runs again from its first token."
+  @spec restart(t()) :: t()
+  def restart(cursor), do: %{cursor | seen: 0}
+end
