@@ -44,20 +44,28 @@ defmodule ServeEx.ModelRegistry do
   @spec reload() :: [String.t()]
   def reload, do: GenServer.call(__MODULE__, :reload, 60_000)
 
-  @doc "Loads the models of `dir` at once (used at start, and by tests)."
+  @doc "The models of `dir`, loaded and warmed, without serving them (tests use it)."
+  @spec read_dir(Path.t()) :: %{String.t() => Engine.t()}
+  def read_dir(dir), do: dir |> scan(%{}, %{}) |> elem(0)
+
+  @doc "Loads the models of `dir` at once and serves them (tests of the pipeline use it)."
   @spec load_dir(Path.t()) :: %{String.t() => Engine.t()}
   def load_dir(dir) do
-    {models, _stamps} = scan(dir, %{}, %{})
+    {models, _stamps} = install(dir)
+    models
+  end
+
+  # scans `dir` and serves what it holds
+  defp install(dir) do
+    {models, stamps} = scan(dir, %{}, %{})
     if models == %{}, do: Logger.error("no servable *.safetensors in #{Path.expand(dir)}")
     :persistent_term.put(@key, models)
-    models
+    {models, stamps}
   end
 
   @impl true
   def init({dir, poll_ms}) do
-    {models, stamps} = scan(dir, %{}, %{})
-    if models == %{}, do: Logger.error("no servable *.safetensors in #{Path.expand(dir)}")
-    :persistent_term.put(@key, models)
+    {_models, stamps} = install(dir)
     ServeEx.SignalHandler.install()
     schedule(poll_ms)
     {:ok, %{dir: dir, poll_ms: poll_ms, stamps: stamps}}
