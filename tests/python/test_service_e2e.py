@@ -193,8 +193,9 @@ def test_the_async_client_survives_a_dropped_connection(service):
     """As `test_the_client_survives_a_dropped_connection`, from asyncio: the robust
     connection comes back, the reply queue is declared again, the request goes out again."""
     name = f"e2e-async-reconnect-{uuid.uuid4().hex[:6]}"
-    # long enough (past the block, every step a full prefill) to be under way at the close
-    request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 400}
+    # long enough (past the block, every step a full prefill: seconds) to be under way
+    # at the close, so that it has to be published again
+    request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 1000}
 
     async def run():
         async with AsyncClient(queue=service.env["REQUEST_QUEUE"], name=name) as client:
@@ -202,10 +203,11 @@ def test_the_async_client_survives_a_dropped_connection(service):
             await asyncio.to_thread(close_connection_named, name)
             reply = await client.wait(cid, 60)
             again = await client.call({"v": 1, "model": "vae", "op": "generate", "n": 1})
-            return reply, again, client.reconnects
+            return reply, again, client.reconnects, client.republished
 
-    reply, again, reconnects = asyncio.run(run())
-    assert reply["ok"] is True and again["ok"] is True and reconnects == 1
+    reply, again, reconnects, republished = asyncio.run(run())
+    assert reply["ok"] is True and again["ok"] is True
+    assert reconnects == 1 and republished == 1
 
 
 def test_the_async_client_says_when_no_queue_takes_a_request():

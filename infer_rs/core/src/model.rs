@@ -36,7 +36,7 @@ impl Model {
     pub fn vae_generate(path: impl AsRef<Path>, n: usize, seed: u64) -> Result<Matrix> {
         let model = Self::load(path)?;
         match model {
-            Self::Vae(m) => m.generate(n, seed),
+            Self::Vae(m) => m.decoder.generate(n, seed),
             other => other.unavailable("vae_generate"),
         }
     }
@@ -81,8 +81,9 @@ impl Model {
     /// n images from `seed`: VAE in [0, 1], WGAN in [-1, 1].
     pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
         match self {
-            Self::Vae(m) => m.generate(n, seed),
-            Self::Wgan(m) => m.decoder.generate(n, seed),
+            Self::Vae(Vae { decoder, .. }) | Self::Wgan(Generator { decoder, .. }) => {
+                decoder.generate(n, seed)
+            }
             Self::Gpt(_) => self.unavailable("generate"),
         }
     }
@@ -90,8 +91,9 @@ impl Model {
     /// Images from latent rows z of width z_dim.
     pub fn decode(&self, z: Rows) -> Result<Matrix> {
         match self {
-            Self::Vae(m) => m.decode(z, None),
-            Self::Wgan(m) => m.decoder.decode(z),
+            Self::Vae(Vae { decoder, .. }) | Self::Wgan(Generator { decoder, .. }) => {
+                decoder.decode(z, None)
+            }
             Self::Gpt(_) => self.unavailable("decode"),
         }
     }
@@ -123,8 +125,9 @@ impl Model {
     /// Many generate requests (n, seed) through one pass of the network.
     pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
         match self {
-            Self::Vae(m) => m.generate_batch(requests),
-            Self::Wgan(m) => m.decoder.generate_batch(requests),
+            Self::Vae(Vae { decoder, .. }) | Self::Wgan(Generator { decoder, .. }) => {
+                decoder.generate_batch(requests)
+            }
             Self::Gpt(_) => requests
                 .iter()
                 .map(|_| self.unavailable("generate"))
@@ -135,8 +138,9 @@ impl Model {
     /// Many decode inputs through one pass of the network.
     pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
         match self {
-            Self::Vae(m) => m.decode_batch(inputs),
-            Self::Wgan(m) => m.decoder.decode_batch(inputs),
+            Self::Vae(Vae { decoder, .. }) | Self::Wgan(Generator { decoder, .. }) => {
+                decoder.decode_batch(inputs)
+            }
             Self::Gpt(_) => inputs.iter().map(|_| self.unavailable("decode")).collect(),
         }
     }

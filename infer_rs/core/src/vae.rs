@@ -5,11 +5,10 @@
 use crate::batch::{check_rows, Matrix, Rows};
 use crate::dense::{Activation, Dense, Mlp};
 use crate::error::{InferError, Result};
-use crate::latent::LatentDecoder;
+use crate::latent::{with_one_hot, LatentDecoder};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 
 /// The config stored in the file's metadata (`shared_schema/configs/vae.schema.json`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -59,8 +58,8 @@ pub struct Vae {
     pub cfg: Config,
     /// x -> [mu, logvar]: tanh hidden layers, then both heads as one (2 z_dim)-wide layer.
     encoder: Mlp,
-    /// z -> x_hat: tanh hidden layers, then the sigmoid output.
-    decoder: LatentDecoder,
+    /// [z, y] -> x_hat: tanh hidden layers, then the sigmoid output.
+    pub(crate) decoder: LatentDecoder,
 }
 
 impl Vae {
@@ -92,6 +91,7 @@ impl Vae {
             decoder: LatentDecoder::new(
                 tanh_stack(dec.pp("hidden"), &dec_widths, vec![out])?,
                 cfg.z_dim,
+                cfg.n_classes,
                 cfg.x_dim,
             ),
             cfg,
@@ -103,57 +103,11 @@ impl Vae {
         self.encoder.macs_per_row().max(self.decoder.macs_per_row())
     }
 
-    /// Rows of `v` with one_hot(y) appended for a conditional model; `v` itself otherwise.
-    fn condition<'a>(&self, v: Rows<'a>, labels: Option<&[u32]>) -> Result<Cow<'a, [f32]>> {
-        let rows = v.data.len() / v.width;
-        match (self.cfg.n_classes, labels) {
-            (0, None) => Ok(Cow::Borrowed(v.data)),
-            (0, Some(_)) => Err(InferError::InvalidArgument(
-                "labels given to a VAE that is not conditional".into(),
-            )),
-            (_, None) => Err(InferError::InvalidArgument(format!(
-                "this conditional VAE needs one label in 0..{} per row",
-                self.cfg.n_classes
-            ))),
-            (n_classes, Some(labels)) => {
-                if labels.len() != rows {
-                    return Err(InferError::InvalidArgument(format!(
-                        "{} labels for {rows} rows",
-                        labels.len()
-                    )));
-                }
-                let mut out = Vec::with_capacity(rows * (v.width + n_classes));
-                for (row, &label) in v.data.chunks_exact(v.width).zip(labels) {
-                    if label as usize >= n_classes {
-                        return Err(InferError::InvalidArgument(format!(
-                            "label {label} is outside 0..{n_classes}"
-                        )));
-                    }
-                    out.extend_from_slice(row);
-                    out.extend((0..n_classes).map(|c| if c == label as usize { 1.0 } else { 0.0 }));
-                }
-                Ok(Cow::Owned(out))
-            }
-        }
-    }
-
-    /// x_hat = sigmoid(out(tanh-MLP([z, y]))) for rows z of width z_dim.
-    pub fn decode(&self, z: Rows, labels: Option<&[u32]>) -> Result<Matrix> {
-        if self.cfg.n_classes == 0 && labels.is_none() {
-            return self.decoder.decode(z);
-        }
-        let rows = check_rows("z", z, self.cfg.z_dim)?;
-        Ok(Matrix {
-            rows,
-            cols: self.cfg.x_dim,
-            data: self.decoder.forward(&self.condition(z, labels)?, rows),
-        })
-    }
-
     /// (mu, logvar) of q(z | x[, y]) for rows x of width x_dim.
     pub fn encode(&self, x: Rows, labels: Option<&[u32]>) -> Result<(Matrix, Matrix)> {
         let rows = check_rows("x", x, self.cfg.x_dim)?;
-        let heads = self.encoder.forward(&self.condition(x, labels)?, rows);
+        let input = with_one_hot(x, labels, self.cfg.n_classes)?;
+        let heads = self.encoder.forward(&input, rows);
         let z = self.cfg.z_dim;
         let split = |offset: usize| Matrix {
             rows,
@@ -170,50 +124,12 @@ impl Vae {
     /// decode(mu(x)): the posterior mean's reconstruction.
     pub fn reconstruct(&self, x: Rows, labels: Option<&[u32]>) -> Result<Matrix> {
         let (mu, _) = self.encode(x, labels)?;
-        self.decode(
+        self.decoder.decode(
             Rows {
                 data: &mu.data,
                 width: mu.cols,
             },
             labels,
         )
-    }
-
-    /// n samples: z ~ N(0, I) from `seed`, decoded; a conditional model cycles labels
-    /// 0, 1, ..., n_classes - 1 as `train/` does.
-    pub fn generate(&self, n: usize, seed: u64) -> Result<Matrix> {
-        if self.cfg.n_classes == 0 {
-            return self.decoder.generate(n, seed);
-        }
-        let z = self.decoder.latents(n, seed)?;
-        let labels: Vec<u32> = (0..n).map(|i| (i % self.cfg.n_classes) as u32).collect();
-        self.decode(
-            Rows {
-                data: &z,
-                width: self.cfg.z_dim,
-            },
-            Some(&labels),
-        )
-    }
-
-    /// Many decode inputs in one pass through the decoder (unconditional models; a
-    /// conditional one needs labels, so it decodes each input on its own).
-    pub fn decode_batch(&self, inputs: &[Rows]) -> Vec<Result<Matrix>> {
-        if self.cfg.n_classes > 0 {
-            return inputs.iter().map(|z| self.decode(*z, None)).collect();
-        }
-        self.decoder.decode_batch(inputs)
-    }
-
-    /// Many generate requests (n, seed) in one pass; each equals `generate(n, seed)`
-    /// up to float rounding.
-    pub fn generate_batch(&self, requests: &[(usize, u64)]) -> Vec<Result<Matrix>> {
-        if self.cfg.n_classes > 0 {
-            return requests
-                .iter()
-                .map(|&(n, seed)| self.generate(n, seed))
-                .collect();
-        }
-        self.decoder.generate_batch(requests)
     }
 }

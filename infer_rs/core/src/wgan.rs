@@ -55,7 +55,7 @@ impl Generator {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            decoder: LatentDecoder::new(Mlp::new(layers), cfg.z_dim, cfg.x_dim),
+            decoder: LatentDecoder::new(Mlp::new(layers), cfg.z_dim, 0, cfg.x_dim),
             cfg,
         })
     }

@@ -1,7 +1,8 @@
 //! The NIF behind `ServeEx.Native`: models live in resources, loaded once and shared;
 //! tensors come back in the encoding each request asked for (base64 for the JSON
 //! reply, or the raw little-endian f32 bytes of a binary reply);
-//! file reads run on dirty IO schedulers, inference on dirty CPU schedulers. Every
+//! file reads run on dirty IO schedulers; inference runs on dirty CPU schedulers, or
+//! inline for a small image batch (each image NIF comes in both forms). Every
 //! failure comes back as `{:error, {kind, message}}`, with `kind` one of the wire
 //! error codes (mapped in one place, [`reason`]); rustler turns a panic into an Erlang
 //! exception, so none takes the VM down.

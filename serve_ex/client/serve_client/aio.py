@@ -27,8 +27,14 @@ import aiormq
 from serve_client.amqp import DEFAULT_QUEUE, DEFAULT_URL
 from serve_client.replies import FrameOrder, ServeError, is_last, reply_from
 
-# What publishing on a connection that dropped raises; the reconnection takes over.
-DROPPED = (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.ConnectionClosed)
+# What a publish raises when the connection or channel goes down under it (aiormq fails
+# a pending confirm with whatever closed the connection); it is published again.
+DROPPED = (
+    ConnectionError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ChannelInvalidStateError,
+)
 
 
 class AsyncClient:
@@ -46,6 +52,8 @@ class AsyncClient:
         self.reply_name = f"{reply_prefix}{uuid.uuid4().hex}"
         self.outstanding: dict[str, bytes] = {}  # published, no (last) reply yet
         self.reconnects = 0
+        self.republished = 0  # requests published again after a reconnect
+        self._publishing: set[str] = set()  # requests in their first publish
         self._inboxes: dict[str, asyncio.Queue[dict]] = {}
 
     async def __aenter__(self) -> AsyncClient:
@@ -69,18 +77,45 @@ class AsyncClient:
         cid = message.correlation_id
         if is_last(reply):
             self.outstanding.pop(cid, None)
-        if cid in self._inboxes:
-            self._inboxes[cid].put_nowait(reply)
+        self._deliver(cid, reply)
         await message.ack()
 
+    def _deliver(self, cid: str, reply: dict) -> None:
+        if cid in self._inboxes:
+            self._inboxes[cid].put_nowait(reply)
+
     async def _republish(self, *_connection) -> None:
-        """After a reconnect the channel and a new reply queue are back: every request
-        still waiting goes out again, addressed to the new queue."""
+        """After a reconnect the channel and the reply queue are back: every request that
+        was published and is still unanswered goes out again. One that fails gets its
+        error as its reply; the others are not held up by it. (A request still in its
+        first publish is left to it: it retries by itself.)"""
         self.reconnects += 1
         for cid, body in list(self.outstanding.items()):
-            await self._publish(body, cid)
+            if cid in self._publishing:
+                continue
+            try:
+                await self._publish_once(body, cid)
+                self.republished += 1
+            except ServeError as err:
+                self._deliver(cid, {"v": 1, "ok": False, "error": {"code": err.code, "message": str(err)}})
+            except DROPPED:
+                pass  # down again: the next reconnection tries again
 
     async def _publish(self, body: bytes, correlation_id: str) -> None:
+        """Publish until the broker confirms, waiting out a dropped connection (the
+        robust connection comes back by itself)."""
+        self._publishing.add(correlation_id)
+        try:
+            while True:
+                try:
+                    return await self._publish_once(body, correlation_id)
+                except DROPPED:
+                    await asyncio.sleep(0.1)  # the connection may not know yet that it is down
+                    await self.channel.ready()
+        finally:
+            self._publishing.discard(correlation_id)
+
+    async def _publish_once(self, body: bytes, correlation_id: str) -> None:
         message = aio_pika.Message(
             body,
             content_type="application/json",
@@ -90,8 +125,6 @@ class AsyncClient:
         )
         try:
             await self.channel.default_exchange.publish(message, routing_key=self.queue, mandatory=True)
-        except DROPPED:
-            pass  # still outstanding: the reconnection publishes it again
         except amqp_errors.PublishError:  # returned: no queue took it
             self.outstanding.pop(correlation_id, None)
             message = f"no queue {self.queue!r} took the request; is the service up?"
@@ -102,13 +135,18 @@ class AsyncClient:
 
     async def send(self, request: dict | bytes) -> str:
         """Publish a request (a dict, or raw bytes sent as they are); returns its
-        correlation id, for `wait`. It returns once the broker has confirmed the request,
-        or, while the connection is down, once the request is queued for the reconnection."""
+        correlation id, for `wait`, once the broker has confirmed the request. While the
+        connection is down it waits for it to come back: bound it with `call`'s timeout
+        or `asyncio.wait_for`."""
         cid = uuid.uuid4().hex
         body = request if isinstance(request, bytes) else json.dumps(request).encode()
         self._inboxes[cid] = asyncio.Queue()
         self.outstanding[cid] = body
-        await self._publish(body, cid)
+        try:
+            await self._publish(body, cid)
+        except BaseException:
+            self._forget(cid)
+            raise
         return cid
 
     async def wait(self, correlation_id: str, timeout: float = 30.0) -> dict:
@@ -120,8 +158,15 @@ class AsyncClient:
             self._forget(correlation_id)
 
     async def call(self, request: dict | bytes, timeout: float = 30.0) -> dict:
-        """The reply to one request; ServeError("timeout") if none comes in time."""
-        return await self.wait(await self.send(request), timeout)
+        """The reply to one request, sent and answered within `timeout` seconds;
+        ServeError("timeout") if not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            cid = await asyncio.wait_for(self.send(request), timeout)
+        except TimeoutError:
+            raise ServeError("timeout", f"the request was not sent within {timeout} s") from None
+        return await self.wait(cid, deadline - loop.time())
 
     async def stream(self, request: dict, timeout: float = 60.0) -> AsyncIterator[dict]:
         """A streamed generate_text request's frames in sequence order, each once (see

@@ -142,6 +142,12 @@ defmodule ServeEx.HTTP.Inference do
         done = Reply.stream_end(cursor.next, error)
         :cowboy_req.stream_body(event(cursor.next, "done", done), :fin, req)
         req
+
+      # the generation failed, and failed again alone: the stream ends with that error
+      {^ref, _error_reply, label} ->
+        failed = Reply.stream_end(cursor.next, {label, "the service failed on this request"})
+        :cowboy_req.stream_body(event(cursor.next, "done", failed), :fin, req)
+        req
     after
       wait_ms ->
         late = Reply.stream_end(cursor.next, {:deadline_exceeded, "no result in time"})

@@ -2,8 +2,8 @@ defmodule ServeEx.Pipeline.Batcher do
   @moduledoc """
   One batcher per model. It gathers requests until their rows reach `batch_size` or
   the oldest has waited `batch_timeout_ms`, then runs `handle_batch`: one engine call
-  per op present in the batch, on a dirty CPU scheduler (the NIF's choice), and one
-  reply per request. A crash inside a batch is attributed to the request that caused
+  per op present in the batch (inline or on a dirty CPU scheduler, as
+  `ServeEx.Engine.runs_inline?/2` says), and one reply per request. A crash inside a batch is attributed to the request that caused
   it: the batch runs again one request at a time, the innocent ones are answered, and
   only the guilty one fails (`ServeEx.Pipeline.FailurePolicy` decides what then).
   """
@@ -218,9 +218,10 @@ defmodule ServeEx.Pipeline.Batcher do
   defp stream_seed(%{correlation_id: cid, payload: payload}) when is_binary(cid),
     do: :erlang.phash2({cid, payload}, 4_294_967_296)
 
-  # without a correlation id, the same for a retry within this node
-  defp stream_seed(%{payload: payload, received_at: received_at}),
-    do: :erlang.phash2({payload, received_at}, 4_294_967_296)
+  # without a correlation id: the same for a retry within this node (the delivery, or
+  # the HTTP request, is the same), and another for any other request
+  defp stream_seed(%{payload: payload, acknowledger: acknowledger}),
+    do: :erlang.phash2({payload, acknowledger}, 4_294_967_296)
 
   # Where the engine sends a stream's chunks: the HTTP handler that waits for it, or the
   # reply publisher, which numbers them and publishes each as a frame (with no publisher

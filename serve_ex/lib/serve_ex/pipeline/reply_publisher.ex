@@ -132,10 +132,9 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   end
 
   # The stream's generation runs again (its batch is retried): its repeated chunks are
-  # skipped.
+  # skipped. (A stream that sent no chunk yet has no cursor, and needs none.)
   def handle_info({:stream_restart, {key, _reply_to, _correlation_id}}, state) do
-    cursor = Map.get(state.streams, key, %StreamCursor{})
-    {:noreply, %{state | streams: Map.put(state.streams, key, StreamCursor.restart(cursor))}}
+    {:noreply, %{state | streams: Map.replace_lazy(state.streams, key, &StreamCursor.restart/1)}}
   end
 
   def handle_info(message, state) do
@@ -153,7 +152,14 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
 
   @impl true
   def handle_cast({:settle, outcomes}, state) do
-    {:noreply, Enum.reduce(outcomes, state, &start_settling(FailurePolicy.decide(&1), &2))}
+    {:noreply, Enum.reduce(outcomes, state, &settle_one/2)}
+  end
+
+  # A settled request's stream, if it had one, is over whatever the outcome: its cursor
+  # goes (a redelivery is a new delivery, with a stream of its own).
+  defp settle_one({message, _outcome} = settled, state) do
+    state = start_settling(FailurePolicy.decide(settled), state)
+    %{state | streams: Map.delete(state.streams, message.acknowledger)}
   end
 
   # A reply is published now and its delivery settled when the broker confirms it;
