@@ -55,6 +55,8 @@ defmodule ServeEx.Config do
       16
       iex> ServeEx.Config.from_env(%{"PROCESSORS" => "zero"})
       ** (ArgumentError) PROCESSORS must be a whole number from 1 to 64, got "zero"
+      iex> ServeEx.Config.from_env(%{"REPLY_QUEUE_PREFIX" => "amq.mine."})
+      ** (ArgumentError) REPLY_QUEUE_PREFIX must be up to 100 letters, digits or _.:- and not start with amq., got "amq.mine."
   """
   @spec from_env(%{optional(String.t()) => String.t()}) :: t()
   def from_env(env \\ System.get_env()) do
@@ -109,27 +111,33 @@ defmodule ServeEx.Config do
   end
 
   defp queue(env) do
-    name = Map.get(env, "REQUEST_QUEUE", "serve_ex.requests")
-
-    if name =~ ~r/^[A-Za-z0-9_.:-]{1,200}$/,
-      do: name,
-      else:
-        raise(
-          ArgumentError,
-          "REQUEST_QUEUE must be 1-200 letters, digits or _.:-, got #{inspect(name)}"
-        )
+    checked(
+      env,
+      "REQUEST_QUEUE",
+      "serve_ex.requests",
+      &(&1 =~ ~r/^[A-Za-z0-9_.:-]{1,200}$/),
+      "1-200 letters, digits or _.:-"
+    )
   end
 
   defp reply_prefix(env) do
-    prefix = Map.get(env, "REPLY_QUEUE_PREFIX", "serve_ex.reply.")
+    checked(
+      env,
+      "REPLY_QUEUE_PREFIX",
+      "serve_ex.reply.",
+      &(&1 =~ ~r/\A[A-Za-z0-9_.:-]{0,100}\z/ and not String.starts_with?(&1, "amq.")),
+      "up to 100 letters, digits or _.:- and not start with amq."
+    )
+  end
 
-    if prefix =~ ~r/\A[A-Za-z0-9_.:-]{0,100}\z/ and not String.starts_with?(prefix, "amq."),
-      do: prefix,
-      else:
-        raise(
-          ArgumentError,
-          "REPLY_QUEUE_PREFIX must be up to 100 letters, digits or _.:- and not start with amq., got #{inspect(prefix)}"
-        )
+  # The value of `key` if `valid?` holds for it; otherwise an ArgumentError that names
+  # the variable and its `rule`.
+  defp checked(env, key, default, valid?, rule) do
+    value = Map.get(env, key, default)
+
+    if valid?.(value),
+      do: value,
+      else: raise(ArgumentError, "#{key} must be #{rule}, got #{inspect(value)}")
   end
 
   defp ip(env) do
