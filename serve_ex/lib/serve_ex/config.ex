@@ -55,6 +55,7 @@ defmodule ServeEx.Config do
       16
       iex> ServeEx.Config.from_env(%{"PROCESSORS" => "zero"})
       ** (ArgumentError) PROCESSORS must be a whole number from 1 to 64, got "zero"
+
       iex> ServeEx.Config.from_env(%{"REPLY_QUEUE_PREFIX" => "amq.mine."})
       ** (ArgumentError) REPLY_QUEUE_PREFIX must be up to 100 letters, digits or _.:- and not start with amq., got "amq.mine."
   """
