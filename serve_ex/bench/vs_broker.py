@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -76,6 +77,22 @@ def measure(name: str, queue: str, seconds: float, rows: list, loads) -> None:
         )
 
 
+def profile_under_load(service: Service, queue: str, window_ms: int = 3000) -> str:
+    """ServeEx.Bench.Profile inside the node while n=1 requests run 64 in flight."""
+    result: dict[str, str] = {}
+
+    def profile() -> None:
+        time.sleep(1.5)  # past the load's warm-up
+        result["table"] = service.rpc(f"ServeEx.Bench.Profile.main({window_ms})")
+
+    thread = threading.Thread(target=profile)
+    thread.start()
+    load(queue, 1, 64, 1.0 + window_ms / 1000)
+    thread.join()
+    print(result["table"], flush=True)
+    return result["table"]
+
+
 def batch_histogram(metrics: str) -> str:
     buckets = [line for line in metrics.splitlines() if line.startswith("serve_ex_batch_rows_bucket")]
     counts = [(line.split('le="')[1].split('"')[0], float(line.rsplit(" ", 1)[1])) for line in buckets]
@@ -100,6 +117,7 @@ def main() -> None:
     with Service(args.models.resolve(), queue, tmp / "service.log") as service:
         measure("serve_ex", queue, args.seconds, rows, loads)
         histogram = batch_histogram(service.metrics())
+        profile = profile_under_load(service, queue)
 
     for mode, name in (("plain", NOOP), ("confirmed", CONFIRMED_NOOP)):
         queue = f"serve_ex.bench.noop.{uuid.uuid4().hex[:6]}"
@@ -148,6 +166,8 @@ def main() -> None:
             f"| {ratios[0]:.0%} | {ratios[1]:.0%} | {torch_ratio} |"
         )
     lines += ["", f"serve_ex rows per engine call over the run (histogram): {histogram}"]
+    title = "Reductions per request by process at n=1, 64 in flight (ServeEx.Bench.Profile):"
+    lines += ["", title, "", profile]
     report.write("service", lines)
 
 
