@@ -20,17 +20,14 @@ from train.batches import ImageBatches, TextBatches
 from train.data import load_images, load_text
 from train.distributed import first_rank, join, leave
 from train.errors import TrainError
-from train.export import export
-from train.flags import add_flags, build, given
-from train.models.gpt import GPT
-from train.models.vae import VAE
-from train.models.wgan import WGANGP
+from train.export import ARCHITECTURES, export
+from train.flags import add_flags, build, flag_name, given
 from train.presets import MODELS, Preset
 from train.runtime import RuntimeConfig, autocast_dtype, resolve_device
 from train.trainer import CHECKPOINT, METRICS, TrainConfig, Trainer, seed_everything
 
 GPT_DEFAULT_PROMPT = "ROMEO:"
-NETWORKS = (VAE, WGANGP, GPT)
+NETWORKS = tuple(ARCHITECTURES.values())
 
 
 def models_text() -> str:
@@ -85,7 +82,7 @@ def model_sizes(args: argparse.Namespace, preset: Preset) -> dict:
     own = given(args, preset.network.Config)
     for network in NETWORKS:
         for name in given(args, network.Config).keys() - own.keys():
-            flag = "--" + name.replace("_", "-")
+            flag = flag_name(name)
             raise TrainError(f"{flag} is a {network.arch} setting; --model {args.model} has no use for it")
     return {**preset.sizes, **own}
 

@@ -9,7 +9,7 @@ so the dataclass (or a preset) keeps the say on its default.
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, Field, field, fields
+from dataclasses import MISSING, field, fields
 
 from train.errors import TrainError
 
@@ -19,8 +19,9 @@ def knob(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
 
 
-def flag_name(f: Field) -> str:
-    return "--" + f.name.replace("_", "-")
+def flag_name(name: str) -> str:
+    """The CLI flag of a config field: `warmup_steps` -> `--warmup-steps`."""
+    return "--" + name.replace("_", "-")
 
 
 def comma_list(kind: type):
@@ -49,11 +50,11 @@ def add_flags(group, cls: type, seen: set[str]) -> None:
         extra = {k: v for k, v in f.metadata.items() if k != "help"}
         kwargs = dict(default=argparse.SUPPRESS, help=f.metadata["help"], **extra)
         if isinstance(default, bool):
-            group.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
         elif isinstance(default, tuple):
-            group.add_argument(flag_name(f), type=comma_list(type(default[0])), **kwargs)
+            group.add_argument(flag_name(f.name), type=comma_list(type(default[0])), **kwargs)
         else:
-            group.add_argument(flag_name(f), type=type(default), **kwargs)
+            group.add_argument(flag_name(f.name), type=type(default), **kwargs)
 
 
 def given(args: argparse.Namespace, cls: type) -> dict:

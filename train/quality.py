@@ -126,17 +126,12 @@ def main() -> None:
     p.add_argument("--gpt-seconds", type=float, default=300)
     args = p.parse_args()
     gpt_budget = ["--epochs", "5", "--steps-per-epoch", "280", "--max-seconds", str(args.gpt_seconds)]
-    bce = ["--likelihood", "bernoulli", "--hidden", "400", "--lr", "5e-3"]
-    runs = {  # name: (flags, the throughput its summary reports)
-        "vae": (["--model", "vae", "--epochs", "30"], "samples/s"),
-        "vae_bce": (["--model", "vae", *bce], "samples/s"),
-        "wgan": (["--model", "wgan"], "G steps/s"),
-        "gpt": (["--model", "gpt", *gpt_budget], "tokens/s"),
-    }
+    budgets = {"vae": ["--epochs", "30"], "gpt": gpt_budget}  # beyond each model's CASES flags
+    units = {"vae": "samples/s", "vae_bce": "samples/s", "wgan": "G steps/s", "gpt": "tokens/s"}
     results = {}
-    for name, (flags, unit) in runs.items():
-        s = train(name, flags, args.threads)
-        results[name] = dict(recipe=s["recipe"], val=s["final_val"]["loss"], rate=throughput(s, unit))
+    for name, flags in overhead.CASES.items():
+        s = train(name, [*flags, *budgets.get(name, [])], args.threads)
+        results[name] = dict(recipe=s["recipe"], val=s["final_val"]["loss"], rate=throughput(s, units[name]))
     results["gpt_gen"] = gpt_generation_rate(OUT / "artifacts" / "gpt.safetensors")
     results["quality"] = sample_quality({n: OUT / "artifacts" / f"{n}.safetensors" for n in ("vae", "wgan")})
     results["overhead"] = overhead.measure(args.threads, steps=40, rounds=3)

@@ -1,6 +1,6 @@
 """A FastAPI + uvicorn serving peer, the HTTP benchmark's baseline: serve_ex's
 `POST /v1/models/{id}/generate` for the VAE, run with torch eager one request at a time
-per worker, answered with the same JSON reply.
+per worker, answered with the same JSON reply (`torch_consumer.generate_reply`).
 
     MODEL=artifacts/vae.safetensors PYTHONPATH=. .venv/bin/uvicorn --app-dir serve_ex/bench \\
         fastapi_vae:app --workers 2 --port 8000
@@ -8,12 +8,12 @@ per worker, answered with the same JSON reply.
 
 from __future__ import annotations
 
-import base64
 import os
 
 import torch
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
+from torch_consumer import generate_reply
 
 from train.export import load
 
@@ -32,13 +32,4 @@ class Generate(BaseModel):
 def generate(model_id: str, request: Generate) -> dict:
     if model_id != "vae":
         raise HTTPException(404, f"no model {model_id!r} is served")
-    generator = torch.Generator().manual_seed(request.seed)
-    with torch.inference_mode():
-        images = MODEL.sample(request.n, generator).numpy()
-    return {
-        "v": 1,
-        "ok": True,
-        "shape": list(images.shape),
-        "dtype": "f32",
-        "data": base64.b64encode(images.astype("<f4").tobytes()).decode(),
-    }
+    return generate_reply(MODEL, request.n, request.seed)

@@ -16,6 +16,20 @@ import torch
 from train.export import load
 
 
+def generate_reply(model, n: int, seed: int) -> dict:
+    """n samples of `model` from `seed`, as serve_ex's JSON tensor reply (the baselines' work)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        images = model.sample(n, generator).numpy()
+    return {
+        "v": 1,
+        "ok": True,
+        "shape": list(images.shape),
+        "dtype": "f32",
+        "data": base64.b64encode(images.astype("<f4").tobytes()).decode(),
+    }
+
+
 def main() -> None:
     queue, model_path = sys.argv[1], sys.argv[2]
     torch.set_num_threads(2)
@@ -28,16 +42,7 @@ def main() -> None:
 
     def on_request(ch, method, props, body):
         request = json.loads(body)
-        generator = torch.Generator().manual_seed(request.get("seed", 0))
-        with torch.inference_mode():
-            images = model.sample(request["n"], generator).numpy()
-        reply = {
-            "v": 1,
-            "ok": True,
-            "shape": list(images.shape),
-            "dtype": "f32",
-            "data": base64.b64encode(images.astype("<f4").tobytes()).decode(),
-        }
+        reply = generate_reply(model, request["n"], request.get("seed", 0))
         ch.basic_publish(
             "", props.reply_to, json.dumps(reply), pika.BasicProperties(correlation_id=props.correlation_id)
         )

@@ -75,18 +75,23 @@ class Service:
 
     def start(self, timeout: float = 120.0, ready: bool = True) -> float:
         """Start the node and wait until it is ready (or, with ready=False, only live);
-        returns the seconds it took."""
+        returns the seconds it took. A node that never gets there is killed, not left
+        behind."""
         started = time.monotonic()
         cmd = ["elixir", "--sname", self.node, "-S", "mix", "run", "--no-halt"]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, cwd=SERVE_EX, env=self.env, stdout=log, stderr=log)
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve_ex exited with {self.process.returncode}; see {self.log}")
-            if self.health().get("ready") or (not ready and http_json(self.port, "/livez").get("live")):
-                return time.monotonic() - started
-            time.sleep(0.05)
-        raise RuntimeError(f"serve_ex not ready after {timeout} s; see {self.log}")
+        try:
+            while time.monotonic() - started < timeout:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"serve_ex exited with {self.process.returncode}; see {self.log}")
+                if self.health().get("ready") or (not ready and http_json(self.port, "/livez").get("live")):
+                    return time.monotonic() - started
+                time.sleep(0.05)
+            raise RuntimeError(f"serve_ex not ready after {timeout} s; see {self.log}")
+        except BaseException:
+            self.sigkill()
+            raise
 
     def health(self) -> dict:
         return http_json(self.port, "/readyz")
@@ -141,7 +146,7 @@ class Service:
         try:
             self.start()
         except BaseException:
-            self.__exit__()  # a node that never became ready is stopped, not left behind
+            shutil.rmtree(self.home, ignore_errors=True)  # `start` has killed the node
             raise
         return self
 

@@ -39,6 +39,9 @@ impl rustler::Resource for ModelResource {}
 
 type Reason = (Atom, String);
 
+/// An output tensor: rows, cols, and the values in the encoding the request asked for.
+type Tensor<'a> = (usize, usize, Binary<'a>);
+
 /// How a request wants its tensors: `:base64` (the JSON reply's) or `:f32` (raw bytes).
 #[derive(NifUnitEnum, Clone, Copy)]
 enum Encoding {
@@ -68,25 +71,28 @@ fn reason(err: InferError) -> Reason {
 }
 
 /// (rows, cols, the little-endian f32 bytes, raw or base64): the reply's encoding, done
-/// here because base64 in Rust is many times faster than in the VM.
-fn matrix<'a>(
-    env: Env<'a>,
-    m: Matrix,
-    encoding: Encoding,
-) -> Result<(usize, usize, Binary<'a>), Reason> {
-    let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    if let Encoding::F32 = encoding {
-        let mut binary = OwnedBinary::new(bytes.len()).ok_or(out_of_memory())?;
-        binary.as_mut_slice().copy_from_slice(&bytes);
-        return Ok((m.rows, m.cols, binary.release(env)));
-    }
-    let engine = base64::engine::general_purpose::STANDARD;
-    let len = base64::encoded_len(bytes.len(), true).ok_or(out_of_memory())?;
-    let mut binary = OwnedBinary::new(len).ok_or(out_of_memory())?;
-    // encoded straight into the binary the reply is built from: no intermediate String
-    engine
-        .encode_slice(&bytes, binary.as_mut_slice())
-        .map_err(|e| (atoms::internal(), e.to_string()))?;
+/// here because base64 in Rust is many times faster than in the VM. Either way the
+/// values are written once into the binary the reply is built from.
+fn matrix<'a>(env: Env<'a>, m: Matrix, encoding: Encoding) -> Result<Tensor<'a>, Reason> {
+    let raw_len = 4 * m.data.len();
+    let binary = match encoding {
+        Encoding::F32 => {
+            let mut binary = OwnedBinary::new(raw_len).ok_or(out_of_memory())?;
+            for (out, v) in binary.as_mut_slice().chunks_exact_mut(4).zip(&m.data) {
+                out.copy_from_slice(&v.to_le_bytes());
+            }
+            binary
+        }
+        Encoding::Base64 => {
+            let bytes: Vec<u8> = m.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let len = base64::encoded_len(raw_len, true).ok_or(out_of_memory())?;
+            let mut binary = OwnedBinary::new(len).ok_or(out_of_memory())?;
+            base64::engine::general_purpose::STANDARD
+                .encode_slice(&bytes, binary.as_mut_slice())
+                .map_err(|e| (atoms::internal(), e.to_string()))?;
+            binary
+        }
+    };
     Ok((m.rows, m.cols, binary.release(env)))
 }
 
@@ -130,9 +136,6 @@ fn floats(bytes: &[u8]) -> Result<Vec<f32>, InferError> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect())
 }
-
-/// An output tensor: rows, cols, and the values in the encoding the request asked for.
-type Tensor<'a> = (usize, usize, Binary<'a>);
 
 /// Each request's result in its own encoding.
 fn encoded<'a>(
@@ -290,6 +293,7 @@ fn model_generate_text_batch<'a>(
                 seed: r.seed,
             };
             let sent = std::cell::Cell::new(0usize); // new tokens streamed so far
+            let sent_bytes = std::cell::Cell::new(0usize); // and their text's bytes
             let send = |text: String| {
                 if let Some((pid, tag)) = &r.stream {
                     // a gone receiver is the liveness check's business, not this one's
@@ -298,12 +302,12 @@ fn model_generate_text_batch<'a>(
             };
             let watch = |new: &[u32]| {
                 if r.stream.is_some() && new.len() >= sent.get() + STREAM_TOKENS {
-                    send(
-                        resource
-                            .model
-                            .decode_tokens(&new[sent.get()..])
-                            .unwrap_or_default(),
-                    );
+                    let chunk = resource
+                        .model
+                        .decode_tokens(&new[sent.get()..])
+                        .unwrap_or_default();
+                    sent_bytes.set(sent_bytes.get() + chunk.len());
+                    send(chunk);
                     sent.set(new.len());
                 }
                 stop_reason(env, r.deadline_ms.unwrap_or(0))
@@ -312,10 +316,11 @@ fn model_generate_text_batch<'a>(
                 .model
                 .generate_text_watched(&r.prompt, r.max_new_tokens, sampling, &watch)
                 .map_err(reason)?;
-            // the tokens after the last chunk: one character each past the prompt's
-            let streamed = r.prompt.chars().count() + sent.get();
+            // the text after the last chunk: the full text is the prompt, then every
+            // chunk sent, then this tail
             if r.stream.is_some() {
-                send(text.chars().skip(streamed).collect());
+                let tail = text.get(r.prompt.len() + sent_bytes.get()..);
+                send(tail.unwrap_or_default().to_string());
             }
             Ok(text)
         })

@@ -16,7 +16,6 @@ its name, and a name the broker generated cannot be declared by a client.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,7 +24,16 @@ import aio_pika.exceptions as amqp_errors
 import aiormq
 
 from serve_client.amqp import DEFAULT_QUEUE, DEFAULT_URL
-from serve_client.replies import FrameOrder, ServeError, is_last, reply_from
+from serve_client.replies import (
+    FrameOrder,
+    ServeError,
+    error_reply,
+    is_last,
+    refused,
+    reply_from,
+    request_body,
+    unroutable,
+)
 
 # What a publish raises when the connection or channel goes down under it (aiormq fails
 # a pending confirm with whatever closed the connection); it is published again.
@@ -97,7 +105,8 @@ class AsyncClient:
                 await self._publish_once(body, cid)
                 self.republished += 1
             except ServeError as err:
-                self._deliver(cid, {"v": 1, "ok": False, "error": {"code": err.code, "message": str(err)}})
+                self.outstanding.pop(cid, None)
+                self._deliver(cid, error_reply(err.code, str(err)))
             except DROPPED:
                 pass  # down again: the next reconnection tries again
 
@@ -126,12 +135,9 @@ class AsyncClient:
         try:
             await self.channel.default_exchange.publish(message, routing_key=self.queue, mandatory=True)
         except amqp_errors.PublishError:  # returned: no queue took it
-            self.outstanding.pop(correlation_id, None)
-            message = f"no queue {self.queue!r} took the request; is the service up?"
-            raise ServeError("unroutable", message) from None
+            raise unroutable(self.queue) from None
         except amqp_errors.DeliveryError:  # nacked
-            self.outstanding.pop(correlation_id, None)
-            raise ServeError("refused", f"the broker refused the request to {self.queue!r}") from None
+            raise refused(self.queue) from None
 
     async def send(self, request: dict | bytes) -> str:
         """Publish a request (a dict, or raw bytes sent as they are); returns its
@@ -139,7 +145,7 @@ class AsyncClient:
         connection is down it waits for it to come back: bound it with `call`'s timeout
         or `asyncio.wait_for`."""
         cid = uuid.uuid4().hex
-        body = request if isinstance(request, bytes) else json.dumps(request).encode()
+        body = request_body(request)
         self._inboxes[cid] = asyncio.Queue()
         self.outstanding[cid] = body
         try:

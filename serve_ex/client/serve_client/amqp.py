@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,7 +9,15 @@ from collections.abc import Callable, Iterator
 import pika
 import pika.exceptions as amqp_errors
 
-from serve_client.replies import FrameOrder, ServeError, is_last, reply_from
+from serve_client.replies import (
+    FrameOrder,
+    ServeError,
+    is_last,
+    refused,
+    reply_from,
+    request_body,
+    unroutable,
+)
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_QUEUE = "serve_ex.requests"
@@ -101,17 +108,16 @@ class Client:
             self.channel.basic_publish("", self.queue, body, props, mandatory=True)
         except amqp_errors.UnroutableError:
             self.outstanding.pop(correlation_id, None)
-            message = f"no queue {self.queue!r} took the request; is the service up?"
-            raise ServeError("unroutable", message) from None
+            raise unroutable(self.queue) from None
         except amqp_errors.NackError:
             self.outstanding.pop(correlation_id, None)
-            raise ServeError("refused", f"the broker refused the request to {self.queue!r}") from None
+            raise refused(self.queue) from None
 
     def send(self, request: dict | bytes, correlation_id: str | None = None) -> str:
         """Publish a request (a dict, or raw bytes sent as they are) once the broker has
         confirmed it; returns its correlation id."""
         correlation_id = correlation_id or uuid.uuid4().hex
-        body = request if isinstance(request, bytes) else json.dumps(request).encode()
+        body = request_body(request)
         self.outstanding[correlation_id] = body
         try:
             self._publish(body, correlation_id)

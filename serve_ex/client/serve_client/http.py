@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 
-from serve_client.replies import parse_body
+from serve_client.replies import parse_body, request_body
 
 
 def http_call(base: str, model: str, op: str, body: dict | bytes, timeout: float = 30.0) -> tuple[int, dict]:
     """POST `body` (a request without model and op, or raw bytes) to
     BASE/v1/models/MODEL/OP; (status, reply), the reply decoded like an AMQP one."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = request_body(body)
     request = urllib.request.Request(
         f"{base}/v1/models/{model}/{op}", data=data, headers={"content-type": "application/json"}
     )

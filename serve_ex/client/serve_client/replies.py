@@ -32,6 +32,24 @@ def parse_body(content_type: str | None, body: bytes, shape, fields, dtype: str 
     return {"v": 1, "ok": True, "shape": [rows, cols], "dtype": "f32", **tensors}
 
 
+def request_body(request: dict | bytes) -> bytes:
+    """A request as it goes on the wire: a dict as JSON, bytes as they are."""
+    return request if isinstance(request, bytes) else json.dumps(request).encode()
+
+
+def error_reply(code: str, message: str) -> dict:
+    """An error reply made on the client's side, shaped as the service's."""
+    return {"v": 1, "ok": False, "error": {"code": code, "message": message}}
+
+
+def unroutable(queue: str) -> ServeError:
+    return ServeError("unroutable", f"no queue {queue!r} took the request; is the service up?")
+
+
+def refused(queue: str) -> ServeError:
+    return ServeError("refused", f"the broker refused the request to {queue!r}")
+
+
 def reply_from(content_type: str | None, body: bytes, headers: dict | None) -> dict:
     """The reply dict of a delivered reply; a body that cannot be read becomes a
     `bad_reply` error reply, so a waiter is answered rather than left hanging."""
@@ -40,7 +58,7 @@ def reply_from(content_type: str | None, body: bytes, headers: dict | None) -> d
         shape, fields = headers.get("x-shape"), headers.get("x-fields")
         return parse_body(content_type, body, shape, fields, headers.get("x-dtype"))
     except (ServeError, ValueError) as err:
-        return {"v": 1, "ok": False, "error": {"code": "bad_reply", "message": str(err)}}
+        return error_reply("bad_reply", str(err))
 
 
 def is_last(reply: dict) -> bool:

@@ -24,4 +24,8 @@ defmodule ServeEx.Message do
           route: {model_id :: String.t(), op :: String.t()} | nil,
           model_id: String.t()
         }
+
+  @doc "Whether the message is an HTTP request (it has no delivery to settle)."
+  @spec http?(t()) :: boolean()
+  def http?(%__MODULE__{acknowledger: acknowledger}), do: match?({:http, _, _}, acknowledger)
 end

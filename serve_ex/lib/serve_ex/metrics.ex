@@ -45,11 +45,14 @@ defmodule ServeEx.Metrics do
       {:gauge, "Duration of the last drain, in milliseconds", [], nil, 1}
   }
 
-  # histogram => {bounds in stored units, a new row's counters: one per bound, +Inf, sum}
+  # histogram => {bounds in stored units, the sum's position in a row, a new row's
+  # counters (one per bound, +Inf, the sum) as a tuple}, worked out at compile time
   @layouts for {name, {:histogram, _, _, bounds, scale}} <- @metrics,
                into: %{},
                do:
-                 {name, {Enum.map(bounds, &(&1 * scale)), List.duplicate(0, length(bounds) + 2)}}
+                 {name,
+                  {Enum.map(bounds, &(&1 * scale)), length(bounds) + 3,
+                   List.to_tuple(List.duplicate(0, length(bounds) + 2))}}
 
   @doc "Creates the table (once, at application start, by a process that outlives it)."
   @spec setup() :: :ok
@@ -117,23 +120,27 @@ defmodule ServeEx.Metrics do
   # One bucket's count and the sum move in a single update; the bucket is the first
   # bound >= value, or +Inf. A row is {key, count per bound..., +Inf count, sum}.
   defp observe(name, labels, value) do
-    {bounds, zeros} = Map.fetch!(@layouts, name)
-    bucket = Enum.find_index(bounds, &(value <= &1)) || length(bounds)
+    {bounds, sum_pos, zeros} = Map.fetch!(@layouts, name)
     key = {name, labels}
-    updates = [{bucket + 2, 1}, {length(zeros) + 1, value}]
-    :ets.update_counter(@table, key, updates, List.to_tuple([key | zeros]))
+    updates = [{bucket_pos(bounds, value, 2), 1}, {sum_pos, value}]
+    :ets.update_counter(@table, key, updates, Tuple.insert_at(zeros, 0, key))
     :ok
   end
 
+  # the row position of the first bucket whose bound holds `value`; past the last, +Inf's
+  defp bucket_pos([bound | _], value, pos) when value <= bound, do: pos
+  defp bucket_pos([_ | bounds], value, pos), do: bucket_pos(bounds, value, pos + 1)
+  defp bucket_pos([], _value, pos), do: pos
+
   defp empty_row(name) do
     case @layouts do
-      %{^name => {_, zeros}} -> List.to_tuple([nil | zeros])
+      %{^name => {_, _, zeros}} -> Tuple.insert_at(zeros, 0, nil)
       _ -> {nil, 0}
     end
   end
 
   defp histogram_value(name, row) do
-    {bounds, _} = Map.fetch!(@layouts, name)
+    {bounds, _, _} = Map.fetch!(@layouts, name)
     [_key | counts] = Tuple.to_list(row)
     {buckets, [sum]} = Enum.split(counts, length(bounds) + 1)
     %{buckets: buckets, sum: sum, count: Enum.sum(buckets)}

@@ -9,12 +9,7 @@ defmodule ServeEx.Reply do
   """
   @spec error(atom(), String.t()) :: binary()
   def error(code, message),
-    do:
-      encode(%{
-        "v" => 1,
-        "ok" => false,
-        "error" => %{"code" => Atom.to_string(code), "message" => bounded(message)}
-      })
+    do: encode(%{"v" => 1, "ok" => false, "error" => error_map(code, message)})
 
   @doc """
   An `overloaded` reply with a hint of when to retry.
@@ -113,10 +108,18 @@ defmodule ServeEx.Reply do
   @spec stream_end(non_neg_integer(), {atom(), String.t()} | nil) :: binary()
   def stream_end(seq, nil), do: encode(%{"v" => 1, "ok" => true, "seq" => seq, "done" => true})
 
-  def stream_end(seq, {code, message}) do
-    error = %{"code" => Atom.to_string(code), "message" => bounded(message)}
-    encode(%{"v" => 1, "ok" => false, "seq" => seq, "done" => true, "error" => error})
-  end
+  def stream_end(seq, {code, message}),
+    do:
+      encode(%{
+        "v" => 1,
+        "ok" => false,
+        "seq" => seq,
+        "done" => true,
+        "error" => error_map(code, message)
+      })
+
+  defp error_map(code, message),
+    do: %{"code" => Atom.to_string(code), "message" => bounded(message)}
 
   @doc "A text reply."
   @spec text(String.t()) :: binary()

@@ -29,6 +29,25 @@ defmodule ServeEx.StreamCursor do
   def chunk(%__MODULE__{next: next, seen: seen}),
     do: {{:send, next}, %__MODULE__{next: next + 1, seen: seen + 1}}
 
+  @doc """
+  One more chunk's frame, `{seq, json}`, or nil for a chunk already sent.
+
+      iex> {{0, json}, _cursor} = ServeEx.StreamCursor.frame(%ServeEx.StreamCursor{}, "ab")
+      iex> json
+      ~s({"delta":"ab","ok":true,"seq":0,"v":1})
+  """
+  @spec frame(t(), String.t()) :: {{non_neg_integer(), binary()} | nil, t()}
+  def frame(cursor, text) do
+    case chunk(cursor) do
+      {:skip, cursor} -> {nil, cursor}
+      {{:send, seq}, cursor} -> {{seq, ServeEx.Reply.stream_chunk(seq, text)}, cursor}
+    end
+  end
+
+  @doc "The stream's last frame, `{seq, json}`: `done`, with `error` (`{code, message}`) if any."
+  @spec last(t(), {atom(), String.t()} | nil) :: {non_neg_integer(), binary()}
+  def last(cursor, error), do: {cursor.next, ServeEx.Reply.stream_end(cursor.next, error)}
+
   @doc "The generation runs again from its first token."
   @spec restart(t()) :: t()
   def restart(cursor), do: %{cursor | seen: 0}

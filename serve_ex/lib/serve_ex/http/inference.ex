@@ -119,15 +119,21 @@ defmodule ServeEx.HTTP.Inference do
   end
 
   defp chunk(req, cursor, text) do
-    case StreamCursor.chunk(cursor) do
-      {:skip, cursor} ->
+    case StreamCursor.frame(cursor, text) do
+      {nil, cursor} ->
         cursor
 
-      {{:send, seq}, cursor} ->
-        json = Reply.stream_chunk(seq, text)
+      {{seq, json}, cursor} ->
         :cowboy_req.stream_body(event(seq, "chunk", json), :nofin, req)
         cursor
     end
+  end
+
+  # the last frame, and the end of the response
+  defp finish(req, cursor, error) do
+    {seq, json} = StreamCursor.last(cursor, error)
+    :cowboy_req.stream_body(event(seq, "done", json), :fin, req)
+    req
   end
 
   defp stream_rest(req, ref, cursor, wait_ms) do
@@ -139,20 +145,13 @@ defmodule ServeEx.HTTP.Inference do
         stream_rest(req, ref, StreamCursor.restart(cursor), wait_ms)
 
       {^ref, {:stream_end, _key, error}, _label} ->
-        done = Reply.stream_end(cursor.next, error)
-        :cowboy_req.stream_body(event(cursor.next, "done", done), :fin, req)
-        req
+        finish(req, cursor, error)
 
       # the generation failed, and failed again alone: the stream ends with that error
       {^ref, _error_reply, label} ->
-        failed = Reply.stream_end(cursor.next, {label, "the service failed on this request"})
-        :cowboy_req.stream_body(event(cursor.next, "done", failed), :fin, req)
-        req
+        finish(req, cursor, {label, "the service failed on this request"})
     after
-      wait_ms ->
-        late = Reply.stream_end(cursor.next, {:deadline_exceeded, "no result in time"})
-        :cowboy_req.stream_body(event(cursor.next, "done", late), :fin, req)
-        req
+      wait_ms -> finish(req, cursor, {:deadline_exceeded, "no result in time"})
     end
   end
 

@@ -240,13 +240,14 @@ defmodule ServeEx.Pipeline.Batcher do
   end
 
   # A stream's last frame is numbered by whoever published the frames before it.
+  # a file the engine refuses is the service's failure, not the client's
+  defp outcome({:error, {:bad_model, text}}, message),
+    do: outcome({:error, {:internal, text}}, message)
+
   defp outcome(result, %{request: %{args: %{stream: true}}} = message) do
     case result do
       {:ok, _text} ->
         {:reply, {:stream_end, message.acknowledger, nil}, :ok}
-
-      {:error, {:bad_model, text}} ->
-        {:reply, {:stream_end, message.acknowledger, {:internal, text}}, :internal}
 
       {:error, {code, text}} ->
         {:reply, {:stream_end, message.acknowledger, {code, text}}, code}
@@ -262,9 +263,6 @@ defmodule ServeEx.Pipeline.Batcher do
 
   defp outcome({:ok, tensor}, _op, %{encoding: encoding}),
     do: {:reply, Reply.tensor(tensor, encoding), :ok}
-
-  defp outcome({:error, {:bad_model, text}}, _op, _args),
-    do: {:reply, Reply.error(:internal, text), :internal}
 
   defp outcome({:error, {code, text}}, _op, _args), do: {:reply, Reply.error(code, text), code}
 end

@@ -56,13 +56,13 @@ defmodule ServeEx.Pipeline.FailurePolicy do
       iex> body =~ "internal"
       true
   """
-  @spec decide_http(outcome()) :: {ServeEx.Reply.body(), atom()}
+  # (an HTTP request is never `{:dead, _}`: it has no reply_to to refuse)
+  @spec decide_http({:reply, ServeEx.Reply.body(), atom()} | {:failed, String.t()}) ::
+          {ServeEx.Reply.body(), atom()}
   def decide_http({:reply, body, label}), do: {body, label}
 
   def decide_http({:failed, reason}) do
     Logger.error("an HTTP request failed: #{reason}")
     {Reply.error(:internal, "the service failed on this request"), :internal}
   end
-
-  def decide_http({:dead, reason}), do: {Reply.error(:internal, reason), :internal}
 end

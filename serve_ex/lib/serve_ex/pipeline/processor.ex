@@ -11,7 +11,7 @@ defmodule ServeEx.Pipeline.Processor do
   use GenServer
   require Logger
 
-  alias ServeEx.{Admission, Deadline, ModelRegistry, Reply, ReplyTo, Request}
+  alias ServeEx.{Admission, Deadline, Message, ModelRegistry, Reply, ReplyTo, Request}
   alias ServeEx.Pipeline.{Batcher, ReplyPublisher}
 
   @spec start_link({non_neg_integer(), String.t()}) :: GenServer.on_start()
@@ -51,7 +51,7 @@ defmodule ServeEx.Pipeline.Processor do
   @doc "Validates one message and routes it: to a batcher, or straight to a reply."
   @spec handle_message(ServeEx.Message.t(), String.t()) :: :ok
   def handle_message(message, reply_prefix) do
-    if http?(message) or ReplyTo.accepted?(message.reply_to, reply_prefix) do
+    if Message.http?(message) or ReplyTo.accepted?(message.reply_to, reply_prefix) do
       with {:ok, deadline} <- Deadline.parse(message.deadline),
            :ok <- check_deadline(deadline),
            {:ok, request} <- parse(message),
@@ -73,8 +73,6 @@ defmodule ServeEx.Pipeline.Processor do
       ])
     end
   end
-
-  defp http?(message), do: match?({:http, _, _}, message.acknowledger)
 
   defp parse(%{route: {id, op}} = message),
     do: Request.parse_http(message.payload, id, op, &ModelRegistry.lookup/1)

@@ -22,7 +22,7 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   use GenServer
   require Logger
 
-  alias ServeEx.{Connection, InFlight, Metrics, Reply, StreamCursor}
+  alias ServeEx.{Connection, InFlight, Message, Metrics, StreamCursor}
   alias ServeEx.Pipeline.FailurePolicy
 
   @retry_ms 200
@@ -40,8 +40,7 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   """
   @spec settle([{ServeEx.Message.t(), FailurePolicy.outcome()}]) :: :ok
   def settle(outcomes) do
-    {http, amqp} =
-      Enum.split_with(outcomes, fn {m, _} -> match?({:http, _, _}, m.acknowledger) end)
+    {http, amqp} = Enum.split_with(outcomes, fn {message, _} -> Message.http?(message) end)
 
     for {%{acknowledger: {:http, pid, ref}} = message, outcome} <- http do
       {body, label} = FailurePolicy.decide_http(outcome)
@@ -116,18 +115,16 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   # A chunk of a streamed text, sent by the engine while it generates: published at
   # once as the stream's next frame; it settles nothing.
   def handle_info({:stream_chunk, {key, reply_to, correlation_id}, text}, state) do
-    {action, cursor} = StreamCursor.chunk(Map.get(state.streams, key, %StreamCursor{}))
+    {frame, cursor} = StreamCursor.frame(Map.get(state.streams, key, %StreamCursor{}), text)
     state = %{state | streams: Map.put(state.streams, key, cursor)}
 
-    case action do
-      :skip ->
+    case frame do
+      nil ->
         {:noreply, state}
 
-      {:send, seq} ->
+      {_seq, body} ->
         to = %{reply_to: reply_to, correlation_id: correlation_id, model_version: nil}
-        body = Reply.stream_chunk(seq, text)
-        frame = %{message: to, body: body, label: :frame, settle: :none}
-        {:noreply, publish(Map.merge(frame, %{attempts: 0, returned: false}), state)}
+        {:noreply, publish(entry(to, body, :frame, :none), state)}
     end
   end
 
@@ -166,21 +163,28 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   # confirms arrive asynchronously, so publishing never waits for them.
   defp start_settling({message, {:publish, {:stream_end, key, error}, label}, settle}, state) do
     {cursor, streams} = Map.pop(state.streams, key, %StreamCursor{})
-    body = Reply.stream_end(cursor.next, error)
+    {_seq, body} = StreamCursor.last(cursor, error)
     start_settling({message, {:publish, body, label}, settle}, %{state | streams: streams})
   end
 
-  defp start_settling({message, {:publish, body, label}, settle}, state) do
-    publish(
-      %{message: message, body: body, label: label, settle: settle, attempts: 0, returned: false},
-      state
-    )
-  end
+  defp start_settling({message, {:publish, body, label}, settle}, state),
+    do: publish(entry(message, body, label, settle), state)
 
   defp start_settling({message, {:nothing, label}, settle}, state) do
     finish(message, settle, label)
     state
   end
+
+  # a reply to publish, not yet tried on any channel
+  defp entry(message, body, label, settle),
+    do: %{
+      message: message,
+      body: body,
+      label: label,
+      settle: settle,
+      attempts: 0,
+      returned: false
+    }
 
   defp publish(entry, %{chan: nil} = state), do: %{state | waiting: [entry | state.waiting]}
 
