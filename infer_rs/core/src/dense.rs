@@ -4,11 +4,11 @@
 //! Why not Candle's matmul here: at these sizes (20..784 wide, 1..1000 rows) its
 //! generic GEMM, separate bias add and scalar tanh/sigmoid cost more than the math
 //! (see the README's benchmark). This module does one pass per layer:
-//! - a 6x16 register-blocked AVX2/FMA micro-kernel (12 accumulators; each k step
-//!   loads two vectors of W^T, broadcasts six x values and issues twelve FMAs),
-//!   with a portable fallback of the same arithmetic, chosen by `crate::isa`;
-//! - on the avx512 path, large batches through the `gemm` crate's AVX-512 kernels
-//!   instead (bias preloaded into the output, the activation in a second pass);
+//! - a register-blocked micro-kernel per instruction set, chosen by `crate::isa`:
+//!   AVX2/FMA 6x16 (12 ymm accumulators; each k step loads two vectors of W^T,
+//!   broadcasts six x values and issues twelve FMAs), AVX-512 6x32 (12 zmm
+//!   accumulators, or 1x128 for a single row), and a portable fallback of the same
+//!   arithmetic;
 //! - bias folded into the accumulators' start, the activation applied to the block
 //!   while it is still in cache, with a vectorisable exp-based tanh and sigmoid;
 //! - two threads splitting the output columns through a spinning helper (`pair`):
@@ -36,8 +36,6 @@ const SMALL_BATCH_ROWS: usize = 8;
 /// From this many rows on, a layer with more than two threads allowed is split over
 /// rayon's pool (`grid`); below, or with two threads, over the pair (`pair`).
 const POOL_MIN_ROWS: usize = 64;
-/// From this many rows on, the avx512 path multiplies through `gemm`.
-pub const GEMM_MIN_ROWS: usize = 64;
 
 /// The threads a call may use: the size of rayon's pool (RAYON_NUM_THREADS, else one
 /// per core), or of the pool the caller runs in (`rayon::ThreadPool::install`).
@@ -75,10 +73,6 @@ pub struct Dense {
     bias: Vec<f32>,
     act: Activation,
     isa: Isa,
-    /// For `gemm`: W^T row-major (in_dim, padded_out), and the batch from which it is
-    /// used (usize::MAX: never).
-    gemm_weights: Vec<f32>,
-    gemm_min_rows: usize,
 }
 
 impl Dense {
@@ -103,7 +97,7 @@ impl Dense {
         }
         let mut b: Vec<f32> = bias.to_vec1()?;
         b.resize(padded_out, 0.0);
-        let layer = Self {
+        Ok(Self {
             in_dim,
             out_dim,
             padded_out,
@@ -111,29 +105,7 @@ impl Dense {
             bias: b,
             act,
             isa,
-            gemm_weights: Vec::new(),
-            gemm_min_rows: usize::MAX,
-        };
-        Ok(match isa {
-            Isa::Avx512 => layer.with_gemm_from(GEMM_MIN_ROWS),
-            Isa::Avx2 | Isa::Portable => layer,
         })
-    }
-
-    /// Multiply batches of `rows` and more through `gemm` (which picks its own kernels
-    /// for the CPU). Not for the portable path, which must stay plain Rust.
-    fn with_gemm_from(mut self, rows: usize) -> Self {
-        debug_assert!(self.isa != Isa::Portable);
-        let mut wt = vec![0f32; self.in_dim * self.padded_out];
-        for (tile, panel) in self.panels.chunks_exact(self.in_dim * NR).enumerate() {
-            for (k, values) in panel.chunks_exact(NR).enumerate() {
-                let at = k * self.padded_out + tile * NR;
-                wt[at..at + NR].copy_from_slice(values);
-            }
-        }
-        self.gemm_weights = wt;
-        self.gemm_min_rows = rows;
-        self
     }
 
     /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`.
@@ -142,9 +114,6 @@ impl Dense {
     /// grid of row blocks and column groups over rayon's pool; else the column tiles
     /// split between the two threads of `pair`.
     fn forward(&self, x: &[f32], ldx: usize, rows: usize, y: &mut [f32], parallel: bool) {
-        if rows >= self.gemm_min_rows {
-            return self.forward_gemm(x, ldx, rows, y, parallel);
-        }
         let macs = rows * self.in_dim * self.padded_out;
         let tiles = self.tile_count();
         let threads = if parallel && macs >= PARALLEL_MIN_MACS {
@@ -174,59 +143,6 @@ impl Dense {
         }
     }
 
-    /// y = act(b + x W^T) with `gemm`: y starts as the bias rows, gemm adds x W^T
-    /// (dst = 1 * dst + 1 * lhs rhs), then one pass applies the activation.
-    fn forward_gemm(&self, x: &[f32], ldx: usize, rows: usize, y: &mut [f32], parallel: bool) {
-        let (n, k) = (self.padded_out, self.in_dim);
-        assert!(x.len() >= (rows - 1) * ldx + k && y.len() >= rows * n);
-        for row in y.chunks_exact_mut(n).take(rows) {
-            row.copy_from_slice(&self.bias);
-        }
-        let threads = if parallel && threads_allowed() {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
-        let parallelism = match threads {
-            1 => gemm::Parallelism::None,
-            t => gemm::Parallelism::Rayon(t),
-        };
-        // SAFETY: dst is rows x n with row stride n, lhs rows x k with row stride ldx,
-        // rhs k x n with row stride n; the assert above bounds dst and lhs, and
-        // gemm_weights holds k * n values.
-        unsafe {
-            gemm::gemm(
-                rows,
-                n,
-                k,
-                y.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                ldx as isize,
-                self.gemm_weights.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-        let y = &mut y[..rows * n];
-        #[cfg(target_arch = "x86_64")]
-        if self.isa != Isa::Portable {
-            // SAFETY: only the avx2 and avx512 paths, checked at construction, get here.
-            unsafe { avx2::activate_all(y, self.act) };
-            return;
-        }
-        activate_all(y, self.act);
-    }
-
     fn tile_count(&self) -> usize {
         self.padded_out / NR
     }
@@ -234,14 +150,15 @@ impl Dense {
     /// The given column tiles of every row.
     fn tiles(&self, x: &[f32], ldx: usize, rows: usize, tiles: Range<usize>, y: SharedOut) {
         assert!(x.len() >= (rows - 1) * ldx + self.in_dim && y.len >= rows * self.padded_out);
-        #[cfg(target_arch = "x86_64")]
-        if self.isa != Isa::Portable {
-            // SAFETY: the avx2 and avx512 paths were checked against the CPU at
-            // construction; the assert bounds every access.
-            unsafe { avx2::tiles(self, x, ldx, rows, tiles, y) };
-            return;
+        match self.isa {
+            // SAFETY: the path was checked against the CPU at construction; the assert
+            // bounds every access.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::tiles(self, x, ldx, rows, tiles, y) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::tiles(self, x, ldx, rows, tiles, y) },
+            _ => tiles_with(self, x, ldx, rows, tiles, y, kernel_portable),
         }
-        tiles_with(self, x, ldx, rows, tiles, y, kernel_portable);
     }
 }
 
@@ -345,15 +262,9 @@ fn kernel_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{tiles_with, Activation, Dense, SharedOut, MR, NR};
+    use super::{tiles_with, Dense, SharedOut, MR, NR};
     use std::arch::x86_64::*;
     use std::ops::Range;
-
-    /// `super::activate_all` compiled with AVX2/FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn activate_all(y: &mut [f32], act: Activation) {
-        super::activate_all(y, act);
-    }
 
     /// The shared tile loop compiled with AVX2/FMA: the micro-kernel below, and the
     /// activation's floor, min, max and divisions as vector instructions.
@@ -456,6 +367,112 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{activate, Dense, SharedOut, MR, NR};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Most accumulator tiles of NR values one kernel call holds: MR rows by two
+    /// panels, or one row by WIDE panels.
+    const SLOTS: usize = 12;
+    /// Panels one call covers for a single row: eight 16-wide chains keep both FMA
+    /// pipes busy, where one row by two panels would wait on FMA latency.
+    const WIDE: usize = 8;
+
+    /// The tile loop of the avx512 path: column tiles two at a time (six rows by 32
+    /// columns: 12 zmm accumulators), or eight at a time when the call has one row.
+    /// Each output is one chain of FMAs in k order from its bias, as on the other
+    /// paths' multi-row kernel, so any split of the tiles gives the same bits.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn tiles(
+        layer: &Dense,
+        x: &[f32],
+        ldx: usize,
+        rows: usize,
+        tiles: Range<usize>,
+        y: SharedOut,
+    ) {
+        let (ldy, k) = (layer.padded_out, layer.in_dim);
+        let width = if rows == 1 { WIDE } else { 2 };
+        let mut tile = tiles.start;
+        while tile < tiles.end {
+            let g = width.min(tiles.end - tile);
+            let panels = layer.panels[tile * k * NR..].as_ptr();
+            let mut row = 0;
+            while row < rows {
+                let m = MR.min(rows - row);
+                let mut acc = [[0f32; NR]; SLOTS];
+                for r in 0..m {
+                    for p in 0..g {
+                        let col = (tile + p) * NR;
+                        acc[r * g + p].copy_from_slice(&layer.bias[col..col + NR]);
+                    }
+                }
+                let xp = x[row * ldx..].as_ptr();
+                macro_rules! call {
+                    ($($m:literal, $g:literal);*) => {
+                        match (m, g) {
+                            $(($m, $g) => kernel::<$m, $g>(xp, ldx, k, panels, &mut acc),)*
+                            _ => unreachable!("{m} rows by {g} panels"),
+                        }
+                    };
+                }
+                call!(6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2;
+                      6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1;
+                      1, 8; 1, 7; 1, 6; 1, 5; 1, 4; 1, 3);
+                for r in 0..m {
+                    for p in 0..g {
+                        let values = &mut acc[r * g + p];
+                        activate(values, layer.act);
+                        // SAFETY: each (row, column tile) cell is written by exactly one
+                        // thread: threads own disjoint column ranges or disjoint rows.
+                        unsafe { y.write((row + r) * ldy + (tile + p) * NR, values) };
+                    }
+                }
+                row += m;
+            }
+            tile += g;
+        }
+    }
+
+    /// M rows by G panels: M x G zmm accumulators (`acc[r * G + p]`); per k, G loads of
+    /// the panels (one per 16 columns), M broadcasts of x and M x G FMAs.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn kernel<const M: usize, const G: usize>(
+        x: *const f32,
+        ldx: usize,
+        k: usize,
+        panels: *const f32,
+        acc: &mut [[f32; NR]; SLOTS],
+    ) {
+        let mut c = [[_mm512_setzero_ps(); G]; M];
+        for r in 0..M {
+            for p in 0..G {
+                c[r][p] = _mm512_loadu_ps(acc[r * G + p].as_ptr());
+            }
+        }
+        for kk in 0..k {
+            let mut w = [_mm512_setzero_ps(); G];
+            for (p, w) in w.iter_mut().enumerate() {
+                *w = _mm512_loadu_ps(panels.add((p * k + kk) * NR));
+            }
+            for (r, c) in c.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*x.add(r * ldx + kk));
+                for p in 0..G {
+                    c[p] = _mm512_fmadd_ps(a, w[p], c[p]);
+                }
+            }
+        }
+        for r in 0..M {
+            for p in 0..G {
+                _mm512_storeu_ps(acc[r * G + p].as_mut_ptr(), c[r][p]);
+            }
+        }
+    }
+}
+
 /// exp(y) for y <= 0 without branches: y = n ln2 + r, |r| <= ln2 / 2,
 /// exp(r) by its degree-7 Taylor polynomial (relative error < 2e-8 there), 2^n from
 /// the exponent bits. Inputs below -87 are clamped (exp underflows to ~1e-38).
@@ -539,15 +556,6 @@ fn activate(values: &mut [f32; NR], act: Activation) {
         Activation::Sigmoid => values.iter_mut().for_each(|v| *v = sigmoid(*v)),
         Activation::Gelu => values.iter_mut().for_each(|v| *v = gelu(*v)),
         Activation::Identity => {}
-    }
-}
-
-/// The activation over whole rows whose length is a multiple of NR.
-#[inline(always)]
-fn activate_all(y: &mut [f32], act: Activation) {
-    for tile in y.chunks_exact_mut(NR) {
-        let values: &mut [f32; NR] = tile.try_into().expect("NR values");
-        activate(values, act);
     }
 }
 
@@ -659,24 +667,19 @@ mod tests {
         assert_eq!(sigmoid(-200.0), 0.0);
     }
 
-    /// Every way a layer can run on this CPU: each supported path, and `gemm` forced
-    /// for every batch where the path may use it.
+    /// The layer on every path this CPU supports.
     fn variants(w: &Tensor, b: &Tensor, act: Activation) -> Vec<(String, Dense)> {
-        let mut out = Vec::new();
-        for isa in Isa::ALL.into_iter().filter(|isa| isa.supported()) {
-            out.push((isa.to_string(), Dense::with_isa(w, b, act, isa).unwrap()));
-            if isa != Isa::Portable {
-                let gemm = Dense::with_isa(w, b, act, isa).unwrap().with_gemm_from(1);
-                out.push((format!("{isa}+gemm"), gemm));
-            }
-        }
-        out
+        Isa::ALL
+            .into_iter()
+            .filter(|isa| isa.supported())
+            .map(|isa| (isa.to_string(), Dense::with_isa(w, b, act, isa).unwrap()))
+            .collect()
     }
 
-    /// The grid split over a pool of 3 and 4 threads (more than the cores of a small
-    /// machine: oversubscribed is fine) gives the one-thread result: bit for bit on the
-    /// micro-kernel, whose row tiles the grid keeps; within float32 reassociation on
-    /// `gemm`, which may block k differently per thread count.
+    /// The pair's column split (2 threads) and the grid over a pool of 3 and 4 threads
+    /// (more than the cores of a small machine: oversubscribed is fine) give the
+    /// one-thread result bit for bit on every path: every output is the same chain of
+    /// FMAs whichever thread, and whichever group of tiles, computes it.
     #[test]
     fn pool_split_equals_one_thread_on_every_path() {
         let dev = Device::Cpu;
@@ -687,7 +690,15 @@ mod tests {
                 .unwrap()
         };
         let one = pool(1);
-        for (rows, inp, out) in [(64, 20, 200), (100, 400, 784), (257, 200, 40), (70, 8, 16)] {
+        let shapes = [
+            (1, 400, 784),
+            (7, 33, 130),
+            (64, 20, 200),
+            (100, 400, 784),
+            (257, 200, 40),
+            (70, 8, 16),
+        ];
+        for (rows, inp, out) in shapes {
             let w = Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap();
             let b = Tensor::randn(0f32, 0.2, out, &dev).unwrap();
             let x: Vec<f32> = Tensor::randn(0f32, 1.0, (rows, inp), &dev)
@@ -699,19 +710,10 @@ mod tests {
             for (path, layer) in variants(&w, &b, Activation::Tanh) {
                 let mlp = Mlp::new(vec![layer]);
                 let want = one.install(|| mlp.forward(&x, rows));
-                for threads in [3, 4] {
+                for threads in [2, 3, 4] {
                     let got = pool(threads).install(|| mlp.forward(&x, rows));
                     let case = format!("{path} {rows}x{inp}->{out}, {threads} threads");
-                    if path.ends_with("gemm") {
-                        let worst = got
-                            .iter()
-                            .zip(&want)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0f32, f32::max);
-                        assert!(worst < 1e-5, "{case}: {worst}");
-                    } else {
-                        assert!(got == want, "{case}: differs from one thread");
-                    }
+                    assert!(got == want, "{case}: differs from one thread");
                 }
             }
         }

@@ -4,9 +4,9 @@
 //! (`InferError::UnsupportedIsa`) from every model load, never a silent fallback.
 //!
 //! - `portable`: plain Rust, the only path of a non-x86 target;
-//! - `avx2`: the AVX2/FMA micro-kernel of `dense` at every batch size;
-//! - `avx512`: the same micro-kernel for small batches, and the `gemm` crate, with its
-//!   own AVX-512 kernels, for large ones (`dense::GEMM_MIN_ROWS`).
+//! - `avx2`: the AVX2/FMA micro-kernel of `dense` (6 rows by 16 columns);
+//! - `avx512`: the AVX-512F micro-kernel of `dense` (6 rows by 32 columns, or one row
+//!   by 128), at every batch size too.
 
 use crate::error::{InferError, Result};
 use std::sync::OnceLock;
@@ -21,7 +21,7 @@ pub enum Isa {
     Portable,
     /// AVX2 with FMA.
     Avx2,
-    /// AVX-512F (with AVX2/FMA for the small-batch kernel).
+    /// AVX-512F for the dense layers (with AVX2/FMA for attention and the activations).
     Avx512,
 }
 
