@@ -475,12 +475,17 @@ mod avx512 {
 
 /// exp(y) for y <= 0 without branches: y = n ln2 + r, |r| <= ln2 / 2,
 /// exp(r) by its degree-7 Taylor polynomial (relative error < 2e-8 there), 2^n from
-/// the exponent bits. Inputs below -87 are clamped (exp underflows to ~1e-38).
+/// the exponent bits. Inputs below -87 (and NaN) are clamped to -87 (exp underflows to
+/// ~1e-38). Every step is a plain float or bit operation, so a loop over a tile
+/// vectorises whole: 2^n is built by adding 1.5 * 2^23 to the biased exponent n + 127
+/// (an integer in 2..=127 here), which leaves that integer in the low mantissa bits,
+/// and shifting it into the exponent field; no float-to-int conversion.
 #[inline(always)]
 pub(crate) fn exp_nonpositive(y: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let y = y.max(-87.0);
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let y = if y > -87.0 { y } else { -87.0 };
     let n = (y * std::f32::consts::LOG2_E + 0.5).floor();
     let r = (y - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
@@ -489,7 +494,7 @@ pub(crate) fn exp_nonpositive(y: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits((n + (127.0 + ROUND)).to_bits() << 23)
 }
 
 /// tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|).
