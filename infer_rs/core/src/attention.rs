@@ -14,6 +14,7 @@
 use crate::dense::exp_nonpositive;
 use crate::isa::Isa;
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::Mutex;
 
 /// Vector width the loops are written for (8 f32 lanes of an AVX2 register).
@@ -126,14 +127,23 @@ impl KvCache {
     }
 
     /// Store the keys and values of `t` new rows of `qkv` (t, 3C) in `layer` at
-    /// positions len..len + t, then return y (t, C): for each head,
+    /// positions len..len + t, then return y (t - from, C) for the queries of rows
+    /// from..t: for each head,
     /// y_i = sum_j softmax_j(q_i . k_j / sqrt(head_dim)) v_j over positions j <= len + i.
-    /// A prefill (t > 1) runs the heads in parallel; a decode step, on the caller.
-    pub fn attend(&mut self, layer: usize, qkv: &[f32], t: usize, isa: Isa) -> Vec<f32> {
+    /// Several queries run the heads in parallel; one, on the caller.
+    pub fn attend(
+        &mut self,
+        layer: usize,
+        qkv: &[f32],
+        t: usize,
+        from: usize,
+        isa: Isa,
+    ) -> Vec<f32> {
         let (shape, start) = (self.shape, self.len);
-        assert!(start + t <= shape.capacity && qkv.len() == t * 3 * shape.width());
+        assert!(start + t <= shape.capacity && qkv.len() == t * 3 * shape.width() && from < t);
         self.layers[layer].store(shape, qkv, t, start);
         let cache = &self.layers[layer];
+        let queries = from..t;
         let run = |h: usize| {
             let mut work = self.heads[h].lock().unwrap_or_else(|e| e.into_inner());
             let HeadWork { scratch, out } = &mut *work;
@@ -141,23 +151,24 @@ impl KvCache {
             #[cfg(target_arch = "x86_64")]
             if isa != Isa::Portable {
                 // SAFETY: the avx2 and avx512 paths are only chosen on CPUs with AVX2.
-                return unsafe { avx2::attend(&head, qkv, t, start, scratch, out) };
+                return unsafe { avx2::attend(&head, qkv, queries.clone(), start, scratch, out) };
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = isa; // off x86 the portable path is the only one
-            attend_with(&head, qkv, t, start, scratch, out);
+            attend_with(&head, qkv, queries.clone(), start, scratch, out);
         };
-        if t > 1 {
+        if t - from > 1 {
             for_each_in_parallel(shape.n_head, &run);
         } else {
             (0..shape.n_head).for_each(run);
         }
-        // y[i, h * hs + d] = out_h[i, d]
+        // y[i - from, h * hs + d] = out_h[i, d]
         let (c, hs) = (shape.width(), shape.head_dim);
-        let mut y = vec![0f32; t * c];
+        let mut y = vec![0f32; (t - from) * c];
         for (h, work) in self.heads.iter_mut().enumerate() {
             let out = &work.get_mut().unwrap_or_else(|e| e.into_inner()).out;
-            for (row, o) in y.chunks_exact_mut(c).zip(out.chunks_exact(hs)) {
+            let rows = out.chunks_exact(hs).skip(from);
+            for (row, o) in y.chunks_exact_mut(c).zip(rows) {
                 row[h * hs..][..hs].copy_from_slice(o);
             }
         }
@@ -203,23 +214,23 @@ impl LayerCache {
     }
 }
 
-/// One head of `KvCache::attend` into `out` (t, head_dim), inlined into each
-/// instruction set's wrapper: blocks of QB queries, then the rest one by one.
+/// One head of `KvCache::attend` into rows `queries` of `out` (t, head_dim), inlined
+/// into each instruction set's wrapper: blocks of QB queries, then the rest one by one.
 #[inline(always)]
 fn attend_with(
     head: &Head,
     qkv: &[f32],
-    t: usize,
+    queries: Range<usize>,
     start: usize,
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
-    let mut first = 0;
-    while first + QB <= t {
+    let mut first = queries.start;
+    while first + QB <= queries.end {
         head.block::<QB>(qkv, start + first, first, scratch, out);
         first += QB;
     }
-    for i in first..t {
+    for i in first..queries.end {
         head.block::<1>(qkv, start + i, i, scratch, out);
     }
 }
@@ -365,18 +376,19 @@ fn softmax(s: &mut [f32], seen: usize, scale: f32) {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{attend_with, Head, Scratch};
+    use std::ops::Range;
 
     /// `attend_with` compiled with AVX2/FMA, so its loops over LANES run as vectors.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn attend(
         head: &Head,
         qkv: &[f32],
-        t: usize,
+        queries: Range<usize>,
         start: usize,
         scratch: &mut Scratch,
         out: &mut [f32],
     ) {
-        attend_with(head, qkv, t, start, scratch, out);
+        attend_with(head, qkv, queries, start, scratch, out);
     }
 }
 
@@ -438,10 +450,18 @@ mod tests {
                 pool.install(|| {
                     for prefill in 1..=cap {
                         let mut cache = KvCache::new(1, n_head, hs, cap);
-                        let mut got = cache.attend(0, &qkv[..prefill * 3 * c], prefill, isa);
+                        let mut got = cache.attend(0, &qkv[..prefill * 3 * c], prefill, 0, isa);
+                        // the last query alone, as generation asks of the last layer
+                        let mut alone = KvCache::new(1, n_head, hs, cap);
+                        let last =
+                            alone.attend(0, &qkv[..prefill * 3 * c], prefill, prefill - 1, isa);
+                        assert!(
+                            last[..] == got[(prefill - 1) * c..],
+                            "{isa}: last query alone"
+                        );
                         cache.advance(prefill);
                         for i in prefill..cap {
-                            got.extend(cache.attend(0, &qkv[i * 3 * c..][..3 * c], 1, isa));
+                            got.extend(cache.attend(0, &qkv[i * 3 * c..][..3 * c], 1, 0, isa));
                             cache.advance(1);
                         }
                         let worst = got

@@ -153,39 +153,35 @@ impl Block {
     }
 
     /// c_proj(softmax(Q K^T / sqrt(d) + M) V) with [Q, K, V] = c_attn(x), M = -inf where
-    /// a query would see a later key.
-    fn attention(
-        &self,
-        x: &[f32],
-        t: usize,
-        cache: &mut KvCache,
-        layer: usize,
-        isa: Isa,
-    ) -> Vec<f32> {
+    /// a query would see a later key, for rows from..t (every row's keys and values are
+    /// cached).
+    fn attention(&self, x: &[f32], t: usize, from: usize, at: Layer) -> Vec<f32> {
         let qkv = self.c_attn.forward(x, t);
-        self.attn_proj
-            .forward(&cache.attend(layer, &qkv, t, isa), t)
+        let y = at.cache.attend(at.layer, &qkv, t, from, at.isa);
+        self.attn_proj.forward(&y, t - from)
     }
 
+    /// Rows from..t of the block's output for the t rows of x.
     /// pre-LN: x + attn(ln_1(x)), then + mlp(ln_2(x)); post-LN: ln_1(x + attn(x)), ln_2(x + mlp(x)).
-    fn forward(
-        &self,
-        x: Vec<f32>,
-        t: usize,
-        cache: &mut KvCache,
-        layer: usize,
-        isa: Isa,
-    ) -> Vec<f32> {
+    fn forward(&self, x: &[f32], t: usize, from: usize, at: Layer) -> Vec<f32> {
+        let rows = t - from;
+        let tail = &x[from * (x.len() / t)..];
         if self.pre_ln {
-            let attn = self.attention(&self.ln_1.forward(&x), t, cache, layer, isa);
-            let x = residual(attn, &x);
-            return residual(self.mlp.forward(&self.ln_2.forward(&x), t), &x);
+            let x = residual(self.attention(&self.ln_1.forward(x), t, from, at), tail);
+            return residual(self.mlp.forward(&self.ln_2.forward(&x), rows), &x);
         }
         let x = self
             .ln_1
-            .forward(&residual(self.attention(&x, t, cache, layer, isa), &x));
-        self.ln_2.forward(&residual(self.mlp.forward(&x, t), &x))
+            .forward(&residual(self.attention(x, t, from, at), tail));
+        self.ln_2.forward(&residual(self.mlp.forward(&x, rows), &x))
     }
+}
+
+/// Where a block runs: the cache it writes, its layer in the cache, the kernels' path.
+struct Layer<'a> {
+    cache: &'a mut KvCache,
+    layer: usize,
+    isa: Isa,
 }
 
 /// The char-level GPT: embeddings, pre-norm blocks, final norm, tied head.
@@ -260,8 +256,10 @@ impl Gpt {
     }
 
     /// The final hidden states ln_f(x) (T, C) of tokens that follow the cached
-    /// positions; the cache then holds them too.
-    fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    /// positions, or with `last_only` that of the last token alone (all generation
+    /// needs: the last block then computes one row past its keys and values, about a
+    /// fifth of a re-prefill's work saved); the cache then holds every token.
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, last_only: bool) -> Vec<f32> {
         let (start, t, c) = (cache.len(), ids.len(), self.cfg.n_embd);
         // x_i = wte[id_i] + wpe[start + i]
         let mut x = Vec::with_capacity(t * c);
@@ -270,8 +268,19 @@ impl Gpt {
             let position = &self.wpe[(start + i) * c..][..c];
             x.extend(token.iter().zip(position).map(|(a, b)| a + b));
         }
+        let n = self.blocks.len();
         for (layer, block) in self.blocks.iter().enumerate() {
-            x = block.forward(x, t, cache, layer, self.isa);
+            let from = if last_only && layer + 1 == n {
+                t - 1
+            } else {
+                0
+            };
+            let at = Layer {
+                cache: &mut *cache,
+                layer,
+                isa: self.isa,
+            };
+            x = block.forward(&x, t, from, at);
         }
         cache.advance(t);
         self.ln_f.forward(&x)
@@ -297,7 +306,7 @@ impl Gpt {
                 limit: self.cfg.block_size,
             });
         }
-        let hidden = self.forward(ids, &mut self.empty_cache());
+        let hidden = self.forward(ids, &mut self.empty_cache(), false);
         Ok(crate::batch::Matrix {
             rows: ids.len(),
             cols: self.vocab.len(),
@@ -350,12 +359,12 @@ impl Gpt {
                 return Err(InferError::Stopped { tokens, reason });
             }
             let hidden = if ids.len() <= self.cfg.block_size && !cache.is_empty() {
-                self.forward(&ids[ids.len() - 1..], &mut cache)
+                self.forward(&ids[ids.len() - 1..], &mut cache, true)
             } else {
                 // prefill, or re-prefill a window that slid past block_size
                 cache.clear();
                 let window = &ids[ids.len().saturating_sub(self.cfg.block_size)..];
-                self.forward(window, &mut cache)
+                self.forward(window, &mut cache, true)
             };
             let last = self.head.forward(&hidden[hidden.len() - c..], 1);
             ids.push(pick_next_token(&last, sampling, &mut rng));
