@@ -13,6 +13,11 @@ use infer_core::{Arch, InferError, Matrix, Model, Rows, Sampling, StopReason};
 use rustler::{Atom, Binary, Env, LocalPid, NifMap, NifUnitEnum, OwnedBinary, ResourceArc, Term};
 use std::panic::AssertUnwindSafe;
 
+/// The engine's buffers come from mimalloc, which keeps freed pages for the next call
+/// instead of handing them back to the OS to fault in again (as the Python module does).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod atoms {
     rustler::atoms! {
         invalid_argument,

@@ -10,6 +10,12 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::collections::hash_map::RandomState;
+
+/// The engine's buffers (activations, outputs handed to numpy) come from mimalloc, which
+/// keeps freed pages for the next call: with the system allocator, a GPT re-prefill's
+/// buffers of a few hundred KB went back to the OS and faulted in again every token.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 
