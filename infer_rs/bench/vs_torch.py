@@ -25,6 +25,7 @@ import numpy as np
 
 VAE_DECODER_FLOP = 2 * (20 * 200 + 200 * 400 + 400 * 784)  # per sample: 0.795 MFLOP
 WGAN_GENERATOR_FLOP = 2 * (100 * 256 + 256 * 512 + 512 * 784)  # per sample
+QUIET_S = 0.2  # idle time before each block of calls (see side_by_side)
 SGEMM_SIZE = 2048  # the ceiling: C = A B with A, B square of this size, 2 n^3 FLOP
 
 # (batch, calls) per workload; --quick divides the calls (at least 2 each).
@@ -45,13 +46,18 @@ def timed(call, reps: int) -> list[float]:
 
 
 def side_by_side(ours, theirs, reps: int, warm_up: bool = True) -> tuple[list[float], list[float]]:
-    """Alternate blocks of calls so drift on a shared machine hits both alike."""
+    """Alternate blocks of calls so drift on a shared machine hits both alike. Each block
+    starts after QUIET_S of idleness: the engines share this process, and torch's OpenMP
+    workers keep spinning for a while after its last op (infer_rs's helper for 50 us),
+    which would take a core from the other engine's first calls."""
     if warm_up:
         ours(), theirs()
     rounds = min(5, reps)
     a, b = [], []
     for _ in range(rounds):
+        time.sleep(QUIET_S)
         a += timed(ours, reps // rounds)
+        time.sleep(QUIET_S)
         b += timed(theirs, reps // rounds)
     return a, b
 

@@ -15,6 +15,7 @@ use crate::dense::exp_nonpositive;
 use crate::isa::Isa;
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Vector width the loops are written for (8 f32 lanes of an AVX2 register).
@@ -177,15 +178,21 @@ impl KvCache {
 }
 
 /// job(0), ..., job(n - 1) over the threads a call may use: on the caller for one, the
-/// `pair` for two (half of the jobs each), rayon's pool for more.
+/// `pair` for two, rayon's pool for more.
 fn for_each_in_parallel(n: usize, job: &(dyn Fn(usize) + Sync)) {
     match rayon::current_num_threads() {
         0 | 1 => (0..n).for_each(job),
-        2 => crate::pair::run_pair(&|part| {
-            let half = n.div_ceil(2);
-            let jobs = if part == 0 { 0..half } else { half..n };
-            jobs.for_each(job);
-        }),
+        2 => {
+            // both threads claim jobs until none is left
+            let next = AtomicUsize::new(0);
+            crate::pair::run_pair(&|_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                job(i);
+            })
+        }
         _ => (0..n).into_par_iter().for_each(job),
     }
 }

@@ -12,7 +12,8 @@
 //! - bias folded into the accumulators' start, the activation applied to the block
 //!   while it is still in cache, with a vectorisable exp-based tanh and sigmoid;
 //! - two threads splitting the output columns through a spinning helper (`pair`):
-//!   one hand-off per call for few rows, one per layer for many;
+//!   one hand-off per call for few rows, one per layer for many, where both claim runs
+//!   of columns until none is left;
 //! - with more than two threads and at least `POOL_MIN_ROWS` rows, each layer split
 //!   into a grid of row blocks and column groups over rayon's pool (`grid`).
 
@@ -23,6 +24,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Output columns per micro-kernel tile (two 8-wide vectors).
 const NR: usize = 16;
@@ -31,6 +33,9 @@ const MR: usize = 6;
 /// Below this many multiply-adds a layer runs on one thread: the hand-off costs more.
 /// A layer split over the pool gives each thread at least this many.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
+/// Runs of column tiles a layer split over the pair is cut into, for the two threads to
+/// claim one by one.
+const PAIR_RUNS: usize = 8;
 /// Up to this many rows, a call forks once (see `Mlp::forward`).
 const SMALL_BATCH_ROWS: usize = 8;
 /// From this many rows on, a layer with more than two threads allowed is split over
@@ -133,10 +138,17 @@ impl Dense {
                 self.tiles(x, ldx, rows.len(), tiles, out);
             });
         } else if threads >= 2 && tiles >= 2 {
-            let half = tiles / 2;
-            crate::pair::run_pair(&|part| {
-                let range = if part == 0 { 0..half } else { half..tiles };
-                self.tiles(x, ldx, rows, range, out);
+            // Both threads claim runs of column tiles until none is left, so a thread
+            // the OS holds back leaves its share to the other instead of stalling the
+            // layer; runs of an even number of tiles keep the avx512 kernel's pairs.
+            let run = tiles.div_ceil(PAIR_RUNS).next_multiple_of(2);
+            let next = AtomicUsize::new(0);
+            crate::pair::run_pair(&|_| loop {
+                let first = next.fetch_add(run, Ordering::Relaxed);
+                if first >= tiles {
+                    break;
+                }
+                self.tiles(x, ldx, rows, first..(first + run).min(tiles), out);
             });
         } else {
             self.tiles(x, ldx, rows, 0..tiles, out);
