@@ -684,6 +684,16 @@ mod tests {
         assert_eq!(sigmoid(-200.0), 0.0);
     }
 
+    /// A random layer of `inp` -> `out` (weight, bias) and `rows` input rows.
+    fn random_case(rows: usize, inp: usize, out: usize) -> (Tensor, Tensor, Tensor) {
+        let dev = Device::Cpu;
+        (
+            Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap(),
+            Tensor::randn(0f32, 0.2, out, &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap(),
+        )
+    }
+
     /// The layer on every path this CPU supports.
     fn variants(w: &Tensor, b: &Tensor, act: Activation) -> Vec<(String, Dense)> {
         Isa::ALL
@@ -699,7 +709,6 @@ mod tests {
     /// FMAs whichever thread, and whichever group of tiles, computes it.
     #[test]
     fn pool_split_equals_one_thread_on_every_path() {
-        let dev = Device::Cpu;
         let pool = |n| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
@@ -716,14 +725,8 @@ mod tests {
             (70, 8, 16),
         ];
         for (rows, inp, out) in shapes {
-            let w = Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap();
-            let b = Tensor::randn(0f32, 0.2, out, &dev).unwrap();
-            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (rows, inp), &dev)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let (w, b, x) = random_case(rows, inp, out);
+            let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
             for (path, layer) in variants(&w, &b, Activation::Tanh) {
                 let mlp = Mlp::new(vec![layer]);
                 let want = one.install(|| mlp.forward(&x, rows));
@@ -743,7 +746,6 @@ mod tests {
             let note = format!("dense: skipped the {isa} path: this CPU lacks it\n");
             std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes()).unwrap();
         }
-        let dev = Device::Cpu;
         let shapes = [
             (1, 20, 200),
             (5, 33, 17),
@@ -752,9 +754,7 @@ mod tests {
             (70, 64, 130),
         ];
         for (rows, inp, out) in shapes {
-            let w = Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap();
-            let b = Tensor::randn(0f32, 0.2, out, &dev).unwrap();
-            let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+            let (w, b, x) = random_case(rows, inp, out);
             let expected = x
                 .matmul(&w.t().unwrap())
                 .unwrap()
