@@ -15,7 +15,6 @@ use crate::dense::exp_nonpositive;
 use crate::isa::Isa;
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Vector width the loops are written for (8 f32 lanes of an AVX2 register).
@@ -182,17 +181,7 @@ impl KvCache {
 fn for_each_in_parallel(n: usize, job: &(dyn Fn(usize) + Sync)) {
     match rayon::current_num_threads() {
         0 | 1 => (0..n).for_each(job),
-        2 => {
-            // both threads claim jobs until none is left
-            let next = AtomicUsize::new(0);
-            crate::pair::run_pair(&|_| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                job(i);
-            })
-        }
+        2 => crate::pair::share(n, 1, &|jobs| jobs.for_each(job)),
         _ => (0..n).into_par_iter().for_each(job),
     }
 }

@@ -24,7 +24,6 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Output columns per micro-kernel tile (two 8-wide vectors).
 const NR: usize = 16;
@@ -138,18 +137,9 @@ impl Dense {
                 self.tiles(x, ldx, rows.len(), tiles, out);
             });
         } else if threads >= 2 && tiles >= 2 {
-            // Both threads claim runs of column tiles until none is left, so a thread
-            // the OS holds back leaves its share to the other instead of stalling the
-            // layer; runs of an even number of tiles keep the avx512 kernel's pairs.
+            // runs of an even number of tiles keep the avx512 kernel's pairs
             let run = tiles.div_ceil(PAIR_RUNS).next_multiple_of(2);
-            let next = AtomicUsize::new(0);
-            crate::pair::run_pair(&|_| loop {
-                let first = next.fetch_add(run, Ordering::Relaxed);
-                if first >= tiles {
-                    break;
-                }
-                self.tiles(x, ldx, rows, first..(first + run).min(tiles), out);
-            });
+            crate::pair::share(tiles, run, &|range| self.tiles(x, ldx, rows, range, out));
         } else {
             self.tiles(x, ldx, rows, 0..tiles, out);
         }

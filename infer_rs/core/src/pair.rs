@@ -11,8 +11,9 @@
 //! One caller at a time: a second concurrent caller finds the team busy and runs both
 //! parts itself.
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -121,6 +122,19 @@ impl Drop for Finish<'_> {
             std::hint::spin_loop();
         }
     }
+}
+
+/// Run `work` over runs of `step` items that cover 0..n, on the pair: both threads claim
+/// runs until none is left, so a thread the OS holds back leaves its share to the other.
+pub fn share(n: usize, step: usize, work: &(dyn Fn(Range<usize>) + Sync)) {
+    let next = AtomicUsize::new(0);
+    run_pair(&|_| loop {
+        let first = next.fetch_add(step, Ordering::Relaxed);
+        if first >= n {
+            break;
+        }
+        work(first..(first + step).min(n));
+    });
 }
 
 /// Run `job(0)` and `job(1)`, on two threads when the team is free.
