@@ -113,11 +113,12 @@ impl Dense {
     }
 
     /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`.
+    /// y is never zero-filled: the tiles below write each of its cells once.
     /// With `parallel` and at least PARALLEL_MIN_MACS multiply-adds: with more than
     /// two threads allowed and worth using (PARALLEL_MIN_MACS each) and many rows, a
     /// grid of row blocks and column groups over rayon's pool; else the column tiles
     /// split between the two threads of `pair`.
-    fn forward(&self, x: &[f32], ldx: usize, rows: usize, y: &mut [f32], parallel: bool) {
+    fn forward(&self, x: &[f32], ldx: usize, rows: usize, parallel: bool) -> Vec<f32> {
         let macs = rows * self.in_dim * self.padded_out;
         let tiles = self.tile_count();
         let threads = if parallel && macs >= PARALLEL_MIN_MACS {
@@ -127,7 +128,8 @@ impl Dense {
         };
         // the pool's threads worth using: at least PARALLEL_MIN_MACS multiply-adds each
         let cells = threads.min(macs / PARALLEL_MIN_MACS);
-        let out = SharedOut::new(y);
+        let mut y = Vec::with_capacity(rows * self.padded_out);
+        let out = SharedOut::spare(&mut y, rows * self.padded_out);
         if threads > 2 && cells > 2 && rows >= POOL_MIN_ROWS {
             let grid = Grid::new(rows, tiles, MR, cells);
             (0..grid.cells()).into_par_iter().for_each(|cell| {
@@ -143,6 +145,10 @@ impl Dense {
         } else {
             self.tiles(x, ldx, rows, 0..tiles, out);
         }
+        // SAFETY: the branches above covered every row and every column tile, and each
+        // (row, tile) cell of the rows * padded_out values was written.
+        unsafe { y.set_len(rows * self.padded_out) };
+        y
     }
 
     fn tile_count(&self) -> usize {
@@ -223,6 +229,20 @@ impl SharedOut {
         }
     }
 
+    /// A view of the first `len` values of `y`'s spare capacity, which may be
+    /// uninitialised: the writers fill them before the caller sets `y`'s length.
+    fn spare(y: &mut Vec<f32>, len: usize) -> Self {
+        let spare = y.spare_capacity_mut();
+        assert!(
+            spare.len() >= len,
+            "output of {len} values past its capacity"
+        );
+        Self {
+            ptr: spare.as_mut_ptr().cast(),
+            len,
+        }
+    }
+
     /// The view of the rows from `row` on, for rows of `ld` values.
     fn rows_from(self, row: usize, ld: usize) -> Self {
         let skip = row * ld;
@@ -232,6 +252,15 @@ impl SharedOut {
             ptr: unsafe { self.ptr.add(skip) },
             len: self.len - skip,
         }
+    }
+
+    /// Reads back a tile row this thread wrote (a running sum between k blocks).
+    ///
+    /// # Safety
+    /// As for `write`.
+    unsafe fn read(self, at: usize, values: &mut [f32; NR]) {
+        debug_assert!(at + NR <= self.len, "tile past the end of the output");
+        std::ptr::copy_nonoverlapping(self.ptr.add(at), values.as_mut_ptr(), NR);
     }
 
     /// # Safety
@@ -381,11 +410,20 @@ mod avx512 {
     /// Panels one call covers for a single row: eight 16-wide chains keep both FMA
     /// pipes busy, where one row by two panels would wait on FMA latency.
     const WIDE: usize = 8;
+    /// Rows per chunk: CHUNK_ROWS x K_BLOCK values of x (120 KB) fit any L2 of a core
+    /// with AVX-512.
+    const CHUNK_ROWS: usize = 120;
+    /// k per block: two panels' slice, K_BLOCK x 32 values (32 KB), fits a 48 KB L1.
+    const K_BLOCK: usize = 256;
 
     /// The tile loop of the avx512 path: column tiles two at a time (six rows by 32
     /// columns: 12 zmm accumulators), or eight at a time when the call has one row.
-    /// Each output is one chain of FMAs in k order from its bias, as on the other
-    /// paths' multi-row kernel, so any split of the tiles gives the same bits.
+    /// Many rows are cut into chunks of CHUNK_ROWS, and k into blocks of K_BLOCK: the
+    /// chunk's x block stays in L2 while every tile pair of W passes, and the two
+    /// panels' slice of one k block stays in L1 while every row of the chunk passes.
+    /// Between k blocks the running sums wait in y. Each output is still one chain of
+    /// FMAs in k order from its bias, as on the other paths' multi-row kernel, so any
+    /// split of the tiles gives the same bits.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn tiles(
         layer: &Dense,
@@ -395,51 +433,78 @@ mod avx512 {
         tiles: Range<usize>,
         y: SharedOut,
     ) {
-        let (ldy, k) = (layer.padded_out, layer.in_dim);
+        let k = layer.in_dim;
         let width = if rows == 1 { WIDE } else { 2 };
-        let mut tile = tiles.start;
-        while tile < tiles.end {
-            let g = width.min(tiles.end - tile);
-            let panels = layer.panels[tile * k * NR..].as_ptr();
-            let mut row = 0;
-            while row < rows {
-                let m = MR.min(rows - row);
-                let mut acc = [[0f32; NR]; SLOTS];
-                for r in 0..m {
-                    for p in 0..g {
-                        let col = (tile + p) * NR;
-                        acc[r * g + p].copy_from_slice(&layer.bias[col..col + NR]);
-                    }
+        for chunk in (0..rows).step_by(CHUNK_ROWS) {
+            let chunk = chunk..rows.min(chunk + CHUNK_ROWS);
+            for k0 in (0..k).step_by(K_BLOCK) {
+                let ks = k0..k.min(k0 + K_BLOCK);
+                for tile in tiles.clone().step_by(width) {
+                    let group = tile..tiles.end.min(tile + width);
+                    block(layer, x, ldx, chunk.clone(), group, ks.clone(), y);
                 }
-                let xp = x[row * ldx..].as_ptr();
-                macro_rules! call {
-                    ($($m:literal, $g:literal);*) => {
-                        match (m, g) {
-                            $(($m, $g) => kernel::<$m, $g>(xp, ldx, k, panels, &mut acc),)*
-                            _ => unreachable!("{m} rows by {g} panels"),
-                        }
-                    };
-                }
-                call!(6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2;
-                      6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1;
-                      1, 8; 1, 7; 1, 6; 1, 5; 1, 4; 1, 3);
-                for r in 0..m {
-                    for p in 0..g {
-                        let values = &mut acc[r * g + p];
-                        activate(values, layer.act);
-                        // SAFETY: each (row, column tile) cell is written by exactly one
-                        // thread: threads own disjoint column ranges or disjoint rows.
-                        unsafe { y.write((row + r) * ldy + (tile + p) * NR, values) };
-                    }
-                }
-                row += m;
             }
-            tile += g;
         }
     }
 
-    /// M rows by G panels: M x G zmm accumulators (`acc[r * G + p]`); per k, G loads of
-    /// the panels (one per 16 columns), M broadcasts of x and M x G FMAs.
+    /// The k steps `ks` of the column tiles `group` for `rows`, MR rows at a time: the
+    /// sums start from the bias (first block) or from y, and the last block applies
+    /// the activation.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn block(
+        layer: &Dense,
+        x: &[f32],
+        ldx: usize,
+        rows: Range<usize>,
+        group: Range<usize>,
+        ks: Range<usize>,
+        y: SharedOut,
+    ) {
+        let (ldy, k, g) = (layer.padded_out, layer.in_dim, group.len());
+        let (first, last) = (ks.start == 0, ks.end == k);
+        let panels = layer.panels[(group.start * k + ks.start) * NR..].as_ptr();
+        for row in rows.clone().step_by(MR) {
+            let m = MR.min(rows.end - row);
+            let mut acc = [[0f32; NR]; SLOTS];
+            for r in 0..m {
+                for (p, tile) in group.clone().enumerate() {
+                    let at = (row + r) * ldy + tile * NR;
+                    if first {
+                        acc[r * g + p].copy_from_slice(&layer.bias[tile * NR..(tile + 1) * NR]);
+                    } else {
+                        y.read(at, &mut acc[r * g + p]);
+                    }
+                }
+            }
+            let xp = x[row * ldx + ks.start..].as_ptr();
+            macro_rules! call {
+                ($($m:literal, $g:literal);*) => {
+                    match (m, g) {
+                        $(($m, $g) => kernel::<$m, $g>(xp, ldx, ks.len(), panels, k * NR, &mut acc),)*
+                        _ => unreachable!("{m} rows by {g} panels"),
+                    }
+                };
+            }
+            call!(6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2;
+                  6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1;
+                  1, 8; 1, 7; 1, 6; 1, 5; 1, 4; 1, 3);
+            for r in 0..m {
+                for (p, tile) in group.clone().enumerate() {
+                    let values = &mut acc[r * g + p];
+                    if last {
+                        activate(values, layer.act);
+                    }
+                    // SAFETY: each (row, column tile) cell is written by exactly one
+                    // thread: threads own disjoint column ranges or disjoint rows.
+                    unsafe { y.write((row + r) * ldy + tile * NR, values) };
+                }
+            }
+        }
+    }
+
+    /// M rows by G panels over k steps: M x G zmm accumulators (`acc[r * G + p]`); per
+    /// step, G loads of the panels (one per 16 columns, `stride` values apart), M
+    /// broadcasts of x and M x G FMAs.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn kernel<const M: usize, const G: usize>(
@@ -447,6 +512,7 @@ mod avx512 {
         ldx: usize,
         k: usize,
         panels: *const f32,
+        stride: usize,
         acc: &mut [[f32; NR]; SLOTS],
     ) {
         let mut c = [[_mm512_setzero_ps(); G]; M];
@@ -458,7 +524,7 @@ mod avx512 {
         for kk in 0..k {
             let mut w = [_mm512_setzero_ps(); G];
             for (p, w) in w.iter_mut().enumerate() {
-                *w = _mm512_loadu_ps(panels.add((p * k + kk) * NR));
+                *w = _mm512_loadu_ps(panels.add(p * stride + kk * NR));
             }
             for (r, c) in c.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*x.add(r * ldx + kk));
@@ -599,9 +665,9 @@ impl Mlp {
         let Some((last, body)) = self.layers.split_last() else {
             return x.to_vec();
         };
-        let mut output = vec![0f32; rows * last.padded_out];
         let tiles = last.tile_count();
-        if rows <= SMALL_BATCH_ROWS && tiles >= 2 && threads_allowed() {
+        let output = if rows <= SMALL_BATCH_ROWS && tiles >= 2 && threads_allowed() {
+            let mut output = vec![0f32; rows * last.padded_out];
             let out = SharedOut::new(&mut output);
             crate::pair::run_pair(&|part| {
                 let (hidden, ld) = self.run(body, x, rows, false);
@@ -612,18 +678,19 @@ impl Mlp {
                 };
                 last.tiles(&hidden, ld, rows, range, out);
             });
+            output
         } else {
             let (hidden, ld) = self.run(body, x, rows, true);
-            last.forward(&hidden, ld, rows, &mut output, true);
-        }
+            last.forward(&hidden, ld, rows, true)
+        };
         if last.padded_out == last.out_dim {
             return output;
         }
-        output
-            .chunks_exact(last.padded_out)
-            .flat_map(|row| &row[..last.out_dim])
-            .copied()
-            .collect()
+        let mut narrow = Vec::with_capacity(rows * last.out_dim);
+        for row in output.chunks_exact(last.padded_out) {
+            narrow.extend_from_slice(&row[..last.out_dim]);
+        }
+        narrow
     }
 
     /// `layers` applied to x; returns the activations and their row stride.
@@ -637,9 +704,7 @@ impl Mlp {
         let mut input = Cow::Borrowed(x); // the caller's rows are read in place, not copied
         let mut ld = self.in_dim();
         for layer in layers {
-            let mut output = vec![0f32; rows * layer.padded_out];
-            layer.forward(&input, ld, rows, &mut output, parallel);
-            input = Cow::Owned(output);
+            input = Cow::Owned(layer.forward(&input, ld, rows, parallel));
             ld = layer.padded_out;
         }
         (input, ld)
@@ -742,6 +807,7 @@ mod tests {
             (7, 400, 784),
             (13, 3, 40),
             (70, 64, 130),
+            (130, 300, 40),
         ];
         for (rows, inp, out) in shapes {
             let (w, b, x) = random_case(rows, inp, out);
