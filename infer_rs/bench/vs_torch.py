@@ -52,7 +52,7 @@ def side_by_side(ours, theirs, reps: int, warm_up: bool = True) -> tuple[list[fl
     which would take a core from the other engine's first calls."""
     if warm_up:
         ours(), theirs()
-    rounds = min(5, reps)
+    rounds = min(10, reps)
     a, b = [], []
     for _ in range(rounds):
         time.sleep(QUIET_S)
@@ -154,7 +154,8 @@ def header(cpu: dict, ceilings: dict[int, float], quick: bool) -> str:
     sgemm = ", ".join(f"{t} thread{'s' * (t > 1)}: {g:,.1f} GFLOP/s" for t, g in ceilings.items())
     return (
         f"Engine benchmark{' (--quick: too few calls to trust)' if quick else ''}: "
-        f"{cpu['model_name']} ({cpu['vendor']}), {os.cpu_count()} logical cores; "
+        f"{cpu['model_name']} ({cpu['vendor']}), {os.cpu_count()} logical cores, "
+        f"L2 {cpu['l2_bytes'] >> 10} KiB per core; "
         f"infer_rs on the {cpu['isa']} path (this CPU supports {', '.join(cpu['supported_isas'])}); "
         f"Python {platform.python_version()}, torch {torch.__version__} eager under inference_mode.\n"
         f"Threads {threads}: RAYON_NUM_THREADS and torch.set_num_threads, a fresh process each.\n"

@@ -207,6 +207,19 @@ def test_cpu_info_names_this_machine():
     else:
         assert 1 <= info["threads"] <= os.cpu_count()
 
+    def read(d: Path, name: str) -> str:
+        return (d / name).read_text().strip()
+
+    l2 = [
+        read(d, "size")
+        for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")
+        if read(d, "level") == "2" and read(d, "type") != "Instruction"
+    ]
+    if l2:  # Linux states it, e.g. "2048K"
+        assert info["l2_bytes"] == int(l2[0][:-1]) << {"K": 10, "M": 20}[l2[0][-1]]
+    else:
+        assert info["l2_bytes"] == 512 << 10  # the engine's cautious guess
+
 
 def test_cpu_info_reports_a_forced_path_and_thread_count():
     for isa in infer_rs.cpu_info()["supported_isas"]:

@@ -11,9 +11,9 @@
 //!   arithmetic;
 //! - bias folded into the accumulators' start, the activation applied to the block
 //!   while it is still in cache, with a vectorisable exp-based tanh and sigmoid;
-//! - two threads splitting the output columns through a spinning helper (`pair`):
-//!   one hand-off per call for few rows, one per layer for many, where both claim runs
-//!   of columns until none is left;
+//! - two threads splitting a layer through a spinning helper (`pair`): one hand-off
+//!   per call for few rows, one per layer for many, where both claim runs of rows
+//!   (when W fits a core's L2) or of columns until none is left;
 //! - with more than two threads and at least `POOL_MIN_ROWS` rows, each layer split
 //!   into a grid of row blocks and column groups over rayon's pool (`grid`).
 
@@ -35,10 +35,14 @@ const PARALLEL_MIN_MACS: usize = 1 << 15;
 /// Runs of column tiles a layer split over the pair is cut into, for the two threads to
 /// claim one by one.
 const PAIR_RUNS: usize = 8;
+/// Rows per run the pair's threads claim when they split a layer's rows: eight of the
+/// kernels' row blocks.
+const PAIR_ROW_RUN: usize = 8 * MR;
 /// Up to this many rows, a call forks once (see `Mlp::forward`).
 const SMALL_BATCH_ROWS: usize = 8;
 /// From this many rows on, a layer with more than two threads allowed is split over
-/// rayon's pool (`grid`); below, or with two threads, over the pair (`pair`).
+/// rayon's pool (`grid`), and one with two may have its rows split over the pair
+/// (`Dense::pair_splits_rows`); below, the pair splits the columns.
 const POOL_MIN_ROWS: usize = 64;
 
 /// The threads a call may use: the size of rayon's pool (RAYON_NUM_THREADS, else one
@@ -116,8 +120,8 @@ impl Dense {
     /// y is never zero-filled: the tiles below write each of its cells once.
     /// With `parallel` and at least PARALLEL_MIN_MACS multiply-adds: with more than
     /// two threads allowed and worth using (PARALLEL_MIN_MACS each) and many rows, a
-    /// grid of row blocks and column groups over rayon's pool; else the column tiles
-    /// split between the two threads of `pair`.
+    /// grid of row blocks and column groups over rayon's pool; else the rows or the
+    /// column tiles (`pair_splits_rows`) shared by the two threads of `pair`.
     fn forward(&self, x: &[f32], ldx: usize, rows: usize, parallel: bool) -> Vec<f32> {
         let macs = rows * self.in_dim * self.padded_out;
         let tiles = self.tile_count();
@@ -138,6 +142,11 @@ impl Dense {
                 let out = out.rows_from(rows.start, self.padded_out);
                 self.tiles(x, ldx, rows.len(), tiles, out);
             });
+        } else if threads >= 2 && self.pair_splits_rows(rows) {
+            crate::pair::share(rows, PAIR_ROW_RUN, &|range| {
+                let out = out.rows_from(range.start, self.padded_out);
+                self.tiles(&x[range.start * ldx..], ldx, range.len(), 0..tiles, out)
+            });
         } else if threads >= 2 && tiles >= 2 {
             // runs of an even number of tiles keep the avx512 kernel's pairs
             let run = tiles.div_ceil(PAIR_RUNS).next_multiple_of(2);
@@ -149,6 +158,14 @@ impl Dense {
         // (row, tile) cell of the rows * padded_out values was written.
         unsafe { y.set_len(rows * self.padded_out) };
         y
+    }
+
+    /// Whether the pair splits this layer's rows rather than its columns: with many
+    /// rows and panels that fit a core's L2, each thread keeps all of W there and reads
+    /// only its own rows of x; else each thread keeps half of W and reads all of x.
+    fn pair_splits_rows(&self, rows: usize) -> bool {
+        let panel_bytes = std::mem::size_of_val(self.panels.as_slice());
+        rows >= POOL_MIN_ROWS && panel_bytes <= crate::cpu::l2_bytes()
     }
 
     fn tile_count(&self) -> usize {

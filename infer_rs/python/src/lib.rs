@@ -203,6 +203,7 @@ fn vae_generate(
 /// - ``isa``: the instruction-set path the kernels run on, "portable", "avx2" or
 ///   "avx512" (INFER_RS_ISA forces one);
 /// - ``supported_isas``: every path this CPU can run;
+/// - ``l2_bytes``: one core's L2 cache, as the dense layers' thread split assumes it;
 /// - ``threads``: threads per engine call (RAYON_NUM_THREADS, else one per core),
 ///   fixed when the engine first runs in this process.
 ///
@@ -216,6 +217,7 @@ fn cpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     dict.set_item("isa", info.isa.name())?;
     let supported: Vec<&str> = info.supported.iter().map(|isa| isa.name()).collect();
     dict.set_item("supported_isas", supported)?;
+    dict.set_item("l2_bytes", info.l2_bytes)?;
     dict.set_item("threads", info.threads)?;
     Ok(dict)
 }
