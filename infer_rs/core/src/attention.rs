@@ -6,10 +6,11 @@
 //!
 //! A prefill attends in blocks of `QB` queries per head, so that each key and value
 //! loaded serves every query of the block, with the sums of a block held in LANES-wide
-//! accumulators (vector registers once compiled for AVX2). Rows of keys and values are
-//! padded to a multiple of LANES with zeros, so every loop runs whole vectors. A query
-//! is computed with the same arithmetic in any block, so a decode step (a block of
-//! one) gives the values a prefill of the same positions gives.
+//! accumulators (one zmm or two ymm registers each, once compiled for AVX-512 or
+//! AVX2) and every product added by a fused multiply-add, on every path. Rows of keys
+//! and values are padded to a multiple of LANES with zeros, so every loop runs whole
+//! vectors. A query is computed with the same arithmetic in any block, so a decode
+//! step (a block of one) gives the values a prefill of the same positions gives.
 
 use crate::dense::exp_nonpositive;
 use crate::isa::Isa;
@@ -17,8 +18,9 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// Vector width the loops are written for (8 f32 lanes of an AVX2 register).
-const LANES: usize = 8;
+/// Vector width the loops are written for: 16 f32 lanes, one AVX-512 register or two
+/// AVX2 registers.
+const LANES: usize = 16;
 /// Queries per block.
 const QB: usize = 4;
 
@@ -149,9 +151,19 @@ impl KvCache {
             let HeadWork { scratch, out } = &mut *work;
             let head = Head::new(cache, shape, h);
             #[cfg(target_arch = "x86_64")]
-            if isa != Isa::Portable {
-                // SAFETY: the avx2 and avx512 paths are only chosen on CPUs with AVX2.
-                return unsafe { avx2::attend(&head, qkv, queries.clone(), start, scratch, out) };
+            match isa {
+                // SAFETY: a path is only chosen on a CPU that has it.
+                Isa::Avx512 => {
+                    return unsafe {
+                        avx512::attend(&head, qkv, queries.clone(), start, scratch, out)
+                    }
+                }
+                Isa::Avx2 => {
+                    return unsafe {
+                        avx2::attend(&head, qkv, queries.clone(), start, scratch, out)
+                    }
+                }
+                Isa::Portable => {}
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = isa; // off x86 the portable path is the only one
@@ -309,7 +321,7 @@ impl<'a> Head<'a> {
                 let k: &Lanes = keys[j..j + LANES].try_into().expect("LANES");
                 for (acc, &q) in acc.iter_mut().zip(qd) {
                     for l in 0..LANES {
-                        acc[l] += q * k[l];
+                        acc[l] = q.mul_add(k[l], acc[l]);
                     }
                 }
             }
@@ -330,7 +342,7 @@ impl<'a> Head<'a> {
                 let v: &Lanes = values[d..d + LANES].try_into().expect("LANES");
                 for (acc, &p) in acc.iter_mut().zip(pj) {
                     for l in 0..LANES {
-                        acc[l] += p * v[l];
+                        acc[l] = p.mul_add(v[l], acc[l]);
                     }
                 }
             }
@@ -374,8 +386,28 @@ mod avx2 {
     use super::{attend_with, Head, Scratch};
     use std::ops::Range;
 
-    /// `attend_with` compiled with AVX2/FMA, so its loops over LANES run as vectors.
+    /// `attend_with` compiled with AVX2/FMA: a loop over LANES runs as two vectors,
+    /// and each mul_add as one FMA.
     #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend(
+        head: &Head,
+        qkv: &[f32],
+        queries: Range<usize>,
+        start: usize,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        attend_with(head, qkv, queries, start, scratch, out);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{attend_with, Head, Scratch};
+    use std::ops::Range;
+
+    /// `attend_with` compiled with AVX-512F: a loop over LANES runs as one vector.
+    #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn attend(
         head: &Head,
         qkv: &[f32],

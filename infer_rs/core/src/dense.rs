@@ -427,15 +427,15 @@ mod avx512 {
     /// Panels one call covers for a single row: eight 16-wide chains keep both FMA
     /// pipes busy, where one row by two panels would wait on FMA latency.
     const WIDE: usize = 8;
-    /// Rows per chunk: CHUNK_ROWS x K_BLOCK values of x (120 KB) fit any L2 of a core
-    /// with AVX-512.
+    /// Rows per chunk, at least (below twice as many, one chunk): up to 2 x CHUNK_ROWS
+    /// x K_BLOCK values of x (240 KB) fit any L2 of a core with AVX-512.
     const CHUNK_ROWS: usize = 120;
     /// k per block: two panels' slice, K_BLOCK x 32 values (32 KB), fits a 48 KB L1.
     const K_BLOCK: usize = 256;
 
     /// The tile loop of the avx512 path: column tiles two at a time (six rows by 32
     /// columns: 12 zmm accumulators), or eight at a time when the call has one row.
-    /// Many rows are cut into chunks of CHUNK_ROWS, and k into blocks of K_BLOCK: the
+    /// Many rows are cut into chunks of about CHUNK_ROWS, and k into blocks of K_BLOCK: the
     /// chunk's x block stays in L2 while every tile pair of W passes, and the two
     /// panels' slice of one k block stays in L1 while every row of the chunk passes.
     /// Between k blocks the running sums wait in y. Each output is still one chain of
@@ -452,8 +452,12 @@ mod avx512 {
     ) {
         let k = layer.in_dim;
         let width = if rows == 1 { WIDE } else { 2 };
-        for chunk in (0..rows).step_by(CHUNK_ROWS) {
-            let chunk = chunk..rows.min(chunk + CHUNK_ROWS);
+        // chunks as even as whole row blocks allow: a last chunk of a few rows would
+        // pass all of W through L1 for little work
+        let chunks = (rows / CHUNK_ROWS).max(1);
+        let chunk_rows = rows.div_ceil(chunks).next_multiple_of(MR);
+        for chunk in (0..rows).step_by(chunk_rows) {
+            let chunk = chunk..rows.min(chunk + chunk_rows);
             for k0 in (0..k).step_by(K_BLOCK) {
                 let ks = k0..k.min(k0 + K_BLOCK);
                 for tile in tiles.clone().step_by(width) {
