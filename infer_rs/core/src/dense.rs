@@ -32,12 +32,9 @@ const MR: usize = 6;
 /// Below this many multiply-adds a layer runs on one thread: the hand-off costs more.
 /// A layer split over the pool gives each thread at least this many.
 const PARALLEL_MIN_MACS: usize = 1 << 15;
-/// Runs of column tiles a layer split over the pair is cut into, for the two threads to
-/// claim one by one.
+/// Runs of rows or of column tiles a layer split over the pair is cut into, for the two
+/// threads to claim one by one.
 const PAIR_RUNS: usize = 8;
-/// Rows per run the pair's threads claim when they split a layer's rows: eight of the
-/// kernels' row blocks.
-const PAIR_ROW_RUN: usize = 8 * MR;
 /// Up to this many rows, a call forks once (see `Mlp::forward`).
 const SMALL_BATCH_ROWS: usize = 8;
 /// From this many rows on, a layer with more than two threads allowed is split over
@@ -143,7 +140,9 @@ impl Dense {
                 self.tiles(x, ldx, rows.len(), tiles, out);
             });
         } else if threads >= 2 && self.pair_splits_rows(rows) {
-            crate::pair::share(rows, PAIR_ROW_RUN, &|range| {
+            // runs of whole row blocks
+            let run = rows.div_ceil(PAIR_RUNS).next_multiple_of(MR);
+            crate::pair::share(rows, run, &|range| {
                 let out = out.rows_from(range.start, self.padded_out);
                 self.tiles(&x[range.start * ldx..], ldx, range.len(), 0..tiles, out)
             });
