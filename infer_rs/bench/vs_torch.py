@@ -25,7 +25,7 @@ import numpy as np
 
 VAE_DECODER_FLOP = 2 * (20 * 200 + 200 * 400 + 400 * 784)  # per sample: 0.795 MFLOP
 WGAN_GENERATOR_FLOP = 2 * (100 * 256 + 256 * 512 + 512 * 784)  # per sample
-QUIET_S = 0.2  # idle time before each block of calls (see side_by_side)
+QUIET_S = 0.05  # idle time before each block of calls (see side_by_side)
 SGEMM_SIZE = 2048  # the ceiling: C = A B with A, B square of this size, 2 n^3 FLOP
 
 # (batch, calls) per workload; --quick divides the calls (at least 2 each).
@@ -48,8 +48,10 @@ def timed(call, reps: int) -> list[float]:
 def side_by_side(ours, theirs, reps: int, warm_up: bool = True) -> tuple[list[float], list[float]]:
     """Alternate blocks of calls so drift on a shared machine hits both alike. Each block
     starts after QUIET_S of idleness: the engines share this process, and torch's OpenMP
-    workers keep spinning for a while after its last op (infer_rs's helper for 50 us),
-    which would take a core from the other engine's first calls."""
+    workers keep spinning for a while after its last op (libgomp: 300,000 spins, well
+    under a millisecond; infer_rs's helper for 50 us), which would take a core from the
+    other engine's first calls. Longer gaps cost: after 0.2 s idle, a VM's core ran the
+    next 60 ms of calls about 40% slower (its clock, presumably, had dropped)."""
     if warm_up:
         ours(), theirs()
     rounds = min(10, reps)
