@@ -426,17 +426,18 @@ mod avx512 {
     /// Panels one call covers for a single row: eight 16-wide chains keep both FMA
     /// pipes busy, where one row by two panels would wait on FMA latency.
     const WIDE: usize = 8;
-    /// Rows per chunk, at least (below twice as many, one chunk): up to 2 x CHUNK_ROWS
-    /// x K_BLOCK values of x (240 KB) fit any L2 of a core with AVX-512.
+    /// A call's rows are cut into chunks of CHUNK_ROWS to 2 x CHUNK_ROWS rows (one chunk
+    /// if there are fewer): 2 x CHUNK_ROWS x K_BLOCK values of x (240 KB) fit any L2 of
+    /// a core with AVX-512.
     const CHUNK_ROWS: usize = 120;
     /// k per block: two panels' slice, K_BLOCK x 32 values (32 KB), fits a 48 KB L1.
     const K_BLOCK: usize = 256;
 
     /// The tile loop of the avx512 path: column tiles two at a time (six rows by 32
     /// columns: 12 zmm accumulators), or eight at a time when the call has one row.
-    /// Many rows are cut into chunks of about CHUNK_ROWS, and k into blocks of K_BLOCK: the
-    /// chunk's x block stays in L2 while every tile pair of W passes, and the two
-    /// panels' slice of one k block stays in L1 while every row of the chunk passes.
+    /// Rows are cut into chunks (see CHUNK_ROWS) and k into blocks of K_BLOCK: a chunk's
+    /// x block stays in L2 while every tile pair of W passes, and the two panels' slice
+    /// of one k block stays in L1 while every row of the chunk passes.
     /// Between k blocks the running sums wait in y. Each output is still one chain of
     /// FMAs in k order from its bias, as on the other paths' multi-row kernel, so any
     /// split of the tiles gives the same bits.
