@@ -456,8 +456,9 @@ mod tests {
     }
 
     /// Prefills of every length, followed by decode steps, on shapes whose head size
-    /// and capacity are not multiples of the vector width, on every path of this CPU,
-    /// with the heads on one, two (the pair) and three threads (rayon's pool).
+    /// and capacity are not multiples of the vector width, on every path of this CPU
+    /// (each bit for bit equal to the portable path), with the heads on one, two (the
+    /// pair) and three threads (rayon's pool).
     #[test]
     fn blocks_and_steps_equal_the_definition() {
         let pools: Vec<_> = (1..=3)
@@ -472,6 +473,8 @@ mod tests {
             let c = n_head * hs;
             let qkv = Rng::new(cap as u64).normals(cap * 3 * c);
             let want = reference(&qkv, n_head, hs, cap);
+            // the first path's outputs per prefill: every other path must match its bits
+            let mut first: Vec<Vec<f32>> = Vec::new();
             let paths = Isa::ALL.into_iter().filter(|isa| isa.supported());
             for (isa, pool) in paths.flat_map(|isa| pools.iter().map(move |p| (isa, p))) {
                 let threads = pool.current_num_threads();
@@ -500,6 +503,10 @@ mod tests {
                         let case =
                             format!("{isa}, {threads} threads, {n_head}x{hs}, prefill {prefill}");
                         assert!(worst < 1e-5, "{case}: {worst}");
+                        match first.get(prefill - 1) {
+                            Some(bits) => assert!(*bits == got, "{case}: differs from portable"),
+                            None => first.push(got),
+                        }
                     }
                 });
             }
