@@ -179,6 +179,38 @@ defmodule ServeEx.PipelineTest do
     refute_receive {:published, ^refused, _, "c70"}, 200
   end
 
+  test "a streamed request whose engine call fails ends with an error, never mid-stream",
+       %{producer: producer} do
+    # the batch raises (a model handle the engine does not know), so the batcher restarts
+    # the stream and retries it alone; that fails too: requeued once, then an error reply
+    # without a sequence number, which a client reads as the stream's last frame
+    broken = %Engine{id: "broken_gpt", ref: make_ref(), arch: :gpt, config: %{}}
+
+    :persistent_term.put(
+      {ModelRegistry, :models},
+      Map.put(ModelRegistry.models(), "broken_gpt", broken)
+    )
+
+    start_supervised!(
+      {ServeEx.Pipeline.Batcher, model: broken, batch_size: 4, batch_timeout_ms: 1},
+      id: :broken_gpt_batcher
+    )
+
+    body =
+      ~s({"v": 1, "model": "broken_gpt", "op": "generate_text", "prompt": "a", "max_new_tokens": 4, "stream": true})
+
+    deliver(producer, body, 96)
+    assert_receive {:reject, 96, true}, 2_000
+    refute_received {:published, _, _, "c96"}
+
+    deliver(producer, body, 97, redelivered: true)
+    reply = reply_for(97)
+    assert %{"ok" => false, "error" => %{"code" => "internal"}} = reply
+    refute Map.has_key?(reply, "seq")
+    assert_receive {:reject, 97, false}
+    refute_receive {:published, _, _, "c97"}, 100
+  end
+
   test "a stream whose generation runs again publishes each frame once, in order",
        %{chan: chan} do
     # what a batcher sends when a batch with a streamed request failed and is retried one
