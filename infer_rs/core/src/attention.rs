@@ -208,14 +208,17 @@ impl LayerCache {
     /// Copy the keys and values of rows 0..t of qkv to positions start..start + t.
     fn store(&mut self, shape: Shape, qkv: &[f32], t: usize, start: usize) {
         let (c, hs) = (shape.width(), shape.head_dim);
-        for (i, row) in qkv.chunks_exact(3 * c).take(t).enumerate() {
-            let pos = start + i;
+        let rows = || qkv.chunks_exact(3 * c).take(t);
+        // keys_t[h hs + d][pos] = key d of head h at pos, which is column c + h hs + d of
+        // qkv: one row of keys_t at a time, so the writes run along memory
+        for (e, keys) in self.keys_t.chunks_exact_mut(shape.positions).enumerate() {
+            for (key, row) in keys[start..start + t].iter_mut().zip(rows()) {
+                *key = row[c + e];
+            }
+        }
+        for (i, row) in rows().enumerate() {
             for h in 0..shape.n_head {
-                let key = &row[c + h * hs..][..hs];
-                for (d, &k) in key.iter().enumerate() {
-                    self.keys_t[(h * hs + d) * shape.positions + pos] = k;
-                }
-                let at = (h * shape.capacity + pos) * shape.dims;
+                let at = (h * shape.capacity + start + i) * shape.dims;
                 self.values[at..at + hs].copy_from_slice(&row[2 * c + h * hs..][..hs]);
             }
         }
