@@ -101,26 +101,35 @@ defmodule ServeEx.PipelineTest do
 
   test "a request whose handling fails is requeued once, then dead-lettered with a reply",
        %{producer: producer} do
-    broken = %Engine{id: "broken", ref: make_ref(), arch: :vae, config: %{}}
+    start_broken_model("broken", :vae, 1)
+    fails_twice(producer, ~s({"v": 1, "model": "broken", "op": "generate", "n": 1}), 20)
+  end
 
-    :persistent_term.put(
-      {ModelRegistry, :models},
-      Map.put(ModelRegistry.models(), "broken", broken)
-    )
+  # A model whose handle the engine does not know, so that every call on it raises,
+  # served by a batcher of its own.
+  defp start_broken_model(id, arch, batch_size) do
+    broken = %Engine{id: id, ref: make_ref(), arch: arch, config: %{}}
+    :persistent_term.put({ModelRegistry, :models}, Map.put(ModelRegistry.models(), id, broken))
 
     start_supervised!(
-      {ServeEx.Pipeline.Batcher, model: broken, batch_size: 1, batch_timeout_ms: 1},
-      id: :broken_batcher
+      {ServeEx.Pipeline.Batcher, model: broken, batch_size: batch_size, batch_timeout_ms: 1},
+      id: {:broken, id}
     )
+  end
 
-    body = ~s({"v": 1, "model": "broken", "op": "generate", "n": 1})
-    deliver(producer, body, 20)
-    assert_receive {:reject, 20, true}, 2_000
-    refute_received {:published, _, _, "c20"}
+  # A request whose handling fails on both deliveries (tags `tag` and `tag + 1`): requeued
+  # once without a reply, then answered `internal` and dead-lettered. Returns that reply.
+  defp fails_twice(producer, body, tag) do
+    {first_cid, retry} = {"c#{tag}", tag + 1}
+    deliver(producer, body, tag)
+    assert_receive {:reject, ^tag, true}, 2_000
+    refute_received {:published, _, _, ^first_cid}
 
-    deliver(producer, body, 21, redelivered: true)
-    assert %{"ok" => false, "error" => %{"code" => "internal"}} = reply_for(21)
-    assert_receive {:reject, 21, false}
+    deliver(producer, body, retry, redelivered: true)
+    reply = reply_for(retry)
+    assert %{"ok" => false, "error" => %{"code" => "internal"}} = reply
+    assert_receive {:reject, ^retry, false}
+    reply
   end
 
   test "a message without reply_to is dead-lettered", %{producer: producer} do
@@ -184,30 +193,13 @@ defmodule ServeEx.PipelineTest do
     # the batch raises (a model handle the engine does not know), so the batcher restarts
     # the stream and retries it alone; that fails too: requeued once, then an error reply
     # without a sequence number, which a client reads as the stream's last frame
-    broken = %Engine{id: "broken_gpt", ref: make_ref(), arch: :gpt, config: %{}}
-
-    :persistent_term.put(
-      {ModelRegistry, :models},
-      Map.put(ModelRegistry.models(), "broken_gpt", broken)
-    )
-
-    start_supervised!(
-      {ServeEx.Pipeline.Batcher, model: broken, batch_size: 4, batch_timeout_ms: 1},
-      id: :broken_gpt_batcher
-    )
+    start_broken_model("broken_gpt", :gpt, 4)
 
     body =
       ~s({"v": 1, "model": "broken_gpt", "op": "generate_text", "prompt": "a", "max_new_tokens": 4, "stream": true})
 
-    deliver(producer, body, 96)
-    assert_receive {:reject, 96, true}, 2_000
-    refute_received {:published, _, _, "c96"}
-
-    deliver(producer, body, 97, redelivered: true)
-    reply = reply_for(97)
-    assert %{"ok" => false, "error" => %{"code" => "internal"}} = reply
+    reply = fails_twice(producer, body, 96)
     refute Map.has_key?(reply, "seq")
-    assert_receive {:reject, 97, false}
     refute_receive {:published, _, _, "c97"}, 100
   end
 

@@ -114,7 +114,7 @@ impl Dense {
     }
 
     /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`.
-    /// y is never zero-filled: the tiles below write each of its cells once.
+    /// y is not zero-filled first: the tiles write each of its cells once.
     /// With `parallel` and at least PARALLEL_MIN_MACS multiply-adds: with more than
     /// two threads allowed and worth using (PARALLEL_MIN_MACS each) and many rows, a
     /// grid of row blocks and column groups over rayon's pool; else the rows or the
@@ -129,34 +129,34 @@ impl Dense {
         };
         // the pool's threads worth using: at least PARALLEL_MIN_MACS multiply-adds each
         let cells = threads.min(macs / PARALLEL_MIN_MACS);
-        let mut y = Vec::with_capacity(rows * self.padded_out);
-        let out = SharedOut::spare(&mut y, rows * self.padded_out);
-        if threads > 2 && cells > 2 && rows >= POOL_MIN_ROWS {
-            let grid = Grid::new(rows, tiles, MR, cells);
-            (0..grid.cells()).into_par_iter().for_each(|cell| {
-                let (rows, tiles) = grid.cell(cell);
-                let x = &x[rows.start * ldx..];
-                let out = out.rows_from(rows.start, self.padded_out);
-                self.tiles(x, ldx, rows.len(), tiles, out);
-            });
-        } else if threads >= 2 && self.pair_splits_rows(rows) {
-            // runs of whole row blocks
-            let run = rows.div_ceil(PAIR_RUNS).next_multiple_of(MR);
-            crate::pair::share(rows, run, &|range| {
-                let out = out.rows_from(range.start, self.padded_out);
-                self.tiles(&x[range.start * ldx..], ldx, range.len(), 0..tiles, out)
-            });
-        } else if threads >= 2 && tiles >= 2 {
-            // runs of an even number of tiles keep the avx512 kernel's pairs
-            let run = tiles.div_ceil(PAIR_RUNS).next_multiple_of(2);
-            crate::pair::share(tiles, run, &|range| self.tiles(x, ldx, rows, range, out));
-        } else {
-            self.tiles(x, ldx, rows, 0..tiles, out);
+        // SAFETY: each branch covers every row and every column tile, so each (row,
+        // tile) cell of the rows * padded_out values is written, once.
+        unsafe {
+            SharedOut::filled(rows * self.padded_out, |out| {
+                if threads > 2 && cells > 2 && rows >= POOL_MIN_ROWS {
+                    let grid = Grid::new(rows, tiles, MR, cells);
+                    (0..grid.cells()).into_par_iter().for_each(|cell| {
+                        let (rows, tiles) = grid.cell(cell);
+                        let x = &x[rows.start * ldx..];
+                        let out = out.rows_from(rows.start, self.padded_out);
+                        self.tiles(x, ldx, rows.len(), tiles, out);
+                    });
+                } else if threads >= 2 && self.pair_splits_rows(rows) {
+                    // runs of whole row blocks
+                    let run = rows.div_ceil(PAIR_RUNS).next_multiple_of(MR);
+                    crate::pair::share(rows, run, &|range| {
+                        let out = out.rows_from(range.start, self.padded_out);
+                        self.tiles(&x[range.start * ldx..], ldx, range.len(), 0..tiles, out)
+                    });
+                } else if threads >= 2 && tiles >= 2 {
+                    // runs of an even number of tiles keep the avx512 kernel's pairs
+                    let run = tiles.div_ceil(PAIR_RUNS).next_multiple_of(2);
+                    crate::pair::share(tiles, run, &|range| self.tiles(x, ldx, rows, range, out));
+                } else {
+                    self.tiles(x, ldx, rows, 0..tiles, out);
+                }
+            })
         }
-        // SAFETY: the branches above covered every row and every column tile, and each
-        // (row, tile) cell of the rows * padded_out values was written.
-        unsafe { y.set_len(rows * self.padded_out) };
-        y
     }
 
     /// Whether the pair splits this layer's rows rather than its columns: with many
@@ -233,30 +233,25 @@ struct SharedOut {
 }
 
 // SAFETY: see `tiles_with`: writers touch disjoint ranges, and the buffer
-// outlives the `run_pair` call that shares it.
+// outlives the `SharedOut::filled` call whose threads share it.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    fn new(y: &mut [f32]) -> Self {
-        Self {
+    /// A vector of `len` values, filled by `write` through a view of its (not
+    /// zero-filled) memory.
+    ///
+    /// # Safety
+    /// `write` must write every one of the `len` values.
+    unsafe fn filled(len: usize, write: impl FnOnce(SharedOut)) -> Vec<f32> {
+        let mut y = Vec::with_capacity(len);
+        write(Self {
             ptr: y.as_mut_ptr(),
-            len: y.len(),
-        }
-    }
-
-    /// A view of the first `len` values of `y`'s spare capacity, which may be
-    /// uninitialised: the writers fill them before the caller sets `y`'s length.
-    fn spare(y: &mut Vec<f32>, len: usize) -> Self {
-        let spare = y.spare_capacity_mut();
-        assert!(
-            spare.len() >= len,
-            "output of {len} values past its capacity"
-        );
-        Self {
-            ptr: spare.as_mut_ptr().cast(),
             len,
-        }
+        });
+        // SAFETY: all len values are written, by the caller's contract.
+        unsafe { y.set_len(len) };
+        y
     }
 
     /// The view of the rows from `row` on, for rows of `ld` values.
@@ -688,18 +683,21 @@ impl Mlp {
         };
         let tiles = last.tile_count();
         let output = if rows <= SMALL_BATCH_ROWS && tiles >= 2 && threads_allowed() {
-            let mut output = vec![0f32; rows * last.padded_out];
-            let out = SharedOut::new(&mut output);
-            crate::pair::run_pair(&|part| {
-                let (hidden, ld) = self.run(body, x, rows, false);
-                let range = if part == 0 {
-                    0..tiles / 2
-                } else {
-                    tiles / 2..tiles
-                };
-                last.tiles(&hidden, ld, rows, range, out);
-            });
-            output
+            // SAFETY: the two parts write the tiles 0..tiles / 2 and tiles / 2..tiles of
+            // every row.
+            unsafe {
+                SharedOut::filled(rows * last.padded_out, |out| {
+                    crate::pair::run_pair(&|part| {
+                        let (hidden, ld) = self.run(body, x, rows, false);
+                        let range = if part == 0 {
+                            0..tiles / 2
+                        } else {
+                            tiles / 2..tiles
+                        };
+                        last.tiles(&hidden, ld, rows, range, out);
+                    })
+                })
+            }
         } else {
             let (hidden, ld) = self.run(body, x, rows, true);
             last.forward(&hidden, ld, rows, true)
