@@ -6,9 +6,10 @@
 //! (see the README's benchmark). This module does one pass per layer:
 //! - a register-blocked micro-kernel per instruction set, chosen by `crate::isa`:
 //!   AVX2/FMA 6x16 (12 ymm accumulators; each k step loads two vectors of W^T,
-//!   broadcasts six x values and issues twelve FMAs), AVX-512 6x32 (12 zmm
-//!   accumulators, or 1x128 for a single row), and a portable fallback of the same
-//!   arithmetic;
+//!   broadcasts six x values and issues twelve FMAs, or 1x64 for a single row),
+//!   AVX-512 6x32 (12 zmm accumulators, or 1x128 for a single row), and a portable
+//!   fallback of the same arithmetic, all under one cache-blocked tile loop
+//!   (`blocked`) that gives the same bits on every path;
 //! - bias folded into the accumulators' start, the activation applied to the block
 //!   while it is still in cache, with a vectorisable exp-based tanh and sigmoid;
 //! - two threads splitting a layer through a spinning helper (`pair`): one hand-off
@@ -181,45 +182,154 @@ impl Dense {
             Isa::Avx512 => unsafe { avx512::tiles(self, x, ldx, rows, tiles, y) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::tiles(self, x, ldx, rows, tiles, y) },
-            _ => tiles_with(self, x, ldx, rows, tiles, y, kernel_portable),
+            _ => blocked(self, x, ldx, rows, tiles, y, TILE_GROUP, kernel_portable),
         }
     }
 }
 
-/// acc[r][j] += sum_k x[r * ldx + k] * panel[k * NR + j] for r < m, j < NR.
-type Kernel = fn(&[f32], usize, usize, usize, &[f32], &mut [[f32; NR]; MR]);
+/// A call's rows are cut into chunks of CHUNK_ROWS to 2 x CHUNK_ROWS rows (one chunk if
+/// there are fewer), and a chunk's block of x, its rows by one k block, stays in a
+/// core's L2 while W passes: 120-240 KB with the avx512 path's k blocks of 256, up to
+/// 480 KB with the others' 512 (L2: 512 KB on AMD Zen 2 and 3, 1-2 MB on Zen 4 and on
+/// Intel Xeons).
+const CHUNK_ROWS: usize = 120;
+/// The bytes of W a group's slice of one k block takes: it stays in L1 (32 KB or 48 KB
+/// per core) while a chunk's rows pass, x's values streaming beside it. So k blocks are
+/// 256 steps for the avx512 path's two tiles and 512 for one tile elsewhere. (On a Zen 3,
+/// blocks of 256 on the avx2 path ran a 400-deep layer 5-14% slower than one block:
+/// a short second block costs a reload of every running sum for little work.)
+const L1_SLICE_BYTES: usize = 32 * 1024;
 
-/// The tile loop shared by every instruction set: bias into the accumulators, the
-/// micro-kernel, the activation, one store per tile row.
+/// The column tiles one kernel call covers: `several` in a call of several rows (MR at
+/// a time), `single` in a call of one row, where more tiles keep more independent FMA
+/// chains in flight (one row by one tile would wait on FMA latency).
+#[derive(Clone, Copy)]
+struct Group {
+    several: usize,
+    single: usize,
+}
+
+/// The groups of the avx2 path: MR rows by one tile (12 ymm accumulators), or one row
+/// by four (8 ymm: enough independent chains for two FMA pipes of 4 cycles' latency).
+/// The portable path, whose groups change nothing but speed, takes the same.
+const TILE_GROUP: Group = Group {
+    several: 1,
+    single: 4,
+};
+
+/// Where the running sums of one kernel call start and end: for row r and tile p, the
+/// NR sums start from `start + r * start_ld + p * NR` (the bias, with `start_ld` 0, or
+/// y) and are stored at `end + r * ld + p * NR` in y.
+#[derive(Clone, Copy)]
+struct Sums {
+    start: *const f32,
+    start_ld: usize,
+    end: *mut f32,
+    ld: usize,
+}
+
+/// The tile loop shared by every instruction set, given its group shape and its
+/// micro-kernel: `kernel(m, g, x, ldx, k, panels, stride, sums)` computes, for r < m
+/// rows and p < g tiles, start[r][p][j] + sum over kk < k of
+/// x[r * ldx + kk] * panels[p * stride + kk * NR + j] into end[r][p][j] (see `Sums`),
+/// each sum one FMA chain in kk order.
+///
+/// Rows are cut into chunks (see CHUNK_ROWS) and k into blocks (see L1_SLICE_BYTES): a
+/// chunk's block of x stays in L2 while every group of W's tiles passes, and a group's
+/// slice of one k block stays in L1 while every row of the chunk passes. Between k
+/// blocks the running sums wait in y. Each output is thus one chain of FMAs in k order from its
+/// bias: every path, and any split of the rows or tiles between threads, gives the
+/// same bits.
 #[inline(always)]
-fn tiles_with(
+#[allow(clippy::too_many_arguments)]
+fn blocked<K>(
     layer: &Dense,
     x: &[f32],
     ldx: usize,
     rows: usize,
     tiles: Range<usize>,
     y: SharedOut,
-    kernel: Kernel,
-) {
-    let (ldy, k) = (layer.padded_out, layer.in_dim);
-    for tile in tiles {
-        let col = tile * NR;
-        let panel = &layer.panels[tile * k * NR..(tile + 1) * k * NR];
-        let mut row = 0;
-        while row < rows {
-            let m = MR.min(rows - row);
-            let mut acc = [[0f32; NR]; MR];
-            for r in acc.iter_mut().take(m) {
-                r.copy_from_slice(&layer.bias[col..col + NR]);
+    group: Group,
+    kernel: K,
+) where
+    K: Fn(usize, usize, &[f32], usize, usize, &[f32], usize, Sums) + Copy,
+{
+    let k = layer.in_dim;
+    // one row reuses no slice of W: its k is not blocked
+    let (width, k_block) = if rows == 1 {
+        (group.single, k)
+    } else {
+        let slice_per_step = group.several * NR * std::mem::size_of::<f32>();
+        (group.several, L1_SLICE_BYTES / slice_per_step)
+    };
+    // chunks as even as whole row blocks allow: a last chunk of a few rows would pass
+    // all of W through L1 for little work
+    let chunks = (rows / CHUNK_ROWS).max(1);
+    let chunk_rows = rows.div_ceil(chunks).next_multiple_of(MR);
+    for chunk in (0..rows).step_by(chunk_rows) {
+        let chunk = chunk..rows.min(chunk + chunk_rows);
+        for k0 in (0..k).step_by(k_block) {
+            let ks = k0..k.min(k0 + k_block);
+            for tile in tiles.clone().step_by(width) {
+                let group = tile..tiles.end.min(tile + width);
+                block(layer, x, ldx, chunk.clone(), group, ks.clone(), y, kernel);
             }
-            kernel(&x[row * ldx..], ldx, m, k, panel, &mut acc);
-            for (r, values) in acc.iter_mut().take(m).enumerate() {
+        }
+    }
+}
+
+/// The k steps `ks` of the column tiles `group` for `rows`, MR rows at a time: the sums
+/// start from the bias (first block) or from y, and the last block then applies the
+/// activation to them in y.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block<K>(
+    layer: &Dense,
+    x: &[f32],
+    ldx: usize,
+    rows: Range<usize>,
+    group: Range<usize>,
+    ks: Range<usize>,
+    y: SharedOut,
+    kernel: K,
+) where
+    K: Fn(usize, usize, &[f32], usize, usize, &[f32], usize, Sums),
+{
+    let (ldy, k, g) = (layer.padded_out, layer.in_dim, group.len());
+    let panels = &layer.panels[(group.start * k + ks.start) * NR..];
+    let bias = layer.bias[group.start * NR..group.end * NR].as_ptr();
+    for row in rows.clone().step_by(MR) {
+        let m = MR.min(rows.end - row);
+        let end = y.tiles(row * ldy + group.start * NR, m, g, ldy);
+        let sums = if ks.start == 0 {
+            Sums {
+                start: bias,
+                start_ld: 0,
+                end,
+                ld: ldy,
+            }
+        } else {
+            Sums {
+                start: end,
+                start_ld: ldy,
+                end,
+                ld: ldy,
+            }
+        };
+        let xs = &x[row * ldx + ks.start..];
+        kernel(m, g, xs, ldx, ks.len(), panels, k * NR, sums);
+    }
+    if ks.end == k {
+        // a pass of its own, after the kernel calls, keeps the activation's constants
+        // in registers for the whole block
+        let end = y.tiles(rows.start * ldy + group.start * NR, rows.len(), g, ldy);
+        for r in 0..rows.len() {
+            for p in 0..g {
+                // SAFETY: within the tiles `y.tiles` checked, which this thread alone
+                // writes, and no reference to them is held elsewhere.
+                let values = unsafe { &mut *end.add(r * ldy + p * NR).cast::<[f32; NR]>() };
                 activate(values, layer.act);
-                // SAFETY: each (row, column tile) cell is written by exactly one thread:
-                // threads own disjoint column ranges or disjoint rows (`grid`).
-                unsafe { y.write((row + r) * ldy + col, values) };
             }
-            row += m;
         }
     }
 }
@@ -232,8 +342,8 @@ struct SharedOut {
     len: usize,
 }
 
-// SAFETY: see `tiles_with`: writers touch disjoint ranges, and the buffer
-// outlives the `SharedOut::filled` call whose threads share it.
+// SAFETY: see `block`: writers touch disjoint ranges, and the buffer outlives the
+// `SharedOut::filled` call whose threads share it.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
@@ -265,46 +375,72 @@ impl SharedOut {
         }
     }
 
-    /// Reads back a tile row this thread wrote (a running sum between k blocks).
-    ///
-    /// # Safety
-    /// As for `write`.
-    unsafe fn read(self, at: usize, values: &mut [f32; NR]) {
-        debug_assert!(at + NR <= self.len, "tile past the end of the output");
-        std::ptr::copy_nonoverlapping(self.ptr.add(at), values.as_mut_ptr(), NR);
-    }
-
-    /// # Safety
-    /// `at + NR <= len` (`Dense::tiles` checks the whole output once per call), and no
-    /// other thread writes `at..at + NR` concurrently.
-    unsafe fn write(self, at: usize, values: &[f32; NR]) {
-        debug_assert!(at + NR <= self.len, "tile past the end of the output");
-        std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(at), NR);
+    /// A pointer to `m` rows of `g` tiles of NR values from `at`, rows `ld` apart,
+    /// checked to lie within the buffer. Only the thread that owns those cells may
+    /// write through it (each cell is written by exactly one thread: threads own
+    /// disjoint column ranges or disjoint rows).
+    fn tiles(self, at: usize, m: usize, g: usize, ld: usize) -> *mut f32 {
+        assert!(
+            at + (m - 1) * ld + g * NR <= self.len,
+            "tiles past the end of the output"
+        );
+        // SAFETY: within the buffer, by the assert.
+        unsafe { self.ptr.add(at) }
     }
 }
 
+/// The micro-kernel in plain Rust (see `blocked`), one output's chain at a time.
+#[allow(clippy::too_many_arguments)]
 fn kernel_portable(
+    m: usize,
+    g: usize,
     x: &[f32],
     ldx: usize,
-    m: usize,
     k: usize,
-    panel: &[f32],
-    acc: &mut [[f32; NR]; MR],
+    panels: &[f32],
+    stride: usize,
+    sums: Sums,
 ) {
-    for (r, acc_row) in acc.iter_mut().enumerate().take(m) {
-        for kk in 0..k {
-            let a = x[r * ldx + kk];
-            let w = &panel[kk * NR..(kk + 1) * NR];
-            for j in 0..NR {
-                acc_row[j] = a.mul_add(w[j], acc_row[j]);
+    for r in 0..m {
+        for p in 0..g {
+            let mut acc = [0f32; NR];
+            // SAFETY: `block` made `sums` from the bias or from tiles `SharedOut::tiles`
+            // checked, which this thread alone writes.
+            unsafe {
+                let start = sums.start.add(r * sums.start_ld + p * NR);
+                std::ptr::copy_nonoverlapping(start, acc.as_mut_ptr(), NR);
+            }
+            for kk in 0..k {
+                let a = x[r * ldx + kk];
+                let w = &panels[p * stride + kk * NR..][..NR];
+                for (s, w) in acc.iter_mut().zip(w) {
+                    *s = a.mul_add(*w, *s);
+                }
+            }
+            // SAFETY: as above.
+            unsafe {
+                let end = sums.end.add(r * sums.ld + p * NR);
+                std::ptr::copy_nonoverlapping(acc.as_ptr(), end, NR);
             }
         }
     }
 }
 
+/// Calls `$kernel::<M, G>($args)` for the runtime shape `($m, $g)`, one of the listed
+/// `M, G` pairs.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_shape {
+    ($kernel:ident, ($m:expr, $g:expr), $args:tt, $($rows:literal, $tiles:literal);*) => {
+        match ($m, $g) {
+            $(($rows, $tiles) => $kernel::<$rows, $tiles> $args,)*
+            (m, g) => unreachable!("{m} rows by {g} tiles"),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{tiles_with, Dense, SharedOut, MR, NR};
+    use super::{blocked, Dense, SharedOut, Sums, NR, TILE_GROUP};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -319,123 +455,80 @@ mod avx2 {
         tiles: Range<usize>,
         y: SharedOut,
     ) {
-        tiles_with(layer, x, ldx, rows, tiles, y, |x, ldx, m, k, panel, acc| {
-            // SAFETY: this closure runs inside `tiles`, where AVX2/FMA are enabled;
-            // `Dense::tiles` checked the bounds of x, and a panel holds k * NR values.
-            unsafe { kernel(x, ldx, m, k, panel, acc) }
-        });
-    }
-
-    /// The 6x16 micro-kernel: 12 accumulators in ymm registers; per k, two loads of the
-    /// panel, m broadcasts of x and 2m FMAs.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn kernel(
-        x: &[f32],
-        ldx: usize,
-        m: usize,
-        k: usize,
-        panel: &[f32],
-        acc: &mut [[f32; NR]; MR],
-    ) {
-        let mut c = [[_mm256_setzero_ps(); 2]; MR];
-        for r in 0..m {
-            c[r][0] = _mm256_loadu_ps(acc[r].as_ptr());
-            c[r][1] = _mm256_loadu_ps(acc[r].as_ptr().add(8));
-        }
-        let xp = x.as_ptr();
-        let wp = panel.as_ptr();
-        macro_rules! rows {
-            ($($r:literal)*) => {
-                for kk in 0..k {
-                    let w0 = _mm256_loadu_ps(wp.add(kk * NR));
-                    let w1 = _mm256_loadu_ps(wp.add(kk * NR + 8));
-                    $(
-                        let a = _mm256_broadcast_ss(&*xp.add($r * ldx + kk));
-                        c[$r][0] = _mm256_fmadd_ps(a, w0, c[$r][0]);
-                        c[$r][1] = _mm256_fmadd_ps(a, w1, c[$r][1]);
-                    )*
-                }
-            };
-        }
-        if m == 1 {
-            return row_kernel(xp, k, wp, acc);
-        }
-        match m {
-            6 => rows!(0 1 2 3 4 5),
-            5 => rows!(0 1 2 3 4),
-            4 => rows!(0 1 2 3),
-            3 => rows!(0 1 2),
-            2 => rows!(0 1),
-            _ => rows!(0),
-        }
-        for r in 0..m {
-            _mm256_storeu_ps(acc[r].as_mut_ptr(), c[r][0]);
-            _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), c[r][1]);
-        }
-    }
-
-    /// One row: with two accumulators the FMA latency (4 cycles) would bound the loop,
-    /// so four interleaved k phases keep eight independent chains in flight, summed at
-    /// the end.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn row_kernel(xp: *const f32, k: usize, wp: *const f32, acc: &mut [[f32; NR]; MR]) {
-        let mut c = [[_mm256_setzero_ps(); 2]; 4];
-        c[0][0] = _mm256_loadu_ps(acc[0].as_ptr());
-        c[0][1] = _mm256_loadu_ps(acc[0].as_ptr().add(8));
-        let full = k - k % 4;
-        let mut kk = 0;
-        while kk < full {
-            for (p, cp) in c.iter_mut().enumerate() {
-                let a = _mm256_broadcast_ss(&*xp.add(kk + p));
-                cp[0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(wp.add((kk + p) * NR)), cp[0]);
-                cp[1] = _mm256_fmadd_ps(a, _mm256_loadu_ps(wp.add((kk + p) * NR + 8)), cp[1]);
+        let kernel = |m, g, x: &[f32], ldx, k, panels: &[f32], stride, sums| {
+            let (x, panels) = (x.as_ptr(), panels.as_ptr());
+            // SAFETY: AVX2/FMA were checked at construction; `blocked` hands out
+            // slices that hold the m rows of x and the g panels' k steps, and sums
+            // within the bias and this thread's tiles of y.
+            unsafe {
+                by_shape!(kernel, (m, g), (x, ldx, k, panels, stride, sums),
+                          6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1; 1, 4; 1, 3; 1, 2)
             }
-            kk += 4;
+        };
+        blocked(layer, x, ldx, rows, tiles, y, TILE_GROUP, kernel);
+    }
+
+    /// M rows by G tiles over k steps: 2 x M x G ymm accumulators; per step, 2 x G
+    /// loads of the panels (`stride` values apart), M broadcasts of x and 2 x M x G FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn kernel<const M: usize, const G: usize>(
+        x: *const f32,
+        ldx: usize,
+        k: usize,
+        panels: *const f32,
+        stride: usize,
+        sums: Sums,
+    ) {
+        let mut c = [[[_mm256_setzero_ps(); 2]; G]; M];
+        for (r, c) in c.iter_mut().enumerate() {
+            for (p, c) in c.iter_mut().enumerate() {
+                for (h, c) in c.iter_mut().enumerate() {
+                    *c = _mm256_loadu_ps(sums.start.add(r * sums.start_ld + p * NR + 8 * h));
+                }
+            }
         }
-        for kk in full..k {
-            let a = _mm256_broadcast_ss(&*xp.add(kk));
-            c[0][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(wp.add(kk * NR)), c[0][0]);
-            c[0][1] = _mm256_fmadd_ps(a, _mm256_loadu_ps(wp.add(kk * NR + 8)), c[0][1]);
+        for kk in 0..k {
+            let mut w = [[_mm256_setzero_ps(); 2]; G];
+            for (p, w) in w.iter_mut().enumerate() {
+                for (h, w) in w.iter_mut().enumerate() {
+                    *w = _mm256_loadu_ps(panels.add(p * stride + kk * NR + 8 * h));
+                }
+            }
+            for (r, c) in c.iter_mut().enumerate() {
+                let a = _mm256_broadcast_ss(&*x.add(r * ldx + kk));
+                for (c, w) in c.iter_mut().zip(&w) {
+                    for (c, w) in c.iter_mut().zip(w) {
+                        *c = _mm256_fmadd_ps(a, *w, *c);
+                    }
+                }
+            }
         }
-        for (h, out) in acc[0].chunks_exact_mut(8).enumerate() {
-            let sum = _mm256_add_ps(
-                _mm256_add_ps(c[0][h], c[1][h]),
-                _mm256_add_ps(c[2][h], c[3][h]),
-            );
-            _mm256_storeu_ps(out.as_mut_ptr(), sum);
+        for (r, c) in c.iter().enumerate() {
+            for (p, c) in c.iter().enumerate() {
+                for (h, c) in c.iter().enumerate() {
+                    _mm256_storeu_ps(sums.end.add(r * sums.ld + p * NR + 8 * h), *c);
+                }
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{activate, Dense, SharedOut, MR, NR};
+    use super::{blocked, Dense, Group, SharedOut, Sums, NR};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    /// Most accumulator tiles of NR values one kernel call holds: MR rows by two
-    /// panels, or one row by WIDE panels.
-    const SLOTS: usize = 12;
-    /// Panels one call covers for a single row: eight 16-wide chains keep both FMA
-    /// pipes busy, where one row by two panels would wait on FMA latency.
-    const WIDE: usize = 8;
-    /// A call's rows are cut into chunks of CHUNK_ROWS to 2 x CHUNK_ROWS rows (one chunk
-    /// if there are fewer): 2 x CHUNK_ROWS x K_BLOCK values of x (240 KB) fit any L2 of
-    /// a core with AVX-512.
-    const CHUNK_ROWS: usize = 120;
-    /// k per block: two panels' slice, K_BLOCK x 32 values (32 KB), fits a 48 KB L1.
-    const K_BLOCK: usize = 256;
+    /// MR rows by two tiles (12 zmm accumulators), or one row by eight (8 zmm: enough
+    /// independent chains for two FMA pipes).
+    const GROUP: Group = Group {
+        several: 2,
+        single: 8,
+    };
 
-    /// The tile loop of the avx512 path: column tiles two at a time (six rows by 32
-    /// columns: 12 zmm accumulators), or eight at a time when the call has one row.
-    /// Rows are cut into chunks (see CHUNK_ROWS) and k into blocks of K_BLOCK: a chunk's
-    /// x block stays in L2 while every tile pair of W passes, and the two panels' slice
-    /// of one k block stays in L1 while every row of the chunk passes.
-    /// Between k blocks the running sums wait in y. Each output is still one chain of
-    /// FMAs in k order from its bias, as on the other paths' multi-row kernel, so any
-    /// split of the tiles gives the same bits.
+    /// The shared tile loop compiled with AVX-512F: the micro-kernel below, and the
+    /// activation on 16-lane vectors.
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn tiles(
         layer: &Dense,
@@ -445,82 +538,24 @@ mod avx512 {
         tiles: Range<usize>,
         y: SharedOut,
     ) {
-        let k = layer.in_dim;
-        let width = if rows == 1 { WIDE } else { 2 };
-        // chunks as even as whole row blocks allow: a last chunk of a few rows would
-        // pass all of W through L1 for little work
-        let chunks = (rows / CHUNK_ROWS).max(1);
-        let chunk_rows = rows.div_ceil(chunks).next_multiple_of(MR);
-        for chunk in (0..rows).step_by(chunk_rows) {
-            let chunk = chunk..rows.min(chunk + chunk_rows);
-            for k0 in (0..k).step_by(K_BLOCK) {
-                let ks = k0..k.min(k0 + K_BLOCK);
-                for tile in tiles.clone().step_by(width) {
-                    let group = tile..tiles.end.min(tile + width);
-                    block(layer, x, ldx, chunk.clone(), group, ks.clone(), y);
-                }
+        let kernel = |m, g, x: &[f32], ldx, k, panels: &[f32], stride, sums| {
+            let (x, panels) = (x.as_ptr(), panels.as_ptr());
+            // SAFETY: AVX-512F was checked at construction; `blocked` hands out
+            // slices that hold the m rows of x and the g panels' k steps, and sums
+            // within the bias and this thread's tiles of y.
+            unsafe {
+                by_shape!(kernel, (m, g), (x, ldx, k, panels, stride, sums),
+                          6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2;
+                          6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1;
+                          1, 8; 1, 7; 1, 6; 1, 5; 1, 4; 1, 3)
             }
-        }
+        };
+        blocked(layer, x, ldx, rows, tiles, y, GROUP, kernel);
     }
 
-    /// The k steps `ks` of the column tiles `group` for `rows`, MR rows at a time: the
-    /// sums start from the bias (first block) or from y, and the last block applies
-    /// the activation.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn block(
-        layer: &Dense,
-        x: &[f32],
-        ldx: usize,
-        rows: Range<usize>,
-        group: Range<usize>,
-        ks: Range<usize>,
-        y: SharedOut,
-    ) {
-        let (ldy, k, g) = (layer.padded_out, layer.in_dim, group.len());
-        let (first, last) = (ks.start == 0, ks.end == k);
-        let panels = layer.panels[(group.start * k + ks.start) * NR..].as_ptr();
-        for row in rows.clone().step_by(MR) {
-            let m = MR.min(rows.end - row);
-            let mut acc = [[0f32; NR]; SLOTS];
-            for r in 0..m {
-                for (p, tile) in group.clone().enumerate() {
-                    let at = (row + r) * ldy + tile * NR;
-                    if first {
-                        acc[r * g + p].copy_from_slice(&layer.bias[tile * NR..(tile + 1) * NR]);
-                    } else {
-                        y.read(at, &mut acc[r * g + p]);
-                    }
-                }
-            }
-            let xp = x[row * ldx + ks.start..].as_ptr();
-            macro_rules! call {
-                ($($m:literal, $g:literal);*) => {
-                    match (m, g) {
-                        $(($m, $g) => kernel::<$m, $g>(xp, ldx, ks.len(), panels, k * NR, &mut acc),)*
-                        _ => unreachable!("{m} rows by {g} panels"),
-                    }
-                };
-            }
-            call!(6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2;
-                  6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1;
-                  1, 8; 1, 7; 1, 6; 1, 5; 1, 4; 1, 3);
-            for r in 0..m {
-                for (p, tile) in group.clone().enumerate() {
-                    let values = &mut acc[r * g + p];
-                    if last {
-                        activate(values, layer.act);
-                    }
-                    // SAFETY: each (row, column tile) cell is written by exactly one
-                    // thread: threads own disjoint column ranges or disjoint rows.
-                    unsafe { y.write((row + r) * ldy + tile * NR, values) };
-                }
-            }
-        }
-    }
-
-    /// M rows by G panels over k steps: M x G zmm accumulators (`acc[r * G + p]`); per
-    /// step, G loads of the panels (one per 16 columns, `stride` values apart), M
-    /// broadcasts of x and M x G FMAs.
+    /// M rows by G tiles over k steps: M x G zmm accumulators; per step, G loads of the
+    /// panels (one per 16 columns, `stride` values apart), M broadcasts of x and M x G
+    /// FMAs.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn kernel<const M: usize, const G: usize>(
@@ -529,12 +564,12 @@ mod avx512 {
         k: usize,
         panels: *const f32,
         stride: usize,
-        acc: &mut [[f32; NR]; SLOTS],
+        sums: Sums,
     ) {
         let mut c = [[_mm512_setzero_ps(); G]; M];
-        for r in 0..M {
-            for p in 0..G {
-                c[r][p] = _mm512_loadu_ps(acc[r * G + p].as_ptr());
+        for (r, c) in c.iter_mut().enumerate() {
+            for (p, c) in c.iter_mut().enumerate() {
+                *c = _mm512_loadu_ps(sums.start.add(r * sums.start_ld + p * NR));
             }
         }
         for kk in 0..k {
@@ -544,14 +579,14 @@ mod avx512 {
             }
             for (r, c) in c.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*x.add(r * ldx + kk));
-                for p in 0..G {
-                    c[p] = _mm512_fmadd_ps(a, w[p], c[p]);
+                for (c, w) in c.iter_mut().zip(&w) {
+                    *c = _mm512_fmadd_ps(a, *w, *c);
                 }
             }
         }
-        for r in 0..M {
-            for p in 0..G {
-                _mm512_storeu_ps(acc[r * G + p].as_mut_ptr(), c[r][p]);
+        for (r, c) in c.iter().enumerate() {
+            for (p, c) in c.iter().enumerate() {
+                _mm512_storeu_ps(sums.end.add(r * sums.ld + p * NR), *c);
             }
         }
     }
@@ -777,12 +812,14 @@ mod tests {
             .collect()
     }
 
-    /// The pair's column split (2 threads) and the grid over a pool of 3 and 4 threads
-    /// (more than the cores of a small machine: oversubscribed is fine) give the
-    /// one-thread result bit for bit on every path: every output is the same chain of
-    /// FMAs whichever thread, and whichever group of tiles, computes it.
+    /// Every path, on one thread, with the pair's row or column split (2 threads) and
+    /// with the grid over a pool of 3 and 4 threads (more than the cores of a small
+    /// machine: oversubscribed is fine), gives the portable path's one-thread result
+    /// bit for bit: every output is the same chain of FMAs from its bias in k order,
+    /// whichever kernel, thread and group of tiles computes it, and the activation is
+    /// the same IEEE arithmetic on every path.
     #[test]
-    fn pool_split_equals_one_thread_on_every_path() {
+    fn every_path_and_split_equals_portable_one_thread() {
         let pool = |n| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
@@ -792,22 +829,25 @@ mod tests {
         let one = pool(1);
         let shapes = [
             (1, 400, 784),
+            (1, 600, 40),
             (7, 33, 130),
             (64, 20, 200),
             (100, 400, 784),
             (257, 200, 40),
+            (250, 520, 48),
             (70, 8, 16),
         ];
         for (rows, inp, out) in shapes {
             let (w, b, x) = random_case(rows, inp, out);
             let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let portable = Dense::with_isa(&w, &b, Activation::Tanh, Isa::Portable).unwrap();
+            let want = one.install(|| Mlp::new(vec![portable]).forward(&x, rows));
             for (path, layer) in variants(&w, &b, Activation::Tanh) {
                 let mlp = Mlp::new(vec![layer]);
-                let want = one.install(|| mlp.forward(&x, rows));
-                for threads in [2, 3, 4] {
+                for threads in [1, 2, 3, 4] {
                     let got = pool(threads).install(|| mlp.forward(&x, rows));
                     let case = format!("{path} {rows}x{inp}->{out}, {threads} threads");
-                    assert!(got == want, "{case}: differs from one thread");
+                    assert!(got == want, "{case}: differs from portable on one thread");
                 }
             }
         }
