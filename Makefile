@@ -24,7 +24,7 @@ RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness gpu-check wrk
+        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness gpu-check wrk test-aarch64
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -120,6 +120,21 @@ pytest: $(STAMP) $(ENGINE_STAMP) elixir broker $(NIF)  ## the Python suites (tra
 	$(PY) -m pytest tests/python
 
 test: lint ex-lint rust-test c-test ex-test pytest  ## every suite and linter
+
+# infer_core on aarch64 (its portable path) under user-mode qemu. Three golden tests are
+# skipped: they re-run the test binary as a child process, which this x86-64 host cannot
+# execute without registering qemu with the kernel (binfmt_misc), a machine-wide change.
+AARCH64 := aarch64-unknown-linux-gnu
+AARCH64_ENV := QEMU_LD_PREFIX=/usr/aarch64-linux-gnu \
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
+test-aarch64:  ## infer_core's clippy and tests for aarch64 under qemu (installs the Rust target, a cross gcc and qemu-user)
+	rustup target add $(AARCH64)
+	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu qemu-user)
+	cd infer_rs && $(CARGO) clippy -p infer_core --target $(AARCH64) --all-targets -- -D warnings
+	cd infer_rs && $(AARCH64_ENV) $(CARGO) test -p infer_core --target $(AARCH64) -- \
+	  --skip every_isa_path_of_this_cpu --skip a_forced_path_the_cpu_lacks --skip pool_split_equals_one_thread
 
 golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 	$(PY) -m train.golden
