@@ -237,9 +237,9 @@ struct Sums {
 /// Rows are cut into chunks (see CHUNK_ROWS) and k into blocks (see L1_SLICE_BYTES): a
 /// chunk's block of x stays in L2 while every group of W's tiles passes, and a group's
 /// slice of one k block stays in L1 while every row of the chunk passes. Between k
-/// blocks the running sums wait in y. Each output is thus one chain of FMAs in k order from its
-/// bias: every path, and any split of the rows or tiles between threads, gives the
-/// same bits.
+/// blocks the running sums wait in y. Each output is thus one chain of FMAs in k order
+/// from its bias: every path, and any split of the rows or tiles between threads, gives
+/// the same bits.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn blocked<K>(
