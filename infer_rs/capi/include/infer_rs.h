@@ -1,6 +1,12 @@
 /* C interface of the infer_rs engine: load a model exported by train/, run it, free
  * what it returned. Every function returns an InferStatus; on failure
- * infer_last_error() describes what was wrong (per thread, valid until the next call). */
+ * infer_last_error() describes what was wrong (per thread, valid until the next call).
+ *
+ * The library allocates through the process's malloc. With glibc's, long GPT
+ * generations give heap memory back to the OS after every token and fault it in again
+ * (about a tenth of their time); raise the trim threshold to avoid it, e.g.
+ * GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=67108864
+ * (see the README's Allocation note). */
 #ifndef INFER_RS_H
 #define INFER_RS_H
 
