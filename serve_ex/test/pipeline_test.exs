@@ -203,6 +203,41 @@ defmodule ServeEx.PipelineTest do
     refute_receive {:published, _, _, "c97"}, 100
   end
 
+  test "a stream whose deadline passes mid-generation ends with a numbered error frame",
+       %{producer: producer} do
+    # 1,024 new tokens take seconds (each token past the 128-token block re-prefills it),
+    # the first chunk of 8 a few milliseconds: the deadline falls between the two
+    body =
+      ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 1024, "stream": true})
+
+    deliver(producer, body, 120, deadline: System.os_time(:millisecond) + 300)
+    frames = stream_frames(120, [])
+    {chunks, [last]} = Enum.split(frames, -1)
+
+    assert chunks != [], "the deadline passed before the first chunk"
+    assert Enum.map(frames, & &1["seq"]) == Enum.to_list(0..length(chunks))
+    assert %{"done" => true, "ok" => false, "error" => %{"code" => "deadline_exceeded"}} = last
+    assert last["error"]["message"] =~ ~r/stopped after \d+ new tokens: the deadline passed/
+    assert_receive {:ack, 120}, 2_000
+    refute_receive {:published, _, _, "c120"}, 100
+
+    # the chunks sent are the start of the same generation run to its end
+    streamed = Enum.map_join(chunks, & &1["delta"])
+    {:ok, gpt} = ModelRegistry.lookup("gpt")
+
+    [{:ok, whole}] =
+      Engine.generate_text_batch(gpt, [Engine.text_request("A", String.length(streamed))])
+
+    assert whole == "A" <> streamed
+  end
+
+  defp stream_frames(tag, acc) do
+    cid = "c#{tag}"
+    assert_receive {:published, @reply_queue, body, ^cid}, 5_000
+    frame = :jsx.decode(body, [:return_maps])
+    if frame["done"], do: Enum.reverse([frame | acc]), else: stream_frames(tag, [frame | acc])
+  end
+
   test "a stream whose generation runs again publishes each frame once, in order",
        %{chan: chan} do
     # what a batcher sends when a batch with a streamed request failed and is retried one
