@@ -18,7 +18,7 @@
 //! - with more than two threads and at least `POOL_MIN_ROWS` rows, each layer split
 //!   into a grid of row blocks and column groups over rayon's pool (`grid`).
 
-use crate::error::Result;
+use crate::error::{InferError, Result};
 use crate::grid::Grid;
 use crate::isa::Isa;
 use candle_core::Tensor;
@@ -92,6 +92,11 @@ impl Dense {
     pub fn with_isa(weight: &Tensor, bias: &Tensor, act: Activation, isa: Isa) -> Result<Self> {
         let isa = Isa::resolve(Some(isa.name()))?;
         let (out_dim, in_dim) = weight.dims2()?;
+        if in_dim == 0 || out_dim == 0 {
+            return Err(InferError::InvalidArgument(format!(
+                "a dense layer needs inputs and outputs, got a {out_dim} x {in_dim} weight"
+            )));
+        }
         let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
         let padded_out = out_dim.div_ceil(NR) * NR;
         let mut panels = vec![0f32; in_dim * padded_out];
@@ -115,7 +120,8 @@ impl Dense {
     }
 
     /// y (rows, padded_out) = act(x W^T + b) for x (rows, in_dim) with row stride `ldx`.
-    /// y is not zero-filled first: the tiles write each of its cells once.
+    /// y is not zero-filled first: the first k block of the tiles writes each of its
+    /// cells before anything reads it.
     /// With `parallel` and at least PARALLEL_MIN_MACS multiply-adds: with more than
     /// two threads allowed and worth using (PARALLEL_MIN_MACS each) and many rows, a
     /// grid of row blocks and column groups over rayon's pool; else the rows or the
@@ -131,7 +137,7 @@ impl Dense {
         // the pool's threads worth using: at least PARALLEL_MIN_MACS multiply-adds each
         let cells = threads.min(macs / PARALLEL_MIN_MACS);
         // SAFETY: each branch covers every row and every column tile, so each (row,
-        // tile) cell of the rows * padded_out values is written, once.
+        // tile) cell of the rows * padded_out values is written, by one thread.
         unsafe {
             SharedOut::filled(rows * self.padded_out, |out| {
                 if threads > 2 && cells > 2 && rows >= POOL_MIN_ROWS {
@@ -174,7 +180,11 @@ impl Dense {
 
     /// The given column tiles of every row.
     fn tiles(&self, x: &[f32], ldx: usize, rows: usize, tiles: Range<usize>, y: SharedOut) {
-        assert!(x.len() >= (rows - 1) * ldx + self.in_dim && y.len >= rows * self.padded_out);
+        assert!(
+            x.len() >= (rows - 1) * ldx + self.in_dim
+                && y.len >= rows * self.padded_out
+                && tiles.end <= self.tile_count()
+        );
         match self.isa {
             // SAFETY: the path was checked against the CPU at construction; the assert
             // bounds every access.
@@ -182,7 +192,13 @@ impl Dense {
             Isa::Avx512 => unsafe { avx512::tiles(self, x, ldx, rows, tiles, y) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { avx2::tiles(self, x, ldx, rows, tiles, y) },
-            _ => blocked(self, x, ldx, rows, tiles, y, TILE_GROUP, kernel_portable),
+            _ => {
+                let kernel = |m, g, x: &[f32], ldx, k, panels: &[f32], stride, sums| {
+                    // SAFETY: `block` makes `sums` as the kernel requires.
+                    unsafe { kernel_portable(m, g, x, ldx, k, panels, stride, sums) }
+                };
+                blocked(self, x, ldx, rows, tiles, y, TILE_GROUP, kernel)
+            }
         }
     }
 }
@@ -195,7 +211,8 @@ impl Dense {
 const CHUNK_ROWS: usize = 120;
 /// The bytes of W a group's slice of one k block takes: it stays in L1 (32 KB or 48 KB
 /// per core) while a chunk's rows pass, x's values streaming beside it. So k blocks are
-/// 256 steps for the avx512 path's two tiles and 512 for one tile elsewhere. (On a Zen 3,
+/// 256 steps for the avx512 path's two tiles and 512 for one tile elsewhere; a call of
+/// one row, which reuses no slice, is not k-blocked. (On a Zen 3,
 /// blocks of 256 on the avx2 path ran a 400-deep layer 3-14% slower than one block of
 /// 400, measured against the former unblocked loop in one process.)
 const L1_SLICE_BYTES: usize = 32 * 1024;
@@ -390,8 +407,12 @@ impl SharedOut {
 }
 
 /// The micro-kernel in plain Rust (see `blocked`), one output's chain at a time.
+///
+/// # Safety
+/// `sums` as `block` makes it: m rows of g tiles from `start` (initialised: the bias or
+/// this thread's sums of the previous k block) and at `end` (this thread's tiles of y).
 #[allow(clippy::too_many_arguments)]
-fn kernel_portable(
+unsafe fn kernel_portable(
     m: usize,
     g: usize,
     x: &[f32],
@@ -404,8 +425,7 @@ fn kernel_portable(
     for r in 0..m {
         for p in 0..g {
             let mut acc = [0f32; NR];
-            // SAFETY: `block` made `sums` from the bias or from tiles `SharedOut::tiles`
-            // checked, which this thread alone writes.
+            // SAFETY: `sums` holds these m x g tiles (the function's contract).
             unsafe {
                 let start = sums.start.add(r * sums.start_ld + p * NR);
                 std::ptr::copy_nonoverlapping(start, acc.as_mut_ptr(), NR);
@@ -716,6 +736,9 @@ impl Mlp {
         let Some((last, body)) = self.layers.split_last() else {
             return x.to_vec();
         };
+        if rows == 0 {
+            return Vec::new();
+        }
         let tiles = last.tile_count();
         let output = if rows <= SMALL_BATCH_ROWS && tiles >= 2 && threads_allowed() {
             // SAFETY: the two parts write the tiles 0..tiles / 2 and tiles / 2..tiles of
@@ -847,10 +870,31 @@ mod tests {
                 for threads in [1, 2, 3, 4] {
                     let got = pool(threads).install(|| mlp.forward(&x, rows));
                     let case = format!("{path} {rows}x{inp}->{out}, {threads} threads");
-                    assert!(got == want, "{case}: differs from portable on one thread");
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert!(bits(&got) == bits(&want), "{case}: differs from portable");
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_empty_layer_is_refused_and_no_rows_give_no_output() {
+        let dev = Device::Cpu;
+        for (out, inp) in [(3, 0), (0, 3)] {
+            let w = Tensor::zeros((out, inp), candle_core::DType::F32, &dev).unwrap();
+            let b = Tensor::zeros(out, candle_core::DType::F32, &dev).unwrap();
+            let err = Dense::new(&w, &b, Activation::Tanh)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("a dense layer needs inputs and outputs"),
+                "{err}"
+            );
+        }
+        let (w, b, _) = random_case(1, 4, 20);
+        let mlp = Mlp::new(vec![Dense::new(&w, &b, Activation::Tanh).unwrap()]);
+        assert!(mlp.forward(&[], 0).is_empty());
     }
 
     #[test]
