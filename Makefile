@@ -27,7 +27,7 @@ SERVICE_MODELS := runs/service_models/vae.safetensors
         elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness gpu-check wrk test-aarch64
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): train/requirements.txt train/constraints.txt serve_ex/client/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
