@@ -232,9 +232,7 @@ defmodule ServeEx.PipelineTest do
   end
 
   defp stream_frames(tag, acc) do
-    cid = "c#{tag}"
-    assert_receive {:published, @reply_queue, body, ^cid}, 5_000
-    frame = :jsx.decode(body, [:return_maps])
+    frame = reply_for(tag)
     if frame["done"], do: Enum.reverse([frame | acc]), else: stream_frames(tag, [frame | acc])
   end
 

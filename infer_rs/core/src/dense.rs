@@ -178,16 +178,13 @@ impl Dense {
         self.padded_out / NR
     }
 
-    /// The given column tiles of every row.
+    /// The given column tiles of every row. (y's bounds are checked where its tiles are
+    /// taken, `SharedOut::tiles`.)
     fn tiles(&self, x: &[f32], ldx: usize, rows: usize, tiles: Range<usize>, y: SharedOut) {
-        assert!(
-            x.len() >= (rows - 1) * ldx + self.in_dim
-                && y.len >= rows * self.padded_out
-                && tiles.end <= self.tile_count()
-        );
+        assert!(x.len() >= (rows - 1) * ldx + self.in_dim && tiles.end <= self.tile_count());
         match self.isa {
             // SAFETY: the path was checked against the CPU at construction; the assert
-            // bounds every access.
+            // bounds x and the tiles, `SharedOut::tiles` every block's part of y.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { avx512::tiles(self, x, ldx, rows, tiles, y) },
             #[cfg(target_arch = "x86_64")]
