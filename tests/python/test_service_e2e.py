@@ -24,7 +24,7 @@ import infer_rs
 SCRIPTS = Path(__file__).resolve().parents[2] / "serve_ex" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import kill_and_recover  # noqa: E402
-from serve_client import Client, ServeError, http_call, tensor  # noqa: E402
+from serve_client import Client, ServeError, http_call, http_stream, tensor  # noqa: E402
 from serve_client.aio import AsyncClient  # noqa: E402
 from service import Service  # noqa: E402
 
@@ -322,6 +322,53 @@ def test_an_http_stream_is_server_sent_events_of_the_same_frames(service, client
     assert frames[-1]["done"] is True and frames[-1]["ok"] is True
     text = request["prompt"] + "".join(f["delta"] for f in frames[:-1])
     assert text == client.call(request)["text"]
+
+
+def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
+    """The same request, with the same x-request-id and no seed, and Last-Event-ID: the
+    frames after it, identical to those of the uninterrupted stream; without the
+    request id, a 400 that says why."""
+    base = f"http://127.0.0.1:{service.port}"
+    body = {"prompt": "ROMEO:", "max_new_tokens": 40, "temperature": 0.8, "top_k": 20}
+    whole = list(http_stream([base], "gpt", body, request_id="resume-me"))
+    post = urllib.request.Request(
+        f"{base}/v1/models/gpt/generate_text",
+        data=json.dumps(body | {"stream": True}).encode(),
+        headers={"content-type": "application/json", "x-request-id": "resume-me", "last-event-id": "2"},
+    )
+    with urllib.request.urlopen(post, timeout=30) as r:
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    rest = [json.loads(dict(line.split(": ", 1) for line in e.splitlines())["data"]) for e in events]
+    assert len(whole) == 6 and rest == whole[3:]
+    del post.headers["X-request-id"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=30)
+    assert refused.value.code == 400
+    assert "x-request-id" in json.loads(refused.value.read())["error"]["message"]
+
+
+def test_an_http_stream_cut_by_a_killed_node_resumes_on_another(trained, tmp_path):
+    """SIGKILL of the node mid-stream over HTTP: the client sends the request again to a
+    second node with its x-request-id and Last-Event-ID, and that node, deriving the same
+    seed, sends the frames after the last one received. The whole equals the stream of
+    the same request from the second node alone."""
+    queue = f"serve_ex.http_stream.{uuid.uuid4().hex[:8]}"
+    models = trained["vae"].parent
+    body = {"prompt": "ROMEO:", "max_new_tokens": 1024, "temperature": 0.8, "top_k": 20}
+    first = Service(models, queue, tmp_path / "first.log")
+    second = Service(models, queue, tmp_path / "second.log")
+    bases = [f"http://127.0.0.1:{node.port}" for node in (first, second)]
+    with first, second:
+        frames, resumed = [], []
+        for frame in http_stream(bases, "gpt", body, request_id="cut-short", resumed=resumed):
+            frames.append(frame)
+            if frame["seq"] == 2 and not resumed:
+                first.sigkill()
+        alone = list(http_stream(bases[1:], "gpt", body, request_id="cut-short"))
+    assert len(resumed) == 1 and resumed[0][0] == bases[1] and resumed[0][1] >= 2
+    assert [f["seq"] for f in frames] == list(range(len(frames))) and frames[-1]["done"]
+    assert sum(len(f.get("delta", "")) for f in frames) == 1024
+    assert frames == alone
 
 
 def test_a_stream_cut_by_a_killed_node_completes_after_redelivery(trained, tmp_path):

@@ -48,6 +48,17 @@ defmodule ServeEx.StreamCursor do
   @spec last(t(), {atom(), String.t()} | nil) :: {non_neg_integer(), binary()}
   def last(cursor, error), do: {cursor.next, ServeEx.Reply.stream_end(cursor.next, error)}
 
+  @doc """
+  A cursor for a stream whose client already has the frames up to `seq`: the first
+  `seq + 1` chunks are skipped, and numbering goes on from `seq + 1`.
+
+      iex> alias ServeEx.StreamCursor
+      iex> {:skip, c} = StreamCursor.chunk(StreamCursor.after_frame(0))
+      iex> {{:send, 1}, _c} = StreamCursor.chunk(c)
+  """
+  @spec after_frame(non_neg_integer()) :: t()
+  def after_frame(seq), do: %__MODULE__{next: seq + 1}
+
   @doc "The generation runs again from its first token."
   @spec restart(t()) :: t()
   def restart(cursor), do: %{cursor | seen: 0}

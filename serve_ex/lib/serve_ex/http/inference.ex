@@ -21,6 +21,12 @@ defmodule ServeEx.HTTP.Inference do
   With `"stream": true`, a `generate_text` reply is a stream of server-sent events
   (`text/event-stream`), one per frame: `event: chunk` frames with the new text, then
   one `event: done` frame, `ok` or with the error (the same JSON as the AMQP frames).
+  A stream cut short (the node died, the connection dropped) is resumed as server-sent
+  events are: the same request again, to any node, with `Last-Event-ID` set to the last
+  frame received; the stream goes on from the next frame. The text is only the same
+  when the generation is: a resumable request carries an `x-request-id`, from which,
+  with the body, the seed is derived when the body gives none (as the correlation id
+  does on AMQP). `Last-Event-ID` without `x-request-id` is refused with 400.
 
   Error bodies are the wire's JSON error replies. With `"encoding": "f32"` a tensor
   reply is `application/octet-stream`: the raw little-endian f32 values, with headers
@@ -65,13 +71,43 @@ defmodule ServeEx.HTTP.Inference do
     do: reply(req, 413, Reply.error(:too_large, "the body is above the limit of #{limit} bytes"))
 
   defp infer(req, body) do
+    case resume_cursor(req) do
+      {:ok, cursor} ->
+        infer(req, body, cursor)
+
+      {:error, message} ->
+        reply(req, 400, Reply.error(:malformed_request, message))
+    end
+  end
+
+  # The cursor a stream starts from: past the frame `Last-Event-ID` names, if any.
+  defp resume_cursor(req) do
+    case {:cowboy_req.header("last-event-id", req, nil), request_id(req)} do
+      {nil, _} ->
+        {:ok, %StreamCursor{}}
+
+      {_, nil} ->
+        {:error, "resuming a stream (Last-Event-ID) needs the x-request-id of the first request"}
+
+      {text, _} ->
+        case Integer.parse(text) do
+          {seq, ""} when seq >= 0 -> {:ok, StreamCursor.after_frame(seq)}
+          _ -> {:error, "Last-Event-ID must be a frame number (a whole number >= 0)"}
+        end
+    end
+  end
+
+  defp request_id(req), do: :cowboy_req.header("x-request-id", req, nil)
+
+  defp infer(req, body, cursor) do
     ref = make_ref()
     deadline = deadline(:cowboy_req.header("x-deadline-ms", req, nil))
 
     message = %Message{
       payload: body,
       reply_to: nil,
-      correlation_id: nil,
+      # seeds a stream given none, as a delivery's correlation id does
+      correlation_id: request_id(req),
       acknowledger: {:http, self(), ref},
       redelivered: false,
       received_at: System.monotonic_time(:microsecond),
@@ -83,23 +119,24 @@ defmodule ServeEx.HTTP.Inference do
 
     try do
       :ok = Processor.handle_message(message, "")
-      await_reply(req, ref, deadline)
+      await_reply(req, ref, deadline, cursor)
     after
       InFlight.add_http(-1)
     end
   end
 
-  defp await_reply(req, ref, deadline) do
+  defp await_reply(req, ref, deadline, cursor) do
     receive do
       {:stream_chunk, ^ref, text} ->
-        stream(req, ref, text, wait_ms(deadline))
+        stream(req, ref, cursor, text, wait_ms(deadline))
 
       {:stream_restart, ^ref} ->
         # no chunk came before the run was retried: the retried run starts the stream
-        await_reply(req, ref, deadline)
+        await_reply(req, ref, deadline, cursor)
 
       {^ref, {:stream_end, _key, error}, label} ->
-        reply(req, status(label), Reply.stream_end(0, error))
+        {_seq, json} = StreamCursor.last(cursor, error)
+        reply(req, status(label), json)
 
       {^ref, body, label} ->
         reply(req, status(label), body)
@@ -111,11 +148,12 @@ defmodule ServeEx.HTTP.Inference do
 
   # A streamed generation as server-sent events, one per frame (the AMQP frames' JSON):
   # `event: chunk` with the new text, then `event: done` (ok, or the error).
-  # A retried run repeats the chunks already sent; `ServeEx.StreamCursor` skips them.
-  defp stream(req, ref, first, wait_ms) do
+  # A retried run repeats the chunks already sent, and a resumed one those the client
+  # has; `ServeEx.StreamCursor` skips them.
+  defp stream(req, ref, cursor, first, wait_ms) do
     headers = %{"content-type" => "text/event-stream", "cache-control" => "no-cache"}
     req = :cowboy_req.stream_reply(200, headers, req)
-    stream_rest(req, ref, chunk(req, %StreamCursor{}, first), wait_ms)
+    stream_rest(req, ref, chunk(req, cursor, first), wait_ms)
   end
 
   defp chunk(req, cursor, text) do
