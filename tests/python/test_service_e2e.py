@@ -10,9 +10,11 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
@@ -345,6 +347,34 @@ def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
         urllib.request.urlopen(post, timeout=30)
     assert refused.value.code == 400
     assert "x-request-id" in json.loads(refused.value.read())["error"]["message"]
+
+
+def test_an_http_stream_raises_the_error_it_is_answered(service):
+    """An error reply ends the stream with its code; a status without a JSON error reply
+    (a proxy's page) is named, not decoded as one."""
+    body = {"prompt": "ROMEO:", "max_new_tokens": 8}
+    with pytest.raises(ServeError) as unknown:
+        list(http_stream([f"http://127.0.0.1:{service.port}"], "no-such-model", body))
+    assert unknown.value.code == "unknown_model"
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the name http.server calls)
+            self.send_response(502)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>bad gateway</html>")
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ServeError) as bad:
+            list(http_stream([f"http://127.0.0.1:{proxy.server_port}"], "gpt", body))
+        assert bad.value.code == "bad_reply" and "HTTP 502" in str(bad.value)
+    finally:
+        proxy.shutdown()
 
 
 def test_an_http_stream_cut_by_a_killed_node_resumes_on_another(trained, tmp_path):

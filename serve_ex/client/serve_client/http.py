@@ -10,7 +10,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 
-from serve_client.replies import FrameOrder, ServeError, check, parse_body, request_body
+from serve_client.replies import FrameOrder, ServeError, check, error_reply, parse_body, request_body
 
 # Statuses after which the same request may go to another node: overloaded, draining.
 RETRY_ELSEWHERE = (429, 503)
@@ -75,11 +75,23 @@ def http_stream(
                             return
         except urllib.error.HTTPError as err:
             if err.code not in RETRY_ELSEWHERE:
-                check(json.loads(err.read()))  # an error reply, or an error frame: raises
+                check(error_body(err))  # an error reply, or an error frame: raises
             time.sleep(min(0.1 * 2**attempt, 2.0))
         except (OSError, http.client.HTTPException):
             pass  # refused, reset or cut short: resume on the next node
     raise ServeError("unavailable", f"the stream broke {attempts} times; frames up to {order.next - 1} came")
+
+
+def error_body(err: urllib.error.HTTPError) -> dict:
+    """The JSON error reply of an error status; a body that is not one (a proxy's page,
+    say) becomes a `bad_reply` error reply naming the status."""
+    try:
+        reply = json.loads(err.read())
+    except ValueError:
+        reply = None
+    if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+        return reply
+    return error_reply("bad_reply", f"HTTP {err.code} without a JSON error reply")
 
 
 def sse_data(response) -> Iterator[dict]:
