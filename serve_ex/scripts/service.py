@@ -28,6 +28,16 @@ SERVE_EX = Path(__file__).resolve().parents[1]
 REPO = SERVE_EX.parent
 
 
+def vm_flags() -> str:
+    """The release's VM flags (`rel/vm.args.eex`: no scheduler busy-waiting, distribution
+    on loopback only), for a node started with `mix run` and for the benchmark's
+    responders that stand in for it."""
+    text = (SERVE_EX / "rel" / "vm.args.eex").read_text()
+    if "<%" in text:
+        raise RuntimeError("rel/vm.args.eex holds EEx tags; its flags cannot be read as text")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,10 +75,7 @@ class Service:
             "REQUEST_QUEUE": queue,
             "HTTP_PORT": str(self.port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
-            # no scheduler busy-waiting: on 2 shared cores the broker needs those cycles;
-            # distribution on loopback only
-            "ERL_FLAGS": "+sbwt none +sbwtdcpu none +sbwtdio none "
-            "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_FLAGS": vm_flags(),
             **env,
         }
         self.process: subprocess.Popen | None = None
