@@ -329,7 +329,7 @@ def test_an_http_stream_is_server_sent_events_of_the_same_frames(service, client
 def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
     """The same request, with the same x-request-id and no seed, and Last-Event-ID: the
     frames after it, identical to those of the uninterrupted stream; without the
-    request id, a 400 that says why."""
+    request id, or with a Last-Event-ID that is no frame number, a 400 that says why."""
     base = f"http://127.0.0.1:{service.port}"
     body = {"prompt": "ROMEO:", "max_new_tokens": 40, "temperature": 0.8, "top_k": 20}
     whole = list(http_stream([base], "gpt", body, request_id="resume-me"))
@@ -342,11 +342,17 @@ def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
         events = [e for e in r.read().decode().split("\n\n") if e]
     rest = [json.loads(dict(line.split(": ", 1) for line in e.splitlines())["data"]) for e in events]
     assert len(whole) == 6 and rest == whole[3:]
-    del post.headers["X-request-id"]
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(post, timeout=30)
-    assert refused.value.code == 400
-    assert "x-request-id" in json.loads(refused.value.read())["error"]["message"]
+    refusals = [({"x-request-id": None}, "x-request-id"), ({"last-event-id": "-1"}, "frame number")]
+    for headers, named in refusals:
+        bad = urllib.request.Request(post.full_url, data=post.data, headers=dict(post.headers))
+        for key, value in headers.items():
+            bad.remove_header(key.capitalize())
+            if value is not None:
+                bad.add_header(key.capitalize(), value)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=30)
+        assert refused.value.code == 400
+        assert named in json.loads(refused.value.read())["error"]["message"]
 
 
 def test_an_http_stream_raises_the_error_it_is_answered(service):
