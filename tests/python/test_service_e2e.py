@@ -28,6 +28,7 @@ sys.path.insert(0, str(SCRIPTS))
 import kill_and_recover  # noqa: E402
 from serve_client import Client, ServeError, http_call, http_stream, tensor  # noqa: E402
 from serve_client.aio import AsyncClient  # noqa: E402
+from serve_client.http import sse_data  # noqa: E402
 from service import Service  # noqa: E402
 
 REPLY_SCHEMA = json.loads(
@@ -339,8 +340,7 @@ def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
         headers={"content-type": "application/json", "x-request-id": "resume-me", "last-event-id": "2"},
     )
     with urllib.request.urlopen(post, timeout=30) as r:
-        events = [e for e in r.read().decode().split("\n\n") if e]
-    rest = [json.loads(dict(line.split(": ", 1) for line in e.splitlines())["data"]) for e in events]
+        rest = list(sse_data(r))
     assert len(whole) == 6 and rest == whole[3:]
     refusals = [({"x-request-id": None}, "x-request-id"), ({"last-event-id": "-1"}, "frame number")]
     for headers, named in refusals:

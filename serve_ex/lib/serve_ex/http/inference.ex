@@ -71,9 +71,11 @@ defmodule ServeEx.HTTP.Inference do
     do: reply(req, 413, Reply.error(:too_large, "the body is above the limit of #{limit} bytes"))
 
   defp infer(req, body) do
-    case resume_cursor(req) do
+    request_id = :cowboy_req.header("x-request-id", req, nil)
+
+    case resume_cursor(req, request_id) do
       {:ok, cursor} ->
-        infer(req, body, cursor)
+        infer(req, body, request_id, cursor)
 
       {:error, message} ->
         reply(req, 400, Reply.error(:malformed_request, message))
@@ -81,8 +83,8 @@ defmodule ServeEx.HTTP.Inference do
   end
 
   # The cursor a stream starts from: past the frame `Last-Event-ID` names, if any.
-  defp resume_cursor(req) do
-    case {:cowboy_req.header("last-event-id", req, nil), request_id(req)} do
+  defp resume_cursor(req, request_id) do
+    case {:cowboy_req.header("last-event-id", req, nil), request_id} do
       {nil, _} ->
         {:ok, %StreamCursor{}}
 
@@ -97,9 +99,7 @@ defmodule ServeEx.HTTP.Inference do
     end
   end
 
-  defp request_id(req), do: :cowboy_req.header("x-request-id", req, nil)
-
-  defp infer(req, body, cursor) do
+  defp infer(req, body, request_id, cursor) do
     ref = make_ref()
     deadline = deadline(:cowboy_req.header("x-deadline-ms", req, nil))
 
@@ -107,7 +107,7 @@ defmodule ServeEx.HTTP.Inference do
       payload: body,
       reply_to: nil,
       # seeds a stream given none, as a delivery's correlation id does
-      correlation_id: request_id(req),
+      correlation_id: request_id,
       acknowledger: {:http, self(), ref},
       redelivered: false,
       received_at: System.monotonic_time(:microsecond),
