@@ -11,6 +11,7 @@ Used by the kill-and-recover demo, the end-to-end tests and the service benchmar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 SERVE_EX = Path(__file__).resolve().parents[1]
@@ -131,6 +133,17 @@ class Service:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the node for the `with` block and SIGCONT it after: whatever reaches it
+        meanwhile stays unanswered until the block ends."""
+        assert self.process and self.process.poll() is None, "the node is not running"
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def sigterm(self, timeout: float = 30.0) -> tuple[int | None, float]:
         """SIGTERM the node, as a process manager stops it; returns its exit status (None

@@ -162,8 +162,9 @@ def test_the_client_survives_a_dropped_connection(service):
     name = f"e2e-reconnect-{uuid.uuid4().hex[:6]}"
     with Client(queue=service.env["REQUEST_QUEUE"], name=name) as client:
         request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 20}
-        cid = client.send(request)
-        close_connection_named(name)
+        with service.frozen():  # so that the request is still unanswered at the close
+            cid = client.send(request)
+            close_connection_named(name)
         reply = client.wait(cid, timeout=60)
         assert reply["ok"] is True and client.reconnects == 1
         assert client.call({"v": 1, "model": "vae", "op": "generate", "n": 1})["ok"] is True
@@ -196,14 +197,13 @@ def test_the_async_client_survives_a_dropped_connection(service):
     """As `test_the_client_survives_a_dropped_connection`, from asyncio: the robust
     connection comes back, the reply queue is declared again, the request goes out again."""
     name = f"e2e-async-reconnect-{uuid.uuid4().hex[:6]}"
-    # long enough (past the block, every step a full prefill: seconds) to be under way
-    # at the close, so that it has to be published again
-    request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 1000}
+    request = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 20}
 
     async def run():
         async with AsyncClient(queue=service.env["REQUEST_QUEUE"], name=name) as client:
-            cid = await client.send(request)
-            await asyncio.to_thread(close_connection_named, name)
+            with service.frozen():  # so that the request is still unanswered at the close
+                cid = await client.send(request)
+                await asyncio.to_thread(close_connection_named, name)
             reply = await client.wait(cid, 60)
             again = await client.call({"v": 1, "model": "vae", "op": "generate", "n": 1})
             return reply, again, client.reconnects, client.republished
