@@ -150,10 +150,11 @@ def test_deadlines_and_overload_through_the_broker(trained, tmp_path):
         assert sum(r["ok"] for r in replies) >= 3
         # a short deadline behind a long request expires while it waits for its batch
         longest = dict(long_text, max_new_tokens=1024)
-        first = client.send(longest)
-        time.sleep(0.02)  # its batch has started
+        first = client.stream(longest, timeout=120)
+        next(first)  # a first frame: its batch has started, and has 1,000 tokens to go
         publish(channel, queue, longest, client.reply_queue, "behind", int(time.time() * 1000) + 30)
-        assert client.wait(first, timeout=120)["ok"] is True
+        rest = list(first)
+        assert rest and rest[-1]["done"]
         assert client.wait("behind", timeout=120)["error"]["code"] == "deadline_exceeded"
         metrics = service.metrics()
     assert 'outcome="overloaded"' in metrics and 'outcome="deadline_exceeded"' in metrics
