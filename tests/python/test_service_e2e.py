@@ -53,6 +53,13 @@ def client(service):
         yield c
 
 
+def test_readiness_says_what_the_engine_runs_on(service):
+    """The default ENGINE_THREADS (1) in the engine itself, on the path infer_rs picks."""
+    info = infer_rs.cpu_info()
+    engine = service.health()["engine"]
+    assert engine == {"cpu": info["model_name"], "isa": info["isa"], "threads": 1}
+
+
 def test_served_images_equal_infer_rs(client, trained):
     for name in ("vae", "wgan"):
         served = tensor(client.call({"v": 1, "model": name, "op": "generate", "n": 16, "seed": 42}))

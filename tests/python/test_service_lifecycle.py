@@ -37,11 +37,13 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained, tmp_path):
     queue, port = f"serve_ex.make.{uuid.uuid4().hex[:8]}", free_port()
+    threads = min(2, os.cpu_count() or 1)  # not the default of 1 where the cores allow
     env = {
         **os.environ,
         "MODEL_DIR": str(trained["vae"].parent),
         "REQUEST_QUEUE": queue,
         "HTTP_PORT": str(port),
+        "ENGINE_THREADS": str(threads),
     }
     log = tmp_path / "make_serve.log"
     with open(log, "wb") as out:
@@ -55,7 +57,9 @@ def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained,
         )
     try:
         wait_for(lambda: http_json(port, "/readyz").get("ready"), 300, f"readiness; see {log}")
-        assert http_json(port, "/readyz")["models"] == ["gpt", "gpt-small", "vae", "wgan"]
+        ready = http_json(port, "/readyz")
+        assert ready["models"] == ["gpt", "gpt-small", "vae", "wgan"]
+        assert ready["engine"]["threads"] == threads, "ENGINE_THREADS reached the engine"
         with Client(queue=queue) as client:
             reply = client.call({"v": 1, "model": "vae", "op": "generate", "n": 2, "seed": 1})
         assert tensor(reply).shape == (2, 784)

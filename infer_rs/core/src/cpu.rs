@@ -2,7 +2,7 @@
 //! vendor, the size of a core's L2 cache, the instruction-set path in use and those
 //! the CPU supports, and the number of threads a call may use.
 
-use crate::error::Result;
+use crate::error::{InferError, Result};
 use crate::isa::Isa;
 use std::sync::OnceLock;
 
@@ -45,6 +45,31 @@ pub fn cpu_info() -> Result<CpuInfo> {
         l2_bytes: l2_bytes(),
         threads: rayon::current_num_threads(),
     })
+}
+
+/// Sets the threads per engine call for the rest of the process: rayon's global pool,
+/// with `n` threads. Only before the engine's first call, which otherwise sizes the pool
+/// from RAYON_NUM_THREADS or the core count; afterwards only the count the pool already
+/// has is accepted. For hosts whose own environment never reaches the engine's: an
+/// Erlang VM keeps a copy of its environment, so `System.put_env` there sets nothing
+/// the engine can read.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(InferError::InvalidArgument(
+            "the engine needs at least one thread".into(),
+        ));
+    }
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+    {
+        Ok(()) => Ok(()),
+        Err(_) if rayon::current_num_threads() == n => Ok(()),
+        Err(_) => Err(InferError::InvalidArgument(format!(
+            "cannot run the engine on {n} threads: it already runs on {}, set at its first call",
+            rayon::current_num_threads()
+        ))),
+    }
 }
 
 /// One core's L2 cache in bytes: Linux's description of CPU 0's level-2 cache, else

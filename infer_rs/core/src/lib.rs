@@ -30,7 +30,7 @@ pub mod wgan;
 
 pub use arch::Arch;
 pub use batch::{merge_errors, Matrix, OwnedRows, Rows};
-pub use cpu::{cpu_info, CpuInfo};
+pub use cpu::{cpu_info, set_threads, CpuInfo};
 pub use error::{InferError, Result, StopReason};
 pub use gpt::Sampling;
 pub use isa::{isa, Isa};

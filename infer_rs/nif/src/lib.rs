@@ -105,6 +105,20 @@ fn out_of_memory() -> Reason {
     (atoms::internal(), "out of memory".to_string())
 }
 
+/// `:ok` once the engine runs `n` threads per call (`infer_core::set_threads`): before
+/// its first call, or when it already runs that many.
+#[rustler::nif]
+fn set_threads(n: usize) -> Result<(), Reason> {
+    infer_core::set_threads(n).map_err(reason)
+}
+
+/// What the engine runs on: `{cpu model name, instruction-set path, threads per call}`.
+#[rustler::nif]
+fn engine_info() -> Result<(String, String, usize), Reason> {
+    let info = infer_core::cpu_info().map_err(reason)?;
+    Ok((info.model_name, info.isa.to_string(), info.threads))
+}
+
 /// `{:ok, {model, arch, config_json, macs_per_row}}` for an exported `.safetensors`;
 /// `macs_per_row` is nil for the GPT (`Model::macs_per_row`).
 #[rustler::nif(schedule = "DirtyIo")]

@@ -30,8 +30,7 @@ defmodule ServeEx.Application do
 
     if Application.get_env(:serve_ex, :start_service, true) do
       config = Config.from_env()
-      # read by the engine's thread pool when the first model loads
-      System.put_env("RAYON_NUM_THREADS", Integer.to_string(config.engine_threads))
+      set_engine_threads(config.engine_threads)
 
       children = [
         {ServeEx.ModelRegistry, {config.model_dir, config.model_poll_ms}},
@@ -64,6 +63,15 @@ defmodule ServeEx.Application do
   end
 
   def prep_stop(state), do: state
+
+  # Before any model loads: the engine sizes its threads at its first call. What it then
+  # runs on goes into the readiness report.
+  defp set_engine_threads(n) do
+    case ServeEx.Engine.set_threads(n) do
+      :ok -> ServeEx.Status.set_engine(ServeEx.Engine.info())
+      {:error, {_code, message}} -> raise ArgumentError, "ENGINE_THREADS=#{n}: #{message}"
+    end
+  end
 
   defp start_tree(children),
     do: Supervisor.start_link(children, strategy: :rest_for_one, name: ServeEx.Supervisor)

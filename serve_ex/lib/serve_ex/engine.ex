@@ -38,6 +38,27 @@ defmodule ServeEx.Engine do
   @type encoding :: :base64 | :f32
 
   @doc """
+  Sets the engine's threads per call (`ENGINE_THREADS`). It takes effect before the
+  engine's first call in this VM, and after it only the count already in use is
+  accepted. (`System.put_env("RAYON_NUM_THREADS", ...)` would not do: the VM keeps its
+  own copy of the environment, which the engine never reads.)
+
+      iex> ServeEx.Engine.set_threads(0)
+      {:error, {:invalid_argument, "invalid argument: the engine needs at least one thread"}}
+  """
+  @spec set_threads(pos_integer()) :: :ok | {:error, reason()}
+  def set_threads(n) do
+    with {:ok, {}} <- Native.set_threads(n), do: :ok
+  end
+
+  @doc "What the engine runs on: the CPU, the instruction-set path, the threads per call."
+  @spec info() :: %{String.t() => String.t() | pos_integer()}
+  def info do
+    {:ok, {cpu, isa, threads}} = Native.engine_info()
+    %{"cpu" => cpu, "isa" => isa, "threads" => threads}
+  end
+
+  @doc """
   Loads and checks a `.safetensors` exported by `train/`.
 
       iex> {:error, {:bad_model, message}} = ServeEx.Engine.load("/nonexistent.safetensors", "x")

@@ -9,6 +9,8 @@ defmodule ServeEx.Native do
     :erlang.load_nif(path, 0)
   end
 
+  def set_threads(_n), do: :erlang.nif_error(:nif_not_loaded)
+  def engine_info, do: :erlang.nif_error(:nif_not_loaded)
   def model_load(_path), do: :erlang.nif_error(:nif_not_loaded)
   def model_generate_batch(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)
   def model_generate_batch_inline(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)

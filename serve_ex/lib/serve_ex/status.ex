@@ -1,8 +1,9 @@
 defmodule ServeEx.Status do
   @moduledoc """
-  What `/readyz` reports: whether the consumer is active and whether the node is
-  draining. Both change rarely (a (re)subscription, a drain), so they live in
-  `:persistent_term`, where reading them costs nothing.
+  What `/readyz` reports: whether the consumer is active, whether the node is
+  draining, and what the engine runs on (`ServeEx.Engine.info/0`: CPU, instruction-set
+  path, threads per call). They change rarely (a (re)subscription, a drain) or never,
+  so they live in `:persistent_term`, where reading them costs nothing.
 
   The node is ready when the broker is connected, the consumer is active, at least
   one model is loaded and warmed (`ServeEx.ModelRegistry`), and it is not draining.
@@ -10,6 +11,7 @@ defmodule ServeEx.Status do
 
   @consuming {__MODULE__, :consuming}
   @draining {__MODULE__, :draining}
+  @engine {__MODULE__, :engine}
 
   @spec consuming?() :: boolean()
   def consuming?, do: :persistent_term.get(@consuming, false)
@@ -23,6 +25,9 @@ defmodule ServeEx.Status do
   @spec set_draining(boolean()) :: :ok
   def set_draining(value), do: put(@draining, value)
 
+  @spec set_engine(map()) :: :ok
+  def set_engine(info), do: put(@engine, info)
+
   @doc "The readiness report: `{ready?, details}`."
   @spec readiness() :: {boolean(), map()}
   def readiness do
@@ -33,6 +38,7 @@ defmodule ServeEx.Status do
       "broker_connected" => connected,
       "consuming" => consuming?(),
       "draining" => draining?(),
+      "engine" => :persistent_term.get(@engine, nil),
       "models" => models
     }
 
