@@ -140,6 +140,11 @@ class Service:
         meanwhile stays unanswered until the block ends."""
         assert self.process and self.process.poll() is None, "the node is not running"
         self.process.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        deadline = time.monotonic() + 5
+        # a signal is delivered asynchronously: wait until the node is stopped (state T)
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T" and time.monotonic() < deadline:
+            time.sleep(0.001)
         try:
             yield
         finally:

@@ -205,12 +205,17 @@ defmodule ServeEx.PipelineTest do
 
   test "a stream whose deadline passes mid-generation ends with a numbered error frame",
        %{producer: producer} do
-    # 1,024 new tokens take seconds (each token past the 128-token block re-prefills it),
-    # the first chunk of 8 a few milliseconds: the deadline falls between the two
+    # 1,024 new tokens take a long while (each token past the 128-token block re-prefills
+    # it), the first chunk of 8 a few milliseconds: a deadline at a quarter of the whole,
+    # timed on this machine, falls between the two
+    {:ok, gpt} = ModelRegistry.lookup("gpt")
+    long = Engine.text_request("A", 1024)
+    {full_us, [{:ok, _}]} = :timer.tc(fn -> Engine.generate_text_batch(gpt, [long]) end)
+
     body =
       ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 1024, "stream": true})
 
-    deliver(producer, body, 120, deadline: System.os_time(:millisecond) + 300)
+    deliver(producer, body, 120, deadline: System.os_time(:millisecond) + div(full_us, 4000))
     frames = stream_frames(120, [])
     {chunks, [last]} = Enum.split(frames, -1)
 
@@ -223,7 +228,6 @@ defmodule ServeEx.PipelineTest do
 
     # the chunks sent are the start of the same generation run to its end
     streamed = Enum.map_join(chunks, & &1["delta"])
-    {:ok, gpt} = ModelRegistry.lookup("gpt")
 
     [{:ok, whole}] =
       Engine.generate_text_batch(gpt, [Engine.text_request("A", String.length(streamed))])

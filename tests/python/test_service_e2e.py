@@ -208,9 +208,15 @@ def test_the_async_client_survives_a_dropped_connection(service):
 
     async def run():
         async with AsyncClient(queue=service.env["REQUEST_QUEUE"], name=name) as client:
-            with service.frozen():  # so that the request is still unanswered at the close
+            # frozen until the request has gone out again: its first reply would otherwise
+            # reach the reply queue, declared again under its name, before that
+            with service.frozen():
                 cid = await client.send(request)
                 await asyncio.to_thread(close_connection_named, name)
+                for _ in range(600):
+                    if client.republished:
+                        break
+                    await asyncio.sleep(0.05)
             reply = await client.wait(cid, 60)
             again = await client.call({"v": 1, "model": "vae", "op": "generate", "n": 1})
             return reply, again, client.reconnects, client.republished

@@ -244,7 +244,10 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   # a stream's chunk frame (published for no delivery of its own): nothing to settle
   defp finish(message, _settle, _label) when not is_map_key(message, :acknowledger), do: :ok
 
+  # counted before it is settled, so that whoever sees the ack sees the count
   defp finish(%{acknowledger: {impl, chan, tag}} = message, settle, label) do
+    Metrics.request(message.model_id, label, message.received_at)
+
     case settle do
       :ack -> impl.ack(chan, tag)
       :requeue -> impl.reject(chan, tag, true)
@@ -252,6 +255,5 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
     end
 
     InFlight.add(-1)
-    Metrics.request(message.model_id, label, message.received_at)
   end
 end
