@@ -11,7 +11,8 @@ defmodule ServeEx.RabbitMQTest do
 
   setup do
     ModelRegistry.load_dir(Paths.service_models())
-    queue = "serve_ex.test.#{System.unique_integer([:positive])}"
+    # random, not a counter that starts again with each VM: no queue left by an earlier run
+    queue = "serve_ex.test.#{Base.encode16(:crypto.strong_rand_bytes(6), case: :lower)}"
     config = Config.from_env(%{"REQUEST_QUEUE" => queue, "BATCH_TIMEOUT_MS" => "5"})
     start_supervised!({Connection, url: config.amqp_url, queue: queue, amqp: config.amqp})
 
