@@ -2,7 +2,8 @@ defmodule ServeEx.Bench.StageCosts do
   @moduledoc """
   What one VAE generate request (n = 1) costs in each in-VM stage of its path, each
   stage timed alone in a loop on one scheduler: decoding and validating the body, the
-  admission counters, the engine call (alone, and its share of a 64-row batch), the
+  admission counters, the engine call (alone, and its share of a 64-row batch, on the
+  threads `ENGINE_THREADS` gives the service), the
   reply's encoding, the metrics a request updates, and one hop between processes (a request makes about six: producer,
   processor, batcher, reply publisher, and their replies). What the broker costs is what
   the no-op responder of `make bench-service` measures.
@@ -17,6 +18,8 @@ defmodule ServeEx.Bench.StageCosts do
   @spec main([String.t()]) :: :ok
   def main(args \\ System.argv()) do
     [dir] = args
+    # the engine's threads as the service would set them (ENGINE_THREADS, default 1)
+    :ok = Engine.set_threads(ServeEx.Config.from_env().engine_threads)
     {:ok, vae} = Engine.load(Path.join(dir, "vae.safetensors"), "vae")
     body = ~s({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 7})
     lookup = fn _ -> {:ok, vae} end
