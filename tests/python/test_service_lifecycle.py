@@ -120,6 +120,21 @@ def test_a_node_without_models_stays_unready_and_takes_no_requests(trained, tmp_
     assert "pipe.safetensors: not a regular file" in log and "no model is served" in log
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"INFER_RS_ISA": "bogus"}, "INFER_RS_ISA=bogus: expected one of portable, avx2, avx512"),
+        ({"ENGINE_THREADS": "0"}, "ENGINE_THREADS must be a whole number from 1 to"),
+    ],
+)
+def test_an_engine_setting_the_node_cannot_follow_stops_its_start(trained, tmp_path, setting, message):
+    queue = f"serve_ex.bad.{uuid.uuid4().hex[:8]}"
+    node = Service(trained["vae"].parent, queue, tmp_path / "bad.log", **setting)
+    with pytest.raises(RuntimeError, match="serve_ex exited with 1"), node:
+        pytest.fail("the node started")
+    assert message in (tmp_path / "bad.log").read_text()
+
+
 def publish(channel, queue: str, body: dict, reply_to: str, cid: str, deadline_ms=None) -> None:
     headers = {} if deadline_ms is None else {"x-deadline-ms": deadline_ms}
     props = pika.BasicProperties(reply_to=reply_to, correlation_id=cid, headers=headers, delivery_mode=2)

@@ -65,11 +65,14 @@ defmodule ServeEx.Application do
   def prep_stop(state), do: state
 
   # Before any model loads: the engine sizes its threads at its first call. What it then
-  # runs on goes into the readiness report.
+  # runs on goes into the readiness report; a setting it cannot follow stops the start.
   defp set_engine_threads(n) do
-    case ServeEx.Engine.set_threads(n) do
-      :ok -> ServeEx.Status.set_engine(ServeEx.Engine.info())
-      {:error, {_code, message}} -> raise ArgumentError, "ENGINE_THREADS=#{n}: #{message}"
+    with {:error, {_code, message}} <- ServeEx.Engine.set_threads(n),
+         do: raise(ArgumentError, "ENGINE_THREADS=#{n}: #{message}")
+
+    case ServeEx.Engine.info() do
+      {:ok, info} -> ServeEx.Status.set_engine(info)
+      {:error, {_code, message}} -> raise ArgumentError, message
     end
   end
 

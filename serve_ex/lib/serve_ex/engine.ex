@@ -51,11 +51,14 @@ defmodule ServeEx.Engine do
     with {:ok, {}} <- Native.set_threads(n), do: :ok
   end
 
-  @doc "What the engine runs on: the CPU, the instruction-set path, the threads per call."
-  @spec info() :: %{String.t() => String.t() | pos_integer()}
+  @doc """
+  What the engine runs on: the CPU, the instruction-set path, the threads per call; an
+  error if `INFER_RS_ISA` names a path this CPU cannot run.
+  """
+  @spec info() :: {:ok, %{String.t() => String.t() | pos_integer()}} | {:error, reason()}
   def info do
-    {:ok, {cpu, isa, threads}} = Native.engine_info()
-    %{"cpu" => cpu, "isa" => isa, "threads" => threads}
+    with {:ok, {cpu, isa, threads}} <- Native.engine_info(),
+         do: {:ok, %{"cpu" => cpu, "isa" => isa, "threads" => threads}}
   end
 
   @doc """
