@@ -134,6 +134,7 @@ def main() -> None:
         histogram = batch_histogram(service.metrics())
         profile = profile_under_load(service, queue)
         reply_bytes = reply_size(service)
+        engine_threads = service.health()["engine"]["threads"]
 
     for mode, size, name in (("plain", 0, NOOP), ("confirmed", reply_bytes, LIKE_SERVE_EX)):
         queue = f"serve_ex.bench.noop.{uuid.uuid4().hex[:6]}"
@@ -164,7 +165,7 @@ def main() -> None:
         f"Service benchmark: VAE generate requests through RabbitMQ on {report.machine()} (broker, service, "
         f"load generator and baselines share it); {args.seconds:.0f} s per row after 1 s of warm-up; "
         "quorum queue, persistent requests. serve_ex: 2 processors, batch size 64, batch timeout 0 "
-        "(flush once the waiting requests are in), prefetch 128, one engine thread per call. "
+        f"(flush once the waiting requests are in), prefetch 128, engine threads per call: {engine_threads}. "
         "The no-op answers every request with a tiny reply, so its n=1 rows are the ceiling for both n. "
         "Both no-ops run under serve_ex's VM flags (no scheduler busy-waiting). "
         "The no-op like serve_ex computes nothing either, but answers as serve_ex does: under its "

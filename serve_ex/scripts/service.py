@@ -137,18 +137,29 @@ class Service:
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
         """SIGSTOP the node for the `with` block and SIGCONT it after: whatever reaches it
-        meanwhile stays unanswered until the block ends."""
-        assert self.process and self.process.poll() is None, "the node is not running"
-        self.process.send_signal(signal.SIGSTOP)
-        stat = Path(f"/proc/{self.process.pid}/stat")
-        deadline = time.monotonic() + 5
-        # a signal is delivered asynchronously: wait until the node is stopped (state T)
-        while stat.read_text().rsplit(")", 1)[1].split()[0] != "T" and time.monotonic() < deadline:
-            time.sleep(0.001)
+        meanwhile stays unanswered until the block ends. Keep it short: a node frozen
+        past two AMQP heartbeats (10 s each) loses its connections."""
+        if not self.process or self.process.poll() is not None:
+            raise RuntimeError("the node is not running")
         try:
+            self.process.send_signal(signal.SIGSTOP)
+            self._wait_stopped(self.process.pid)
             yield
         finally:
             self.process.send_signal(signal.SIGCONT)
+
+    @staticmethod
+    def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+        """A signal is delivered asynchronously: wait until every thread of `pid` is
+        stopped (state T in /proc/PID/task/*/stat)."""
+        tasks = Path(f"/proc/{pid}/task")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()]
+            if all(state == "T" for state in states):
+                return
+            time.sleep(0.001)
+        raise RuntimeError(f"node {pid} not stopped {timeout} s after SIGSTOP")
 
     def sigterm(self, timeout: float = 30.0) -> tuple[int | None, float]:
         """SIGTERM the node, as a process manager stops it; returns its exit status (None

@@ -23,6 +23,15 @@ defmodule ServeEx.EngineTest do
     got |> Enum.zip(want) |> Enum.map(fn {a, b} -> abs(a - b) end) |> Enum.max()
   end
 
+  test "once the engine runs, its thread count stays, and another is refused with both counts" do
+    {:ok, %{"threads" => threads, "isa" => isa}} = Engine.info()
+    assert isa in ["portable", "avx2", "avx512"]
+    assert Engine.set_threads(threads) == :ok
+    assert {:error, {:invalid_argument, message}} = Engine.set_threads(threads + 1)
+    assert message =~ "cannot run the engine on #{threads + 1} threads"
+    assert message =~ "it runs on #{threads}"
+  end
+
   test "VAE decode reproduces the golden vectors" do
     v = Safetensors.read(Paths.golden("vae_tiny.golden.safetensors"))
     tol = Safetensors.tolerances(Paths.golden("vae_tiny.golden.safetensors"))

@@ -23,8 +23,8 @@ pub struct CpuInfo {
     pub supported: Vec<Isa>,
     /// One core's L2 cache in bytes, as the dense layers' thread split assumes it.
     pub l2_bytes: usize,
-    /// Threads per engine call: the size of rayon's pool (RAYON_NUM_THREADS, else one
-    /// per core).
+    /// Threads per engine call: the size of rayon's pool (`set_threads`, else
+    /// RAYON_NUM_THREADS, else one per core).
     pub threads: usize,
 }
 
@@ -50,9 +50,8 @@ pub fn cpu_info() -> Result<CpuInfo> {
 /// Sets the threads per engine call for the rest of the process: rayon's global pool,
 /// with `n` threads. Only before the engine's first call, which otherwise sizes the pool
 /// from RAYON_NUM_THREADS or the core count; afterwards only the count the pool already
-/// has is accepted. For hosts whose own environment never reaches the engine's: an
-/// Erlang VM keeps a copy of its environment, so `System.put_env` there sets nothing
-/// the engine can read.
+/// has is accepted. For hosts that cannot set the process's environment before the
+/// engine starts.
 pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(InferError::InvalidArgument(
@@ -64,11 +63,13 @@ pub fn set_threads(n: usize) -> Result<()> {
         .build_global()
     {
         Ok(()) => Ok(()),
-        Err(_) if rayon::current_num_threads() == n => Ok(()),
-        Err(_) => Err(InferError::InvalidArgument(format!(
-            "cannot run the engine on {n} threads: it already runs on {}, set at its first call",
-            rayon::current_num_threads()
-        ))),
+        // the pool exists already (the usual reason), or its threads could not start
+        Err(err) => match rayon::current_num_threads() {
+            now if now == n => Ok(()),
+            now => Err(InferError::InvalidArgument(format!(
+                "cannot run the engine on {n} threads ({err}); it runs on {now}, set at its first call"
+            ))),
+        },
     }
 }
 

@@ -43,8 +43,9 @@ const SMALL_BATCH_ROWS: usize = 8;
 /// (`Dense::pair_splits_rows`); below, the pair splits the columns.
 const POOL_MIN_ROWS: usize = 64;
 
-/// The threads a call may use: the size of rayon's pool (RAYON_NUM_THREADS, else one
-/// per core), or of the pool the caller runs in (`rayon::ThreadPool::install`).
+/// The threads a call may use: the size of rayon's pool (`crate::set_threads`, else
+/// RAYON_NUM_THREADS, else one per core), or of the pool the caller runs in
+/// (`rayon::ThreadPool::install`).
 fn threads() -> usize {
     rayon::current_num_threads()
 }

@@ -12,7 +12,7 @@ fn threads_are_set_before_the_first_call_and_kept_after() {
 
     infer_core::set_threads(n).unwrap(); // the size it has: nothing to change
     let err = infer_core::set_threads(n + 1).unwrap_err().to_string();
-    assert!(err.contains(&format!("already runs on {n}")), "{err}");
+    assert!(err.contains(&format!("it runs on {n}")), "{err}");
     let err = infer_core::set_threads(0).unwrap_err().to_string();
     assert!(err.contains("at least one thread"), "{err}");
     assert_eq!(infer_core::cpu_info().unwrap().threads, n);

@@ -30,7 +30,7 @@ defmodule ServeEx.Application do
 
     if Application.get_env(:serve_ex, :start_service, true) do
       config = Config.from_env()
-      set_engine_threads(config.engine_threads)
+      configure_engine(config.engine_threads)
 
       children = [
         {ServeEx.ModelRegistry, {config.model_dir, config.model_poll_ms}},
@@ -66,7 +66,7 @@ defmodule ServeEx.Application do
 
   # Before any model loads: the engine sizes its threads at its first call. What it then
   # runs on goes into the readiness report; a setting it cannot follow stops the start.
-  defp set_engine_threads(n) do
+  defp configure_engine(n) do
     with {:error, {_code, message}} <- ServeEx.Engine.set_threads(n),
          do: raise(ArgumentError, "ENGINE_THREADS=#{n}: #{message}")
 

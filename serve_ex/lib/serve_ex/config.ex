@@ -12,7 +12,7 @@ defmodule ServeEx.Config do
   | `BATCH_SIZE` | `64` | rows (images or prompts) that make a batcher flush |
   | `BATCH_TIMEOUT_MS` | `0` | longest wait before a partial batch flushes; 0 flushes as soon as the batcher has taken in every request already waiting for it, so batches grow with load and a lone request never waits |
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
-  | `ENGINE_THREADS` | `1` | threads per engine call (up to the machine's core count), set in the engine before it first runs (`ServeEx.Engine.set_threads/1`; `/readyz` says what it got); the VM already runs one call per dirty CPU scheduler, so more threads per call only pay off with fewer concurrent calls than cores |
+  | `ENGINE_THREADS` | `1` | threads per engine call, up to the VM's online schedulers (one per core unless limited), set in the engine before it first runs (`ServeEx.Engine.set_threads/1`; `/readyz` says what it got; `RAYON_NUM_THREADS` has no effect on the node); the VM already runs one call per dirty CPU scheduler, so more threads per call only pay off with fewer concurrent calls than cores |
   | `REPLY_QUEUE_PREFIX` | `serve_ex.reply.` | besides broker-generated and direct reply-to names, `reply_to` may name a queue under this prefix (`ServeEx.ReplyTo`); empty turns it off |
   | `MODEL_POLL_MS` | `2000` | how often the model directory is looked at for new or changed files (hot swap); 0 turns polling off (SIGHUP still reloads) |
   | `MAX_QUEUED_ROWS` | `8 * BATCH_SIZE` | rows one model may have waiting or computing; past it a request gets `overloaded` at once (`ServeEx.Admission`) |

@@ -25,6 +25,9 @@ defmodule ServeEx.Status do
   @spec set_draining(boolean()) :: :ok
   def set_draining(value), do: put(@draining, value)
 
+  @spec engine() :: map() | nil
+  def engine, do: :persistent_term.get(@engine, nil)
+
   @spec set_engine(map()) :: :ok
   def set_engine(info), do: put(@engine, info)
 
@@ -38,7 +41,7 @@ defmodule ServeEx.Status do
       "broker_connected" => connected,
       "consuming" => consuming?(),
       "draining" => draining?(),
-      "engine" => :persistent_term.get(@engine, nil),
+      "engine" => engine(),
       "models" => models
     }
 
