@@ -152,11 +152,17 @@ class Service:
     def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
         """A signal is delivered asynchronously: wait until every thread of `pid` is
         stopped (state T in /proc/PID/task/*/stat)."""
+
+        def state(task: Path) -> str:
+            try:
+                return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return "T"  # a thread that ended meanwhile runs no more either
+
         tasks = Path(f"/proc/{pid}/task")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks.iterdir()]
-            if all(state == "T" for state in states):
+            if all(state(task) == "T" for task in tasks.iterdir()):
                 return
             time.sleep(0.001)
         raise RuntimeError(f"node {pid} not stopped {timeout} s after SIGSTOP")
