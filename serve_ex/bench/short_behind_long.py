@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+import report  # noqa: E402
 from serve_client import Client  # noqa: E402
 from service import Service  # noqa: E402
 
@@ -48,7 +49,8 @@ def main() -> None:
     queue = f"serve_ex.fair.{uuid.uuid4().hex[:8]}"
     log = Path(tempfile.gettempdir()) / f"{queue}.log"
     rows = []
-    with Service(args.models.resolve(), queue, log), Client(queue=queue) as client:
+    with Service(args.models.resolve(), queue, log) as service, Client(queue=queue) as client:
+        threads = service.health()["engine"]["threads"]
         for name, body in SHORT.items():
             alone = short_latencies(client, body, 20, None)
             rows.append((name, 0, statistics.median(alone) * 1000, max(alone) * 1000, None))
@@ -62,6 +64,7 @@ def main() -> None:
                     client.wait(cid, timeout=600)
                 long_s = time.perf_counter() - started
                 rows.append((name, long_count, statistics.median(waits) * 1000, max(waits) * 1000, long_s))
+    print(f"Short requests behind the largest ones on {report.machine()}; engine threads: {threads}.")
     print("| short request | largest requests running | median ms | worst ms | the long ones took s |")
     print("|---|---|---|---|---|")
     for name, n, median, worst, long_s in rows:
