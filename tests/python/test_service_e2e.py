@@ -348,21 +348,20 @@ def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
     base = f"http://127.0.0.1:{service.port}"
     body = {"prompt": "ROMEO:", "max_new_tokens": 40, "temperature": 0.8, "top_k": 20}
     whole = list(http_stream([base], "gpt", body, request_id="resume-me"))
-    post = urllib.request.Request(
-        f"{base}/v1/models/gpt/generate_text",
-        data=json.dumps(body | {"stream": True}).encode(),
-        headers={"content-type": "application/json", "x-request-id": "resume-me", "last-event-id": "2"},
-    )
-    with urllib.request.urlopen(post, timeout=30) as r:
+
+    def post(**headers: str) -> urllib.request.Request:
+        headers = {"content-type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
+        data = json.dumps(body | {"stream": True}).encode()
+        return urllib.request.Request(f"{base}/v1/models/gpt/generate_text", data=data, headers=headers)
+
+    with urllib.request.urlopen(post(x_request_id="resume-me", last_event_id="2"), timeout=30) as r:
         rest = list(sse_data(r))
     assert len(whole) == 6 and rest == whole[3:]
-    refusals = [({"x-request-id": None}, "x-request-id"), ({"last-event-id": "-1"}, "frame number")]
-    for headers, named in refusals:
-        bad = urllib.request.Request(post.full_url, data=post.data, headers=dict(post.headers))
-        for key, value in headers.items():
-            bad.remove_header(key.capitalize())
-            if value is not None:
-                bad.add_header(key.capitalize(), value)
+    refusals = [
+        (post(last_event_id="2"), "x-request-id"),
+        (post(x_request_id="resume-me", last_event_id="-1"), "frame number"),
+    ]
+    for bad, named in refusals:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bad, timeout=30)
         assert refused.value.code == 400
