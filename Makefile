@@ -154,6 +154,7 @@ wrk:  ## install the HTTP load tool wrk (Debian's package) if it is missing
 bench-service: elixir broker wrk $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_ex vs a no-op responder vs pika+torch, and its HTTP endpoint vs FastAPI (about 4 minutes)
 	$(MIX) compile
 	$(MIX) run --no-start -e 'ServeEx.Bench.StageCosts.main()' $(abspath artifacts)
+	$(MIX) run --no-start -e 'ServeEx.Bench.ParseCost.main()'
 	PYTHONPATH=. $(PY) serve_ex/bench/vs_broker.py --models artifacts
 	PYTHONPATH=. $(PY) serve_ex/bench/http_vs_fastapi.py --models artifacts
 

@@ -75,7 +75,7 @@ def throughput(model_dir: Path, logs: Path, nodes: int, seconds: float) -> float
             load.poll()
         rate = (load.counts["answered"] - answered) / (time.monotonic() - start)
         counts = load.finish()
-        assert counts["lost"] == 0 and counts["wrong"] == 0, counts
+        assert (counts["lost"], counts["wrong"], counts["reconnects"]) == (0, 0, 0), counts
         return rate
     finally:
         for service in services:
@@ -91,19 +91,20 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="serve_ex_two_nodes_"))
     one, two = (throughput(models, logs, n, args.seconds) for n in (1, 2))
     print(f"VAE n=1, 64 in flight: 1 node {one:,.0f} req/s, 2 nodes {two:,.0f} req/s ({two / one:.2f}x)")
+    counted = ("sent", "lost", "wrong", "duplicates", "reconnects")
     killed = stop_one_under_load(models, logs, lambda node: node.sigkill())
-    print("SIGKILL one of two under load:", {k: killed[k] for k in ("sent", "lost", "wrong", "duplicates")})
+    print("SIGKILL one of two under load:", {k: killed[k] for k in counted})
     termed = stop_one_under_load(models, logs, lambda node: node.sigterm(timeout=DRAIN_TIMEOUT_S + 20))
     status, seconds = termed["stopped"]
     print(
         "SIGTERM one of two under load:",
-        {k: termed[k] for k in ("sent", "lost", "wrong", "duplicates")},
+        {k: termed[k] for k in counted},
         f"exit status {status} after {seconds:.2f} s",
     )
     print(f"logs: {logs}")
     ok = (
-        killed["lost"] == killed["wrong"] == 0
-        and termed["lost"] == termed["wrong"] == termed["duplicates"] == 0
+        killed["lost"] == killed["wrong"] == killed["reconnects"] == 0
+        and termed["lost"] == termed["wrong"] == termed["duplicates"] == termed["reconnects"] == 0
     )
     return 0 if ok and status == 0 else 1
 

@@ -202,22 +202,31 @@ defmodule ServeEx.EngineTest do
     end
   end
 
-  test "generations whose callers were killed stop and free the dirty schedulers" do
+  test "generations whose callers were killed stop between tokens and free the dirty schedulers" do
     {:ok, gpt} = Engine.load(Path.join(Paths.service_models(), "gpt.safetensors"), "gpt")
-    long = Engine.text_request("A", 1024)
-    {full_us, [{:ok, _}]} = :timer.tc(fn -> Engine.generate_text_batch(gpt, [long]) end)
-    # as many orphans as there are dirty CPU schedulers: if they ran on, a new call
-    # would wait for one of them to finish
+    orphans = :erlang.system_info(:dirty_cpu_schedulers)
+    # as many orphans as there are dirty CPU schedulers, each streaming its chunks of
+    # 8 tokens here: a run to the end sends 1024 / 8 = 128
     callers =
-      for _ <- 1..:erlang.system_info(:dirty_cpu_schedulers),
-          do: spawn(fn -> Engine.generate_text_batch(gpt, [long]) end)
+      for i <- 1..orphans do
+        request = %{Engine.text_request("A", 1024) | stream: {self(), i}}
+        spawn(fn -> Engine.generate_text_batch(gpt, [request]) end)
+      end
 
-    Process.sleep(div(full_us, 20_000))
+    for i <- 1..orphans, do: assert_receive({:stream_chunk, ^i, _}, 60_000)
     Enum.each(callers, &Process.exit(&1, :kill))
-    short = Engine.text_request("A", 1)
-    {short_us, [{:ok, _}]} = :timer.tc(fn -> Engine.generate_text_batch(gpt, [short]) end)
+    # the short call needs a dirty scheduler: it runs only once an orphan gave one up,
+    # and an orphan that ran on would have sent all its chunks by then
+    assert [{:ok, _}] = Engine.generate_text_batch(gpt, [Engine.text_request("A", 1)])
+    chunks = for i <- 1..orphans, do: count_chunks(i, 0)
+    assert Enum.all?(chunks, &(&1 < 128)), "chunks per orphan: #{inspect(chunks)}"
+  end
 
-    assert short_us < full_us / 4,
-           "a short call waited #{short_us} us; a long one takes #{full_us}"
+  defp count_chunks(tag, count) do
+    receive do
+      {:stream_chunk, ^tag, _} -> count_chunks(tag, count + 1)
+    after
+      0 -> count
+    end
   end
 end

@@ -61,6 +61,46 @@ defmodule ServeEx.RequestTest do
     end
   end
 
+  defp no_model(_id), do: :error
+
+  describe "number literals" do
+    defp generate(n_literal),
+      do: ~s({"v": 1, "model": "vae", "op": "generate", "n": #{n_literal}})
+
+    test "one longer than the limit is too large, and the message does not repeat it" do
+      digits = String.duplicate("9", 300_000)
+      assert {:error, :too_large, message} = Request.parse(generate(digits), &no_model/1)
+      refute message =~ "99"
+    end
+
+    test "the limit itself is accepted as far as the number check goes" do
+      limit = Paths.limits() |> File.read!() |> :jsx.decode([:return_maps])
+      at_limit = "1" <> String.duplicate("0", limit["max_number_chars"] - 1)
+      over = at_limit <> "0"
+      # a number within the length limit reaches the range check; one past it does not
+      assert {:error, :too_large, "\"n\" is above the limit of 256"} =
+               Request.parse(generate(at_limit), &no_model/1)
+
+      assert {:error, :too_large, "a number in the body is longer than" <> _} =
+               Request.parse(generate(over), &no_model/1)
+    end
+
+    test "digits inside strings, escaped quotes included, are not numbers" do
+      digits = String.duplicate("7", 200)
+
+      body =
+        ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "a\\"#{digits}\\\\", "max_new_tokens": 1})
+
+      assert {:error, :unknown_model, _} = Request.parse(body, &no_model/1)
+    end
+
+    test "a number after a string that ends in an escaped backslash is counted" do
+      digits = String.duplicate("7", 200)
+      body = ~s({"v": 1, "model": "vae\\\\", "op": "generate", "n": #{digits}})
+      assert {:error, :too_large, "a number in the body" <> _} = Request.parse(body, &no_model/1)
+    end
+  end
+
   test "a body over the size limit is too large" do
     assert {:error, :too_large, _} =
              Request.parse(:binary.copy("a", 2_000_000), fn _ -> :error end)

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -109,6 +110,10 @@ def test_poison_reply_to_names_neither_stop_the_service_nor_reach_other_queues(s
             '{"v":1,"model":"vae","op":"decode","z":[[1'
             + "0" * 320
             + ",0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}",
+            "too_large",
+        ),
+        (
+            '{"v":1,"model":"vae","op":"decode","z":[[1e39,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]]}',
             "invalid_argument",
         ),
         (
@@ -126,6 +131,7 @@ def test_poison_reply_to_names_neither_stop_the_service_nor_reach_other_queues(s
     ],
     ids=[
         "huge_integer",
+        "beyond_float32",
         "top_k_2_64",
         "tiny_temperature",
         "duplicate_key",
@@ -147,6 +153,25 @@ def test_a_bad_request_fails_alone_among_innocents(service, bad, code):
         assert len(reply["error"]["message"]) <= 300
         assert_all_answered(client, before + after)
         assert client.wait(text[0])["ok"] is True
+
+
+def test_huge_numbers_cost_their_sender_alone(service):
+    """A 300,000-digit number would cost seconds to parse as a bignum (the square of its
+    digits) and hold a processor meanwhile; it is refused by a linear scan instead. An
+    innocent request sent right behind two of them is answered within 0.5 s (3.3 s
+    when they were parsed)."""
+    huge = '{"v":1,"model":"vae","op":"generate","n":' + "9" * 300_000 + "}"
+    with Client(queue=service.env["REQUEST_QUEUE"]) as client:
+        client.call({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 0})  # warm
+        huge_ids = [client.send(huge.encode()) for _ in range(2)]
+        sent = time.monotonic()
+        innocent = client.send({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1})
+        assert tensor(client.wait(innocent)).shape == (1, 784)
+        waited = time.monotonic() - sent
+        for cid in huge_ids:
+            reply = client.wait(cid)
+            assert reply["error"]["code"] == "too_large" and "999" not in reply["error"]["message"]
+    assert waited < 0.5, f"an innocent request waited {waited:.2f} s behind two huge numbers"
 
 
 def test_error_messages_are_bounded_and_echo_no_field_names(service):

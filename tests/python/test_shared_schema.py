@@ -61,6 +61,16 @@ def test_schema_limits_equal_limits_json():
     assert set(REQUEST["properties"]["op"]["enum"]) == {op for ops in ERRORS["ops"].values() for op in ops}
 
 
+def test_every_float64_a_client_prints_fits_the_number_limit():
+    # Python (like every shortest-round-trip printer) writes a float64 in at most 17
+    # significant digits: a sign, 17 digits, a point and a 5-character exponent make 24.
+    extremes = [-2.2250738585072014e-308, -1.7976931348623157e308, -5e-324, -0.1234567890123456789]
+    rng = np.random.default_rng(0)
+    sampled = rng.standard_normal(10_000) * 10.0 ** rng.integers(-300, 300, 10_000)
+    longest = max(len(json.dumps(float(x))) for x in [*extremes, *sampled])
+    assert longest == 24 <= LIMITS["max_number_chars"]
+
+
 def test_replies_validate():
     image = np.arange(6, dtype="<f4").reshape(2, 3)
     ok = {

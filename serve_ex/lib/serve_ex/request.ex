@@ -8,6 +8,9 @@ defmodule ServeEx.Request do
   `{:error, code, message}` with a wire error code. Checks that need the model itself
   (z width, vocabulary, top_k against the vocabulary size) happen in the engine and
   come back as the same codes.
+
+  The cost of a body is bounded before it is decoded (its size, its nesting, the length
+  of each number), and an error message never repeats the value it refuses.
   """
 
   @schema_dir Path.expand("../../../shared_schema/wire", __DIR__)
@@ -22,6 +25,7 @@ defmodule ServeEx.Request do
   # leaves room for a too-large body to be told so, and more means a body built to be
   # expensive to parse.
   @max_brackets 2 * (max(@limits["max_z_rows"], @limits["max_x_rows"]) + 2)
+  @max_number_chars @limits["max_number_chars"]
   @ops_by_arch Map.new(@errors["ops"], fn {arch, ops} -> {String.to_atom(arch), ops} end)
   @all_ops @ops_by_arch |> Map.values() |> List.flatten() |> Enum.uniq()
   @fields %{
@@ -74,6 +78,7 @@ defmodule ServeEx.Request do
   defp parse(body, lookup, address) do
     with :ok <- check_size(body),
          :ok <- check_brackets(body),
+         :ok <- check_numbers(body),
          {:ok, map} <- decode_json(body),
          {:ok, map} <- address.(map),
          :ok <- check_version(map),
@@ -107,6 +112,39 @@ defmodule ServeEx.Request do
   defp count_brackets(body, from, count) do
     case :binary.match(body, ["[", "{"], scope: {from, byte_size(body) - from}) do
       {at, 1} -> count_brackets(body, at + 1, count + 1)
+      :nomatch -> :ok
+    end
+  end
+
+  # Refuses a number literal longer than `max_number_chars` before the decoder sees it:
+  # the decoder makes a bignum of an integer, and parsing (or printing) a bignum costs
+  # the square of its digits, so one 300,000-digit `n` would hold a processor for
+  # seconds. One pass over the body: outside strings each byte is counted into the
+  # current run of number characters; a string is skipped with the VM's binary search
+  # for its closing quote, so digits inside a prompt are never counted.
+  defp check_numbers(body), do: number_run(body, 0)
+
+  defp number_run(<<c, rest::binary>>, run) when c in ?0..?9 or c in [?-, ?+, ?., ?e, ?E] do
+    if run < @max_number_chars,
+      do: number_run(rest, run + 1),
+      else: too_large("a number in the body is longer than #{@max_number_chars} characters")
+  end
+
+  defp number_run(<<?", rest::binary>>, _run), do: skip_string(rest)
+  defp number_run(<<_, rest::binary>>, _run), do: number_run(rest, 0)
+  defp number_run(<<>>, _run), do: :ok
+
+  defp skip_string(body) do
+    with {at, 1} <- :binary.match(body, ["\"", "\\"]),
+         <<_::binary-size(at), mark, rest::binary>> = body do
+      case {mark, rest} do
+        {?", rest} -> number_run(rest, 0)
+        {?\\, <<_escaped, rest::binary>>} -> skip_string(rest)
+        # a backslash that ends the body: the decoder refuses it
+        {?\\, <<>>} -> :ok
+      end
+    else
+      # an unterminated string: the decoder refuses it
       :nomatch -> :ok
     end
   end
@@ -154,10 +192,10 @@ defmodule ServeEx.Request do
     cond do
       not valid_id?(id) ->
         {:error, :unknown_model,
-         "\"model\" must be a registry id such as \"vae\", not #{inspect(id)}"}
+         "\"model\" must be a registry id such as \"vae\": lowercase letters, digits and _.-, at most 64"}
 
       op not in @all_ops ->
-        {:error, :unknown_op, "unknown op #{inspect(op)}; ops are #{Enum.join(@all_ops, ", ")}"}
+        {:error, :unknown_op, "unknown op; ops are #{Enum.join(@all_ops, ", ")}"}
 
       true ->
         {:ok, id, op}
@@ -255,10 +293,10 @@ defmodule ServeEx.Request do
         malformed("\"#{key}\" must be an integer")
 
       {:ok, v} when v < min ->
-        invalid("\"#{key}\" must be at least #{min}, got #{v}")
+        invalid("\"#{key}\" must be at least #{min}")
 
       {:ok, v} when is_integer(max) and v > max ->
-        too_large("\"#{key}\" is #{v}, above the limit of #{max}")
+        too_large("\"#{key}\" is above the limit of #{max}")
 
       {:ok, v} ->
         {:ok, v}
