@@ -108,6 +108,7 @@ lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 
 rust-test:  ## cargo test: golden vectors, error variants, fuzz-style file sweep
 	cd infer_rs && $(CARGO) test --workspace --exclude infer_rs_py
+	cd infer_rs && $(CARGO) run -q -p infer_core --example isa_paths
 
 c-test:  ## the C ABI: compile infer_rs/capi/tests/test_capi.c against the library, run it under valgrind
 	cd infer_rs && $(CARGO) build -p infer_rs_c

@@ -192,6 +192,9 @@ def write(out: Path) -> list[Path]:
             "tensors": json.dumps(sorted(vectors)),
             "tolerance": json.dumps(tol),
         }
+        if isinstance(model, GPT):
+            # the greedy continuation as text, for readers without the vocabulary (the C test)
+            meta["greedy_past_block.text"] = model.decode(vectors["greedy_past_block.ids"][0])
         path = out / f"{name}.golden.safetensors"
         save_file({k: v.contiguous() for k, v in vectors.items()}, str(path), metadata=meta)
         written.append(path)

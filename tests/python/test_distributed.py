@@ -67,8 +67,8 @@ def worker(rank: int, port: int, tmp: str) -> None:
     interrupted = image_trainer(f"{tmp}/split", 2, group)
     crash_after_first_checkpoint(interrupted)  # on every rank
     torch.distributed.barrier()  # rank 0 has written the checkpoint
-    torch.manual_seed(12345)  # a fresh process: other RNG state, fresh model and optimizers
     resumed = image_trainer(f"{tmp}/split", 2, group)
+    seed_everything(12345)  # a fresh process: every RNG elsewhere until the checkpoint restores it
     resumed.load_checkpoint(f"{tmp}/split/{CHECKPOINT}")
     resumed.fit()
     assert resumed.step == whole.step

@@ -22,24 +22,35 @@ def max_diff(a, b) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
+def derived_tolerance(model: torch.nn.Module, output: torch.Tensor, run) -> float:
+    """The float32 reassociation bound of `output` (train/golden.py), from the model's
+    longest dot product and the largest partial sum `run` forms."""
+    return tolerances(model, {"out": output}, {"out": run})["out"]
+
+
 def test_vae_decode_and_encode_equal_torch(trained):
     ours, ref = infer_rs.Model(trained["vae"]), load(trained["vae"])
     z = torch.randn(64, 20, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert max_diff(ours.decode(z.numpy()), ref.decode(z)) <= 1e-5
         x = ref.decode(z)
-        mu, logvar = ours.encode(x.numpy())
         ref_mu, ref_logvar = ref.encode(x)
-    assert max_diff(mu, ref_mu) <= 1e-5 and max_diff(logvar, ref_logvar) <= 1e-5
-    with torch.no_grad():
-        assert max_diff(ours.reconstruct(x.numpy()), ref.decode(ref_mu)) <= 1e-5
+        recon = ref.decode(ref_mu)
+    mu, logvar = ours.encode(x.numpy())
+    assert max_diff(ours.decode(z.numpy()), x) <= derived_tolerance(ref, x, lambda: ref.decode(z))
+    assert max_diff(mu, ref_mu) <= derived_tolerance(ref, ref_mu, lambda: ref.encode(x))
+    assert max_diff(logvar, ref_logvar) <= derived_tolerance(ref, ref_logvar, lambda: ref.encode(x))
+    # reconstruct = decode(encode(x)): one chain through both halves, bounded as a whole
+    whole = derived_tolerance(ref, recon, lambda: ref.decode(ref.encode(x)[0]))
+    assert max_diff(ours.reconstruct(x.numpy()), recon) <= whole
 
 
 def test_wgan_generate_from_z_equals_torch(trained):
     z = torch.randn(100, 100, generator=torch.Generator().manual_seed(1))
+    ref = load(trained["wgan"])
     with torch.no_grad():
-        expected = load(trained["wgan"]).generator(z)
-    assert max_diff(infer_rs.Model(trained["wgan"]).decode(z.numpy()), expected) <= 1e-5
+        expected = ref.generator(z)
+    tol = derived_tolerance(ref, expected, lambda: ref.generator(z))
+    assert max_diff(infer_rs.Model(trained["wgan"]).decode(z.numpy()), expected) <= tol
 
 
 def test_gpt_logits_and_greedy_text_equal_torch(trained):
@@ -49,7 +60,9 @@ def test_gpt_logits_and_greedy_text_equal_torch(trained):
         ref_logits, _ = ref(ref.encode(prompt)[None, :])
         ref_text = ref.decode(ref.generate(ref.encode(prompt)[None, :], 200)[0])
     assert ours.arch == "gpt" and ours.config["vocab"] == ref.cfg.vocab
-    assert max_diff(ours.logits(prompt), ref_logits[0]) <= 1e-4
+    ids = ref.encode(prompt)[None, :]
+    tol = derived_tolerance(ref, ref_logits[0], lambda: ref(ids))
+    assert max_diff(ours.logits(prompt), ref_logits[0]) <= tol
     assert_same_greedy_text(ref, ours.generate_text(prompt, 200), ref_text, len(prompt))
 
 
@@ -151,7 +164,8 @@ def test_gil_is_released_while_rust_computes(trained):
 def test_large_batches_split_over_more_threads_equal_one_thread(trained, tmp_path):
     """RAYON_NUM_THREADS=3 and 4 split batches of 64 rows and more over rayon's pool
     (more threads than this machine may have cores: that is fine); the outputs equal
-    those of one thread within the tolerance the engine keeps against torch."""
+    those of one thread bit for bit (each output is one chain of FMAs in a fixed order,
+    whatever the split)."""
     code = (
         "import sys, numpy as np, infer_rs\n"
         "z = np.random.default_rng(0).standard_normal((300, 120), dtype=np.float32)\n"
@@ -167,7 +181,9 @@ def test_large_batches_split_over_more_threads_equal_one_thread(trained, tmp_pat
         outputs[threads] = np.load(out)
     for threads in ("3", "4"):
         for name in ("vae", "wgan"):
-            assert max_diff(outputs[threads][name], outputs["1"][name]) <= 1e-5, (threads, name)
+            np.testing.assert_array_equal(
+                outputs[threads][name], outputs["1"][name], err_msg=f"{threads} {name}"
+            )
 
 
 def cpuinfo_fields() -> dict[str, str]:

@@ -66,7 +66,7 @@ def test_served_images_equal_infer_rs(client, trained):
         served = tensor(client.call({"v": 1, "model": name, "op": "generate", "n": 16, "seed": 42}))
         direct = infer_rs.Model(trained[name]).generate(16, seed=42)
         assert served.shape == (16, 784)
-        assert np.abs(served - direct).max() <= 1e-6, name
+        np.testing.assert_array_equal(served, direct, err_msg=name)
     z = np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32)
     served = tensor(client.call({"v": 1, "model": "vae", "op": "decode", "z": z.tolist()}))
     np.testing.assert_array_equal(served, infer_rs.Model(trained["vae"]).decode(z))
@@ -194,7 +194,7 @@ def test_the_async_client_overlaps_calls_and_streams(service, trained):
     replies, frames, outstanding = asyncio.run(run())
     vae = infer_rs.Model(trained["vae"])
     for seed, reply in enumerate(replies):
-        assert np.abs(tensor(reply) - vae.generate(2, seed=seed)).max() <= 1e-6, seed
+        np.testing.assert_array_equal(tensor(reply), vae.generate(2, seed=seed), err_msg=str(seed))
     assert [f["seq"] for f in frames] == list(range(len(frames))) and frames[-1]["done"]
     text = "ROMEO:" + "".join(f.get("delta", "") for f in frames)
     assert text == infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 40)

@@ -92,11 +92,14 @@ def test_poison_reply_to_names_neither_stop_the_service_nor_reach_other_queues(s
                 body = {"v": 1, "model": "vae", "op": "generate", "n": 256, "seed": 1}
                 broker.basic_publish("", service.env["REQUEST_QUEUE"], json.dumps(body).encode(), props)
             assert_all_answered(client, before + innocent_requests(client))
-        client.poll(1.0)
+    # every poison request settles as a dead letter; wait for all of them, not a while
+    dead, deadline = [], time.monotonic() + 30
+    while {cid for cid, _ in dead} < poison_ids and time.monotonic() < deadline:
+        dead += dead_letters()
+        broker.connection.sleep(0.02)
     assert service.process.poll() is None and service.process.pid == pid
     assert service.health()["ready"] is True
     assert broker.basic_get(victim, auto_ack=True)[0] is None, "a reply reached another client's queue"
-    dead = dead_letters()
     # the only dead letters are the poison requests themselves: no reply was ever
     # published into the request queue (it would come back without a reply_to)
     assert {cid for cid, _ in dead} == poison_ids

@@ -53,9 +53,10 @@ def test_resume_equals_an_uninterrupted_run(arch, small_images, tmp_path):
     interrupted = make(arch, small_images, cfg, tmp_path / "split")
     crash_after_first_checkpoint(interrupted)
     assert interrupted.epoch == 1
-    # a fresh process: different global RNG state, fresh model and optimizers
-    torch.manual_seed(12345)
     resumed = make(arch, small_images, cfg, tmp_path / "split")
+    # a fresh process: a fresh model and optimizers, and every RNG somewhere else than
+    # where the trainer's own seeding left it; only the checkpoint can put them back
+    seed_everything(12345)
     resumed.load_checkpoint(tmp_path / "split" / CHECKPOINT)
     resumed.fit()
 
