@@ -318,3 +318,38 @@ def test_a_release_whose_supervisor_gives_up_exits_non_zero(tmp_path, trained):
         connection.close()
     assert status != 0
     assert "PRECONDITION_FAILED" in log.read_text()
+
+
+def test_a_request_whose_consumers_keep_dying_is_dead_lettered_by_the_delivery_limit(trained, tmp_path):
+    """A message that kills every consumer that takes it (as one that crashes whole nodes
+    would) is not requeued forever: the request queue the service declares is a quorum
+    queue with a delivery limit, and the broker dead-letters the message once it is
+    spent. Consumers here die by closing their channel with the delivery unacked."""
+    queue = f"serve_ex.limit.{uuid.uuid4().hex[:8]}"
+    with Service(trained["vae"].parent, queue, tmp_path / "limit.log"):
+        pass  # the node declared the queue, its dead-letter exchange and its limit; it is gone now
+    connection = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
+    try:
+        watch = connection.channel()
+        dead = watch.queue_declare("", exclusive=True).method.queue
+        watch.queue_bind(dead, "serve_ex.dlx", routing_key=queue)
+        watch.confirm_delivery()
+        body = json.dumps({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1}).encode()
+        watch.basic_publish("", queue, body, pika.BasicProperties(correlation_id="killer", delivery_mode=2))
+        deliveries = 0
+        for _ in range(20):  # bounded: far above any delivery limit the topology sets
+            consumer = connection.channel()
+            method, _props, _body = consumer.basic_get(queue, auto_ack=False)
+            consumer.close()  # dies holding the delivery: the broker takes it back
+            if method is None:
+                break
+            deliveries += 1
+        dead_lettered = watch.basic_get(dead, auto_ack=True)
+        connection.channel().queue_delete(queue)
+    finally:
+        connection.close()
+    method, props, got = dead_lettered
+    assert method is not None, f"not dead-lettered after {deliveries} deliveries"
+    assert got == body and props.correlation_id == "killer"
+    assert 1 < deliveries < 20, deliveries
+    assert props.headers["x-first-death-reason"] == "delivery_limit", props.headers
