@@ -6,8 +6,10 @@ files and seeds.
 """
 
 import asyncio
+import http.client
 import json
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -149,6 +151,35 @@ def test_http_deadlines_and_methods(service):
     with pytest.raises(urllib.error.HTTPError) as get:
         urllib.request.urlopen(f"{base}/v1/models/vae/generate", timeout=10)
     assert get.value.code == 405 and get.value.headers["allow"] == "POST"
+
+
+def test_http_chunked_bodies_are_read_up_to_the_limit_and_a_slow_one_gets_408(service):
+    """A chunked body has no length up front: it is served when within the limit, and
+    refused with 413 once it passes it. A body that stops short of its declared length
+    gets 408 when the read period (10 s) ends, not 413."""
+    path = "/v1/models/vae/generate"
+
+    def post_chunked(chunks) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        try:
+            conn.request("POST", path, body=iter(chunks), headers={"content-type": "application/json"})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    status, reply = post_chunked([b'{"n": 1,', b' "seed": 3}'])
+    assert status == 200 and reply["shape"] == [1, 784], reply
+    status, reply = post_chunked([b'{"n": 1, "seed": 3, "pad": "', *[b"x" * (1 << 16)] * 17, b'"}'])
+    assert (status, reply["error"]["code"]) == (413, "too_large")
+
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as raw:
+        raw.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            'content-length: 100\r\n\r\n{"n": 1'.encode()
+        )
+        head = raw.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 408"), head
 
 
 def close_connection_named(name: str) -> None:

@@ -12,7 +12,8 @@ defmodule ServeEx.HTTP.Inference do
   | `malformed_request`, `unsupported_version`, `invalid_argument` | 400 |
   | `unknown_model`, `unknown_op` | 404 |
   | a method other than POST | 405 |
-  | `too_large` (an oversized body is refused before it is read) | 413 |
+  | `too_large` (an oversized body is refused before it is read; a chunked one once it passes the limit) | 413 |
+  | a body that did not all arrive within 10 s | 408 |
   | `overloaded` (with `retry-after`) | 429 |
   | the node is draining | 503 |
   | `deadline_exceeded` (`x-deadline-ms` header, as on AMQP) | 504 |
@@ -40,6 +41,8 @@ defmodule ServeEx.HTTP.Inference do
   @wait_ms 300_000
   # With one, how long after it the batcher's own deadline_exceeded reply may take.
   @grace_ms 1_000
+  # How long the whole body may take to arrive.
+  @body_ms 10_000
 
   @doc false
   def init(req, state), do: {:ok, handle(req), state}
@@ -51,13 +54,21 @@ defmodule ServeEx.HTTP.Inference do
       Status.draining?() ->
         reply(req, 503, Reply.error(:overloaded, "this node is draining; retry on another"))
 
-      (:cowboy_req.body_length(req) || 0) > limit ->
+      # a chunked body has no length up front (:undefined); it is read up to the limit
+      declared_above?(:cowboy_req.body_length(req), limit) ->
         too_large(req, limit)
 
       true ->
-        case :cowboy_req.read_body(req, %{length: limit + 1, period: 10_000}) do
-          {:ok, body, req} -> infer(req, body)
-          {:more, _partial, req} -> too_large(req, limit)
+        case :cowboy_req.read_body(req, %{length: limit + 1, period: @body_ms}) do
+          {:ok, body, req} ->
+            infer(req, body)
+
+          {:more, partial, req} when byte_size(partial) > limit ->
+            too_large(req, limit)
+
+          # the whole body did not come within @body_ms
+          {:more, _partial, req} ->
+            reply(req, 408, Reply.error(:malformed_request, "the body did not arrive in time"))
         end
     end
   end
@@ -66,6 +77,8 @@ defmodule ServeEx.HTTP.Inference do
     body = Reply.error(:malformed_request, "use POST with a JSON body")
     :cowboy_req.reply(405, %{"allow" => "POST", "content-type" => "application/json"}, body, req)
   end
+
+  defp declared_above?(length, limit), do: is_integer(length) and length > limit
 
   defp too_large(req, limit),
     do: reply(req, 413, Reply.error(:too_large, "the body is above the limit of #{limit} bytes"))
