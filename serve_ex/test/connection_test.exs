@@ -2,6 +2,7 @@ defmodule ServeEx.ConnectionTest do
   @moduledoc "A dead broker: the manager keeps retrying with backoff, and reconnects after a loss."
   use ExUnit.Case, async: true
   @moduletag :capture_log
+  doctest ServeEx.Connection
 
   alias ServeEx.AMQP.Fake
   alias ServeEx.Connection

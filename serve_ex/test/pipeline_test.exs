@@ -138,6 +138,51 @@ defmodule ServeEx.PipelineTest do
     reply
   end
 
+  test "a request that crashes its batch fails alone; the batch's other requests are answered",
+       %{producer: producer, chan: chan} do
+    decode = fn v ->
+      ~s({"v": 1, "model": "vae", "op": "decode", "z": [[#{Enum.join(List.duplicate(v, 20), ",")}]]})
+    end
+
+    # the batcher holds still until all three wait in its mailbox: one batch
+    batcher = GenServer.whereis(batcher("vae", :short))
+    :sys.suspend(batcher)
+    deliver(producer, decode.("0.25"), 130)
+    deliver(producer, decode.("0.75"), 132)
+    wait_until(fn -> Process.info(batcher, :message_queue_len) == {:message_queue_len, 2} end)
+    # a request no processor would pass (a value that is not a number), standing for a
+    # bug upstream: encoding its rows for the engine raises, for the whole batch
+    {:ok, request} = ServeEx.Request.parse(decode.("0.5"), &ModelRegistry.lookup/1)
+
+    guilty = %ServeEx.Message{
+      payload: decode.("0.5"),
+      reply_to: @reply_queue,
+      correlation_id: "c131",
+      acknowledger: {Fake, chan, 131},
+      redelivered: false,
+      received_at: System.monotonic_time(:microsecond),
+      request: put_in(request.args.rows, [[:not_a_number | List.duplicate(0.5, 19)]]),
+      model_id: "vae"
+    }
+
+    :ok = ServeEx.Admission.admit("vae", 1)
+    ServeEx.Pipeline.Batcher.add(guilty)
+    :sys.resume(batcher)
+
+    {:ok, vae} = ModelRegistry.lookup("vae")
+
+    for {tag, v} <- [{130, 0.25}, {132, 0.75}] do
+      row = for _ <- 1..20, into: <<>>, do: <<v::float-32-little>>
+      [{:ok, {1, 784, direct}}] = Engine.decode_batch(vae, [{row, 20, :base64}])
+      assert %{"ok" => true, "data" => ^direct} = reply_for(tag)
+      assert_receive {:ack, ^tag}
+    end
+
+    # the guilty one alone failed: requeued once, without a reply
+    assert_receive {:reject, 131, true}, 2_000
+    refute_received {:published, _, _, "c131"}
+  end
+
   test "a message without reply_to is dead-lettered", %{producer: producer} do
     deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 30, reply_to: nil)
     assert_receive {:reject, 30, false}, 2_000

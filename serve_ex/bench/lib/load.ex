@@ -15,7 +15,7 @@ defmodule ServeEx.Bench.Load do
   @spec channel(String.t()) :: pid()
   def channel(url \\ "amqp://guest:guest@127.0.0.1:5672") do
     {:ok, _} = Application.ensure_all_started(:amqp_client)
-    {:ok, conn} = ServeEx.AMQP.Client.connect(url)
+    {:ok, conn} = ServeEx.AMQP.Client.connect(url, "serve_ex bench load")
     {:ok, chan} = :amqp_connection.open_channel(conn)
     chan
   end

@@ -19,7 +19,8 @@ defmodule ServeEx.AMQP do
           deadline: term()
         }
 
-  @callback connect(url :: String.t()) :: {:ok, conn()} | {:error, term()}
+  @doc "Opens a connection; `name` is what the broker shows for it (`connection_name`)."
+  @callback connect(url :: String.t(), name :: String.t()) :: {:ok, conn()} | {:error, term()}
   @callback close_connection(conn()) :: :ok
   @callback open_channel(conn()) :: {:ok, chan()} | {:error, term()}
   @callback close_channel(chan()) :: :ok

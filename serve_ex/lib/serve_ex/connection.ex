@@ -23,6 +23,16 @@ defmodule ServeEx.Connection do
   @spec open_channel(GenServer.server()) :: {:ok, AMQP.chan()} | {:error, :not_connected | term()}
   def open_channel(server \\ __MODULE__), do: GenServer.call(server, :open_channel)
 
+  @doc """
+  What the broker shows as the name of the connection that the `ServeEx.Connection`
+  registered as `name` opens from this node.
+
+      iex> ServeEx.Connection.connection_name(ServeEx.ReplyConnection)
+      "ServeEx.ReplyConnection on nonode@nohost"
+  """
+  @spec connection_name(atom()) :: String.t()
+  def connection_name(name), do: "#{inspect(name)} on #{node()}"
+
   @doc "Whether the broker is connected."
   @spec connected?(GenServer.server()) :: boolean()
   def connected?(server \\ __MODULE__) do
@@ -60,7 +70,7 @@ defmodule ServeEx.Connection do
 
   @impl true
   def handle_info(:connect, state) do
-    case state.amqp.connect(state.url) do
+    case state.amqp.connect(state.url, connection_name(state.name)) do
       {:ok, conn} ->
         case prepare(state.amqp, conn, state.queue) do
           :ok ->

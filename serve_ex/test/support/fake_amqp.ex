@@ -50,7 +50,7 @@ defmodule ServeEx.AMQP.Fake do
   end
 
   @impl true
-  def connect(url) do
+  def connect(url, _name) do
     case settings(url).connect_failures do
       0 ->
         conn = idle_process(url)

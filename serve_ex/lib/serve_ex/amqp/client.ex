@@ -11,9 +11,10 @@ defmodule ServeEx.AMQP.Client do
   alias ServeEx.Topology
 
   @impl true
-  def connect(url) do
+  def connect(url, name) do
     with {:ok, params} <- :amqp_uri.parse(String.to_charlist(url)) do
-      :amqp_connection.start(params)
+      properties = [{"connection_name", :longstr, name}]
+      :amqp_connection.start(r_amqp_params_network(params, client_properties: properties))
     end
   end
 

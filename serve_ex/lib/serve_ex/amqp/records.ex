@@ -22,6 +22,7 @@ defmodule ServeEx.AMQP.Records do
         :"basic.publish",
         :P_basic,
         :amqp_msg,
+        :amqp_params_network,
         :"queue.declare",
         :"exchange.declare",
         :"queue.bind",
