@@ -110,10 +110,6 @@ impl KvCache {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Forget every position (the buffers are kept).
     pub fn clear(&mut self) {
         self.len = 0;

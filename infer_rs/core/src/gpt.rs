@@ -8,6 +8,7 @@
 //! tokens are the same as without a cache, as in `train/`.
 
 use crate::attention::KvCache;
+use crate::decoding::Limits;
 use crate::dense::{Activation, Dense, Mlp};
 use crate::error::{InferError, Result, StopReason};
 use crate::isa::Isa;
@@ -153,35 +154,69 @@ impl Block {
     }
 
     /// c_proj(softmax(Q K^T / sqrt(d) + M) V) with [Q, K, V] = c_attn(x), M = -inf where
-    /// a query would see a later key, for rows from..t (every row's keys and values are
-    /// cached).
-    fn attention(&self, x: &[f32], t: usize, from: usize, at: Layer) -> Vec<f32> {
-        let qkv = self.c_attn.forward(x, t);
-        let y = at.cache.attend(at.layer, &qkv, t, from, at.isa);
-        self.attn_proj.forward(&y, t - from)
+    /// a query would see a later key, for each part's rows from..t (every row's keys
+    /// and values are cached in its part's cache). The dense layers run over the rows of
+    /// every part at once; attention runs per part, against its own cache.
+    fn attention(&self, x: &[f32], parts: &mut [Part], layer: usize, isa: Isa) -> Vec<f32> {
+        let total: usize = parts.iter().map(|p| p.t).sum();
+        let qkv = self.c_attn.forward(x, total);
+        let width = qkv.len() / total;
+        let mut y = Vec::with_capacity(parts.iter().map(Part::rows).sum::<usize>() * width / 3);
+        let mut at = 0;
+        for part in parts.iter_mut() {
+            let rows = &qkv[at * width..(at + part.t) * width];
+            y.extend(part.cache.attend(layer, rows, part.t, part.from, isa));
+            at += part.t;
+        }
+        self.attn_proj
+            .forward(&y, parts.iter().map(Part::rows).sum())
     }
 
-    /// Rows from..t of the block's output for the t rows of x.
+    /// Rows from..t of the block's output, for each part's t rows of x (stacked).
     /// pre-LN: x + attn(ln_1(x)), then + mlp(ln_2(x)); post-LN: ln_1(x + attn(x)), ln_2(x + mlp(x)).
-    fn forward(&self, x: &[f32], t: usize, from: usize, at: Layer) -> Vec<f32> {
-        let rows = t - from;
-        let tail = &x[from * (x.len() / t)..];
+    fn forward(&self, x: &[f32], parts: &mut [Part], layer: usize, isa: Isa) -> Vec<f32> {
+        let rows: usize = parts.iter().map(Part::rows).sum();
+        let tail = tails(x, parts);
         if self.pre_ln {
-            let x = residual(self.attention(&self.ln_1.forward(x), t, from, at), tail);
+            let x = residual(
+                self.attention(&self.ln_1.forward(x), parts, layer, isa),
+                &tail,
+            );
             return residual(self.mlp.forward(&self.ln_2.forward(&x), rows), &x);
         }
         let x = self
             .ln_1
-            .forward(&residual(self.attention(x, t, from, at), tail));
+            .forward(&residual(self.attention(x, parts, layer, isa), &tail));
         self.ln_2.forward(&residual(self.mlp.forward(&x, rows), &x))
     }
 }
 
-/// Where a block runs: the cache it writes, its layer in the cache, the kernels' path.
-struct Layer<'a> {
-    cache: &'a mut KvCache,
-    layer: usize,
-    isa: Isa,
+/// One sequence's share of a forward pass: t rows after its cached positions, of which
+/// rows from..t go on, written to its own cache.
+pub(crate) struct Part<'a> {
+    pub cache: &'a mut KvCache,
+    pub t: usize,
+    pub from: usize,
+}
+
+impl Part<'_> {
+    fn rows(&self) -> usize {
+        self.t - self.from
+    }
+}
+
+/// Rows from..t of each part of x (stacked), for the residual sum.
+fn tails<'x>(x: &'x [f32], parts: &[Part]) -> std::borrow::Cow<'x, [f32]> {
+    if parts.iter().all(|p| p.from == 0) {
+        return std::borrow::Cow::Borrowed(x);
+    }
+    let c = x.len() / parts.iter().map(|p| p.t).sum::<usize>();
+    let (mut tail, mut at) = (Vec::new(), 0);
+    for p in parts {
+        tail.extend_from_slice(&x[(at + p.from) * c..(at + p.t) * c]);
+        at += p.t;
+    }
+    std::borrow::Cow::Owned(tail)
 }
 
 /// The char-level GPT: embeddings, pre-norm blocks, final norm, tied head.
@@ -255,38 +290,49 @@ impl Gpt {
             .collect()
     }
 
-    /// The final hidden states ln_f(x) (T, C) of tokens that follow the cached
-    /// positions, or with `last_only` that of the last token alone (all generation
-    /// needs: the last block then computes one row past its keys and values, about a
-    /// fifth of a re-prefill's work saved); the cache then holds every token.
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, last_only: bool) -> Vec<f32> {
-        let (start, t, c) = (cache.len(), ids.len(), self.cfg.n_embd);
+    /// The final hidden states ln_f(x) of the tokens fed to each part, stacked: each
+    /// part's `ids` follow its cached positions. With `last_only`, only the last token's
+    /// row of each part (all generation needs: the last block then computes one row per
+    /// part past its keys and values, about a fifth of a re-prefill's work saved). Every
+    /// cache then holds its part's tokens. Each row's values do not depend on the other
+    /// parts: the dense layers give every output one chain of FMAs whatever the rows
+    /// beside it, and attention reads only its own cache.
+    pub(crate) fn forward(
+        &self,
+        feeds: &mut [(&[u32], &mut KvCache)],
+        last_only: bool,
+    ) -> Vec<f32> {
+        let c = self.cfg.n_embd;
         // x_i = wte[id_i] + wpe[start + i]
-        let mut x = Vec::with_capacity(t * c);
-        for (i, &id) in ids.iter().enumerate() {
-            let token = &self.wte[id as usize * c..][..c];
-            let position = &self.wpe[(start + i) * c..][..c];
-            x.extend(token.iter().zip(position).map(|(a, b)| a + b));
+        let mut x = Vec::with_capacity(feeds.iter().map(|f| f.0.len()).sum::<usize>() * c);
+        for (ids, cache) in feeds.iter() {
+            let start = cache.len();
+            for (i, &id) in ids.iter().enumerate() {
+                let token = &self.wte[id as usize * c..][..c];
+                let position = &self.wpe[(start + i) * c..][..c];
+                x.extend(token.iter().zip(position).map(|(a, b)| a + b));
+            }
         }
         let n = self.blocks.len();
         for (layer, block) in self.blocks.iter().enumerate() {
-            let from = if last_only && layer + 1 == n {
-                t - 1
-            } else {
-                0
-            };
-            let at = Layer {
-                cache: &mut *cache,
-                layer,
-                isa: self.isa,
-            };
-            x = block.forward(&x, t, from, at);
+            let last = last_only && layer + 1 == n;
+            let mut parts: Vec<Part> = feeds
+                .iter_mut()
+                .map(|(ids, cache)| Part {
+                    cache,
+                    t: ids.len(),
+                    from: if last { ids.len() - 1 } else { 0 },
+                })
+                .collect();
+            x = block.forward(&x, &mut parts, layer, self.isa);
         }
-        cache.advance(t);
+        for (ids, cache) in feeds.iter_mut() {
+            cache.advance(ids.len());
+        }
         self.ln_f.forward(&x)
     }
 
-    fn empty_cache(&self) -> KvCache {
+    pub(crate) fn empty_cache(&self) -> KvCache {
         let cfg = &self.cfg;
         KvCache::new(
             cfg.n_layer,
@@ -306,7 +352,7 @@ impl Gpt {
                 limit: self.cfg.block_size,
             });
         }
-        let hidden = self.forward(ids, &mut self.empty_cache(), false);
+        let hidden = self.forward(&mut [(ids, &mut self.empty_cache())], false);
         Ok(crate::batch::Matrix {
             rows: ids.len(),
             cols: self.vocab.len(),
@@ -314,7 +360,7 @@ impl Gpt {
         })
     }
 
-    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+    pub(crate) fn check_ids(&self, ids: &[u32]) -> Result<()> {
         if ids.is_empty() {
             return Err(InferError::InvalidArgument("the prompt is empty".into()));
         }
@@ -340,7 +386,8 @@ impl Gpt {
     /// `generate`, asking `watch(the new ids so far)` before each new token whether to
     /// stop: a `Some(reason)` ends the call with `InferError::Stopped`. A service uses it
     /// to drop work whose deadline passed or whose caller is gone, between two tokens,
-    /// and to stream the tokens out as they come.
+    /// and to stream the tokens out as they come. A decoding batch of one
+    /// ([`crate::decoding`]), its prompt prefilled in one step.
     pub fn generate_watched(
         &self,
         prompt: &[u32],
@@ -348,28 +395,35 @@ impl Gpt {
         sampling: Sampling,
         watch: &dyn Fn(&[u32]) -> Option<StopReason>,
     ) -> Result<Vec<u32>> {
-        self.check_ids(prompt)?;
-        check_sampling(max_new_tokens, sampling, self.vocab.len())?;
-        let mut rng = Rng::new(sampling.seed);
-        let mut ids = prompt.to_vec();
-        let mut cache = self.empty_cache();
-        let c = self.cfg.n_embd;
-        for tokens in 0..max_new_tokens {
-            if let Some(reason) = watch(&ids[prompt.len()..]) {
-                return Err(InferError::Stopped { tokens, reason });
+        let block = self.cfg.block_size;
+        let alone = Limits {
+            max_sequences: 1,
+            max_cached_tokens: block,
+            prefill_chunk: block,
+        };
+        let mut batch = self.decoding_batch(alone)?;
+        self.join(&mut batch, prompt, max_new_tokens, sampling)?;
+        let mut new = Vec::with_capacity(max_new_tokens);
+        while new.len() < max_new_tokens {
+            if let Some(reason) = watch(&new) {
+                return Err(InferError::Stopped {
+                    tokens: new.len(),
+                    reason,
+                });
             }
-            let hidden = if ids.len() <= self.cfg.block_size && !cache.is_empty() {
-                self.forward(&ids[ids.len() - 1..], &mut cache, true)
-            } else {
-                // prefill, or re-prefill a window that slid past block_size
-                cache.clear();
-                let window = &ids[ids.len().saturating_sub(self.cfg.block_size)..];
-                self.forward(window, &mut cache, true)
-            };
-            let last = self.head.forward(&hidden[hidden.len() - c..], 1);
-            ids.push(pick_next_token(&last, sampling, &mut rng));
+            new.extend(self.step(&mut batch)?.into_iter().map(|e| e.token));
         }
-        Ok(ids)
+        Ok([prompt, &new].concat())
+    }
+
+    /// Logits (rows, vocab) of final hidden states: the tied head.
+    pub(crate) fn head_logits(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
+        self.head.forward(hidden, rows)
+    }
+
+    /// Entries in the vocabulary.
+    pub(crate) fn vocab_len(&self) -> usize {
+        self.vocab.len()
     }
 
     /// `prompt` followed by up to `max_new_tokens` generated characters, stopped between
@@ -394,7 +448,7 @@ impl Gpt {
     }
 }
 
-fn check_sampling(max_new_tokens: usize, s: Sampling, vocab: usize) -> Result<()> {
+pub(crate) fn check_sampling(max_new_tokens: usize, s: Sampling, vocab: usize) -> Result<()> {
     if max_new_tokens == 0 {
         return Err(InferError::InvalidArgument(
             "max_new_tokens must be at least 1".into(),
@@ -438,7 +492,7 @@ fn check_sampling(max_new_tokens: usize, s: Sampling, vocab: usize) -> Result<()
 
 /// argmax if temperature is 0; else a draw from softmax(logits / temperature) over the
 /// top_k logits (every logit tied with the k-th is kept, as `torch.topk` masking does).
-fn pick_next_token(logits: &[f32], s: Sampling, rng: &mut Rng) -> u32 {
+pub(crate) fn pick_next_token(logits: &[f32], s: Sampling, rng: &mut Rng) -> u32 {
     if s.temperature == 0.0 {
         // first maximum, as torch.argmax
         let mut best = 0;

@@ -2,6 +2,8 @@
 //! models, reproduced by the engine within the float32 reassociation tolerance stored
 //! beside each output (train/golden.py derives it), and identical greedy tokens.
 
+mod common;
+
 use infer_core::{Model, Rows, Sampling};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
@@ -237,28 +239,7 @@ fn pool_split_equals_one_thread() {
 /// this test only checks that the forced path is the one in use.
 #[test]
 fn every_isa_path_of_this_cpu_reproduces_the_golden_vectors() {
-    if let Ok(forced) = std::env::var(infer_core::isa::ENV_VAR) {
-        assert_eq!(infer_core::isa().unwrap().name(), forced);
-        return;
-    }
-    for isa in infer_core::Isa::ALL {
-        if !isa.supported() {
-            let note = format!("golden: skipped the {isa} path: this CPU lacks it\n");
-            std::io::Write::write_all(&mut std::io::stderr(), note.as_bytes()).unwrap();
-            continue;
-        }
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(infer_core::isa::ENV_VAR, isa.name())
-            .arg("--quiet")
-            .output()
-            .unwrap();
-        assert!(
-            child.status.success(),
-            "the golden tests fail on the {isa} path:\n{}{}",
-            String::from_utf8_lossy(&child.stdout),
-            String::from_utf8_lossy(&child.stderr)
-        );
-    }
+    common::rerun_on_every_isa_path("golden");
 }
 
 #[test]
