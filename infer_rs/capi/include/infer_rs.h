@@ -6,7 +6,7 @@
  * generations give heap memory back to the OS after every token and fault it in again
  * (about a tenth of their time); raise the trim threshold to avoid it, e.g.
  * GLIBC_TUNABLES=glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=67108864
- * (see the README's Allocation note). */
+ * (see docs/engine.md, Allocation). */
 #ifndef INFER_RS_H
 #define INFER_RS_H
 

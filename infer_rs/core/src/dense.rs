@@ -3,7 +3,7 @@
 //!
 //! Why not Candle's matmul here: at these sizes (20..784 wide, 1..1000 rows) its
 //! generic GEMM, separate bias add and scalar tanh/sigmoid cost more than the math
-//! (see the README's benchmark). This module does one pass per layer:
+//! (see docs/benchmarks.md). This module does one pass per layer:
 //! - a register-blocked micro-kernel per instruction set, chosen by `crate::isa`:
 //!   AVX2/FMA 6x16 (12 ymm accumulators; each k step loads two vectors of W^T,
 //!   broadcasts six x values and issues twelve FMAs, or 1x64 for a single row),
