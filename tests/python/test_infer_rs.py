@@ -110,6 +110,58 @@ def test_gpt_greedy_text_matches_torch_on_golden_models():
         assert_same_greedy_text(ref, ours.generate_text(prompt, 40), expected, len(prompt))
 
 
+def test_generate_texts_equal_each_text_generated_alone(trained):
+    """One decoding batch for prompts of every length (one past the block), greedy and
+    sampled: each text equals generate_text alone for the same prompt and seed."""
+    gpt = infer_rs.Model(trained["gpt"])
+    block = gpt.config["block_size"]
+    prompts = ["ROMEO:", "A", "To be, or not to be", "JULIET:\n" * (block // 4)]
+    lengths = [1, 40, 2 * block, 7]
+    for sampling in ({}, {"temperature": 0.8, "top_k": 20}):
+        together = gpt.generate_texts(prompts, lengths, seeds=[3, 1, 4, 1], **sampling)
+        alone = [
+            gpt.generate_text(p, n, seed=s, **sampling)
+            for p, n, s in zip(prompts, lengths, [3, 1, 4, 1], strict=True)
+        ]
+        assert together == alone, sampling
+    assert gpt.generate_texts(prompts[:2], 5, seeds=[0, 0]) == [gpt.generate_text(p, 5) for p in prompts[:2]]
+
+
+def test_a_decoding_batch_streams_joins_and_cancels(trained):
+    """Step-wise decoding: sequences joined at different steps, one cancelled midway;
+    each stream adds up to the text generated alone; bad calls raise InferError and
+    leave the others going."""
+    gpt = infer_rs.Model(trained["gpt"])
+    batch = gpt.decoding_batch(max_sequences=3, prefill_chunk=8)
+    first = batch.join("ROMEO:", 30, temperature=0.9, seed=5)
+    text = {first: "ROMEO:"}
+    steps = 0
+    while len(batch):
+        for id_, char, _finished in batch.step():
+            text[id_] += char
+        steps += 1
+        if steps == 3:
+            second = batch.join("JULIET: " * 10, 20, seed=6)
+            text[second] = "JULIET: " * 10
+            cancelled = batch.join("A", 50, seed=7)
+            text[cancelled] = "A"
+            with pytest.raises(infer_rs.InferError, match="max_sequences"):
+                batch.join("A", 5)
+        if steps == 3 + 15:
+            assert batch.leave(cancelled) == text[cancelled]
+    assert text[first] == gpt.generate_text("ROMEO:", 30, temperature=0.9, seed=5)
+    assert text[second] == gpt.generate_text("JULIET: " * 10, 20, seed=6)
+    assert gpt.generate_text("A", 50, seed=7).startswith(text[cancelled])
+    with pytest.raises(infer_rs.InferError, match="no live sequence"):
+        batch.leave(first)
+    with pytest.raises(infer_rs.InferError, match="prompt is empty"):
+        batch.join("", 3)
+    with pytest.raises(infer_rs.InferError, match="2 seeds for 1 prompts"):
+        gpt.generate_texts(["A"], 3, seeds=[1, 2])
+    with pytest.raises(infer_rs.InferError, match="decoding_batch"):
+        infer_rs.Model(trained["vae"]).decoding_batch()
+
+
 def test_vae_generate_function(trained):
     images = infer_rs.vae_generate(str(trained["vae"]), 4, seed=3)
     assert images.shape == (4, 784) and images.dtype == np.float32

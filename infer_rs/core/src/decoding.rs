@@ -254,6 +254,39 @@ impl Gpt {
         Ok(emitted)
     }
 
+    /// Each request (prompt ids, max_new_tokens, sampling) continued, all generated
+    /// together in a decoding batch of `limits`: requests join in order as places free
+    /// up. Every request is checked before any runs; each result equals `generate`'s
+    /// for the same request.
+    pub fn generate_many(
+        &self,
+        requests: &[(Vec<u32>, usize, Sampling)],
+        limits: Limits,
+    ) -> Result<Vec<Vec<u32>>> {
+        for (prompt, max_new_tokens, sampling) in requests {
+            self.check_ids(prompt)?;
+            check_sampling(*max_new_tokens, *sampling, self.vocab_len())?;
+        }
+        let mut batch = self.decoding_batch(limits)?;
+        let mut out: Vec<Vec<u32>> = requests.iter().map(|r| r.0.clone()).collect();
+        let mut owner = std::collections::HashMap::new();
+        let mut waiting = requests.iter().enumerate().peekable();
+        while waiting.peek().is_some() || !batch.is_empty() {
+            while let Some(&(i, (prompt, max_new_tokens, sampling))) = waiting.peek() {
+                match self.join(&mut batch, prompt, *max_new_tokens, *sampling) {
+                    Ok(id) => owner.insert(id, i),
+                    Err(InferError::TooLarge { .. }) if !batch.is_empty() => break, // full
+                    Err(other) => return Err(other),
+                };
+                waiting.next();
+            }
+            for e in self.step(&mut batch)? {
+                out[owner[&e.id]].push(e.token);
+            }
+        }
+        Ok(out)
+    }
+
     fn check_batch(&self, batch: &DecodingBatch) -> Result<()> {
         if batch.shape == self.shape() {
             Ok(())

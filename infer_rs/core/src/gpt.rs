@@ -435,6 +435,14 @@ impl Gpt {
         sampling: Sampling,
         watch: &dyn Fn(&[u32]) -> Option<StopReason>,
     ) -> Result<String> {
+        let ids =
+            self.generate_watched(&self.prompt_ids(prompt)?, max_new_tokens, sampling, watch)?;
+        Ok(self.decode(&ids))
+    }
+
+    /// The token ids of a prompt, refusing one longer than `MAX_PROMPT_CHARS` or with
+    /// characters outside the vocabulary.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
         let chars = prompt.chars().count();
         if chars > MAX_PROMPT_CHARS {
             return Err(InferError::TooLarge {
@@ -443,8 +451,7 @@ impl Gpt {
                 limit: MAX_PROMPT_CHARS,
             });
         }
-        let ids = self.generate_watched(&self.encode(prompt)?, max_new_tokens, sampling, watch)?;
-        Ok(self.decode(&ids))
+        self.encode(prompt)
     }
 }
 

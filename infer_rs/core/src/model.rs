@@ -170,11 +170,38 @@ impl Model {
         }
     }
 
+    /// Many texts at once: each (prompt, max_new_tokens, sampling) continued as
+    /// `generate_text` would continue it alone, generated together in a decoding batch
+    /// of `limits` (`crate::decoding`). Every request is checked before any runs.
+    pub fn generate_texts(
+        &self,
+        requests: &[(&str, usize, Sampling)],
+        limits: crate::Limits,
+    ) -> Result<Vec<String>> {
+        let Self::Gpt(m) = self else {
+            return self.unavailable("generate_texts");
+        };
+        let ids = requests
+            .iter()
+            .map(|&(prompt, n, sampling)| Ok((m.prompt_ids(prompt)?, n, sampling)))
+            .collect::<Result<Vec<_>>>()?;
+        let out = m.generate_many(&ids, limits)?;
+        Ok(out.iter().map(|ids| m.decode(ids)).collect())
+    }
+
+    /// The GPT itself, for step-wise decoding (`Gpt::decoding_batch`).
+    pub fn gpt(&self) -> Result<&Gpt> {
+        match self {
+            Self::Gpt(m) => Ok(m),
+            _ => self.unavailable("decoding_batch"),
+        }
+    }
+
     /// The text of token ids (one character each: the vocabulary is a string).
     pub fn decode_tokens(&self, ids: &[u32]) -> Result<String> {
         match self {
             Self::Gpt(m) => Ok(m.decode(ids)),
-            _ => self.unavailable("generate_text"),
+            _ => self.unavailable("decode_tokens"),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! arrays, releases the GIL while Rust computes, and maps every `InferError` to the one
 //! Python exception `infer_rs.InferError`.
 
-use infer_core::{Matrix, Model, Rows, Sampling};
+use infer_core::{DecodingBatch, Limits, Matrix, Model, Rows, Sampling};
 use numpy::ndarray::Array2;
 use numpy::{AllowTypeChange, IntoPyArray, PyArray2, PyArrayLike2};
 use pyo3::create_exception;
@@ -169,6 +169,77 @@ impl PyModel {
             .map_err(py_err)
     }
 
+    /// Many texts at once: each prompt followed by up to its `max_new_tokens` (one int
+    /// for all, or a list with one per prompt) generated characters, all generated
+    /// together in one decoding batch (sequences join as places free up). Each text is
+    /// the one `generate_text` gives for the same prompt, sampling and seed, whatever
+    /// the others: `seeds` (one per prompt) default to fresh random ones.
+    #[pyo3(signature = (prompts, max_new_tokens, temperature=0.0, top_k=None, seeds=None))]
+    fn generate_texts(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<String>,
+        max_new_tokens: PerPrompt,
+        temperature: f32,
+        top_k: Option<usize>,
+        seeds: Option<Vec<u64>>,
+    ) -> PyResult<Vec<String>> {
+        let n = prompts.len();
+        let lengths = max_new_tokens.for_each(n)?;
+        let seeds = match seeds {
+            Some(seeds) if seeds.len() != n => {
+                return Err(InferError::new_err(format!(
+                    "{} seeds for {n} prompts; give one per prompt",
+                    seeds.len()
+                )))
+            }
+            Some(seeds) => seeds,
+            None => (0..n).map(|_| seed_or_random(None)).collect(),
+        };
+        let requests: Vec<(&str, usize, Sampling)> = prompts
+            .iter()
+            .zip(lengths)
+            .zip(seeds)
+            .map(|((prompt, max_new), seed)| {
+                let sampling = Sampling {
+                    temperature,
+                    top_k,
+                    seed,
+                };
+                (prompt.as_str(), max_new, sampling)
+            })
+            .collect();
+        py.allow_threads(|| self.inner.generate_texts(&requests, Limits::default()))
+            .map_err(py_err)
+    }
+
+    /// An empty decoding batch of this GPT, for callers that stream: `join` sequences,
+    /// `step` them a token at a time, `leave` to cancel one.
+    #[pyo3(signature = (max_sequences=None, max_cached_tokens=None, prefill_chunk=None))]
+    fn decoding_batch(
+        slf: Bound<'_, Self>,
+        max_sequences: Option<usize>,
+        max_cached_tokens: Option<usize>,
+        prefill_chunk: Option<usize>,
+    ) -> PyResult<PyDecodingBatch> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_sequences: max_sequences.unwrap_or(defaults.max_sequences),
+            max_cached_tokens: max_cached_tokens.unwrap_or(defaults.max_cached_tokens),
+            prefill_chunk: prefill_chunk.unwrap_or(defaults.prefill_chunk),
+        };
+        let batch = slf
+            .get()
+            .inner
+            .gpt()
+            .and_then(|gpt| gpt.decoding_batch(limits))
+            .map_err(py_err)?;
+        Ok(PyDecodingBatch {
+            model: slf.unbind(),
+            batch,
+        })
+    }
+
     /// infer_rs.Model('path', arch='...').
     fn __repr__(&self) -> String {
         format!(
@@ -176,6 +247,84 @@ impl PyModel {
             self.path.display(),
             self.inner.arch().name()
         )
+    }
+}
+
+/// `max_new_tokens` of `generate_texts`: one value for every prompt, or one each.
+#[derive(FromPyObject)]
+enum PerPrompt {
+    All(usize),
+    Each(Vec<usize>),
+}
+
+impl PerPrompt {
+    fn for_each(self, prompts: usize) -> PyResult<Vec<usize>> {
+        match self {
+            Self::All(n) => Ok(vec![n; prompts]),
+            Self::Each(list) if list.len() == prompts => Ok(list),
+            Self::Each(list) => Err(InferError::new_err(format!(
+                "{} max_new_tokens values for {prompts} prompts; give one, or one per prompt",
+                list.len()
+            ))),
+        }
+    }
+}
+
+/// Sequences of one GPT decoded together, a token per step for each: made by
+/// `Model.decoding_batch`. Each sequence's text is the one `generate_text` gives for its
+/// prompt, sampling and seed, whatever joins or leaves beside it.
+#[pyclass(name = "DecodingBatch", module = "infer_rs")]
+struct PyDecodingBatch {
+    model: Py<PyModel>,
+    batch: DecodingBatch,
+}
+
+#[pymethods]
+impl PyDecodingBatch {
+    /// Add a sequence continuing `prompt` by `max_new_tokens` characters; returns its
+    /// id. Refused (InferError) as `generate_text` refuses, or when the batch is full.
+    #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=None, seed=None))]
+    fn join(
+        &mut self,
+        prompt: &str,
+        max_new_tokens: usize,
+        temperature: f32,
+        top_k: Option<usize>,
+        seed: Option<u64>,
+    ) -> PyResult<u64> {
+        let gpt = self.model.get().inner.gpt().map_err(py_err)?;
+        let sampling = Sampling {
+            temperature,
+            top_k,
+            seed: seed_or_random(seed),
+        };
+        let ids = gpt.prompt_ids(prompt).map_err(py_err)?;
+        gpt.join(&mut self.batch, &ids, max_new_tokens, sampling)
+            .map_err(py_err)
+    }
+
+    /// One token for every live sequence whose prompt is prefilled, as (id, character,
+    /// finished) tuples; a finished sequence has left the batch. The GIL is released.
+    fn step(&mut self, py: Python<'_>) -> PyResult<Vec<(u64, String, bool)>> {
+        let gpt = self.model.get().inner.gpt().map_err(py_err)?;
+        let batch = &mut self.batch;
+        let emitted = py.allow_threads(|| gpt.step(batch)).map_err(py_err)?;
+        Ok(emitted
+            .into_iter()
+            .map(|e| (e.id, gpt.decode(&[e.token]), e.finished))
+            .collect())
+    }
+
+    /// Cancel sequence `id` at once; returns its text so far (prompt included).
+    fn leave(&mut self, id: u64) -> PyResult<String> {
+        let gpt = self.model.get().inner.gpt().map_err(py_err)?;
+        let ids = self.batch.leave(id).map_err(py_err)?;
+        Ok(gpt.decode(&ids))
+    }
+
+    /// Live sequences.
+    fn __len__(&self) -> usize {
+        self.batch.len()
     }
 }
 
@@ -225,6 +374,7 @@ fn cpu_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _infer_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
+    m.add_class::<PyDecodingBatch>()?;
     m.add_function(wrap_pyfunction!(vae_generate, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_info, m)?)?;
     m.add("InferError", m.py().get_type::<InferError>())?;
