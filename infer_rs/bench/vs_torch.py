@@ -173,7 +173,8 @@ def default_threads() -> list[int]:
     return list(dict.fromkeys([1, 2, os.cpu_count() or 1]))
 
 
-def run_worker(artifacts: Path, threads: int, quick: bool) -> dict:
+def run_worker(artifacts: Path, threads: int, quick: bool, script: Path = Path(__file__)) -> dict:
+    """Runs `script --worker THREADS` in a fresh process on that many threads; its JSON."""
     root = str(Path(__file__).resolve().parents[2])  # so the worker imports train/
     env = {
         **os.environ,
@@ -181,7 +182,7 @@ def run_worker(artifacts: Path, threads: int, quick: bool) -> dict:
         "OMP_NUM_THREADS": str(threads),
         "PYTHONPATH": root,
     }
-    cmd = [sys.executable, __file__, "--artifacts", str(artifacts), "--worker", str(threads)]
+    cmd = [sys.executable, str(script), "--artifacts", str(artifacts), "--worker", str(threads)]
     cmd += ["--quick"] * quick
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     result = json.loads(out)

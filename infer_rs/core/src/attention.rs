@@ -128,7 +128,8 @@ impl KvCache {
     /// positions len..len + t, then return y (t - from, C) for the queries of rows
     /// from..t: for each head,
     /// y_i = sum_j softmax_j(q_i . k_j / sqrt(head_dim)) v_j over positions j <= len + i.
-    /// Several queries run the heads in parallel; one, on the caller.
+    /// With `heads_in_parallel`, several queries run the heads in parallel; else (and
+    /// for one query) they run in turn on the caller.
     pub fn attend(
         &mut self,
         layer: usize,
@@ -136,6 +137,7 @@ impl KvCache {
         t: usize,
         from: usize,
         isa: Isa,
+        heads_in_parallel: bool,
     ) -> Vec<f32> {
         let (shape, start) = (self.shape, self.len);
         assert!(start + t <= shape.capacity && qkv.len() == t * 3 * shape.width() && from < t);
@@ -165,7 +167,7 @@ impl KvCache {
             let _ = isa; // off x86 the portable path is the only one
             attend_with(&head, qkv, queries.clone(), start, scratch, out);
         };
-        if t - from > 1 {
+        if heads_in_parallel && t - from > 1 {
             for_each_in_parallel(shape.n_head, &run);
         } else {
             (0..shape.n_head).for_each(run);
@@ -182,6 +184,44 @@ impl KvCache {
         }
         y
     }
+}
+
+/// One sequence's `KvCache::attend` call in `attend_each`.
+pub struct Attend<'a> {
+    /// The sequence's cache.
+    pub cache: &'a mut KvCache,
+    /// Its t rows of [q, k, v].
+    pub qkv: &'a [f32],
+    /// Rows, and the first row whose output is needed.
+    pub t: usize,
+    pub from: usize,
+}
+
+/// `KvCache::attend` for each call, in order, in `layer`: with several calls (sequences
+/// of a decoding batch) the calls share the threads and each runs its heads in turn;
+/// a lone call runs its heads in parallel. The arithmetic of every output is the same
+/// either way.
+pub fn attend_each(calls: &mut [Attend], layer: usize, isa: Isa) -> Vec<Vec<f32>> {
+    if let [one] = calls {
+        return vec![one.cache.attend(layer, one.qkv, one.t, one.from, isa, true)];
+    }
+    let calls: Vec<Mutex<&mut Attend>> = calls.iter_mut().map(Mutex::new).collect();
+    let outputs: Vec<Mutex<Vec<f32>>> = calls.iter().map(|_| Mutex::new(Vec::new())).collect();
+    for_each_in_parallel(calls.len(), &|i| {
+        let mut call = calls[i].lock().unwrap_or_else(|e| e.into_inner());
+        let Attend {
+            cache,
+            qkv,
+            t,
+            from,
+        } = &mut **call;
+        let y = cache.attend(layer, qkv, *t, *from, isa, false);
+        *outputs[i].lock().unwrap_or_else(|e| e.into_inner()) = y;
+    });
+    outputs
+        .into_iter()
+        .map(|y| y.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .collect()
 }
 
 /// job(0), ..., job(n - 1) over the threads a call may use: on the caller for one, the
@@ -310,47 +350,106 @@ impl<'a> Head<'a> {
     }
 
     /// s[q][j] = sum_d queries[d][q] k_dj for j < n (a multiple of LANES), summed over
-    /// d in order.
+    /// d in order. A lone query (a decode step) has one chain of FMAs per LANES
+    /// positions, which would wait on FMA latency: it runs up to four chains side by
+    /// side (`spans`), each still summed over d in order, so the bits are those of a
+    /// block.
     #[inline(always)]
     fn scores<const B: usize>(&self, queries: &[[f32; B]], n: usize, s: &mut [f32]) {
+        if B == 1 {
+            let [fours, twos, ones] = spans(0..n);
+            self.scores_of::<B, 4>(queries, fours, s);
+            self.scores_of::<B, 2>(queries, twos, s);
+            self.scores_of::<B, 1>(queries, ones, s);
+        } else {
+            self.scores_of::<B, 1>(queries, 0..n, s);
+        }
+    }
+
+    /// `scores` for positions `js` (whole groups of G x LANES), G groups of LANES at once.
+    #[inline(always)]
+    fn scores_of<const B: usize, const G: usize>(
+        &self,
+        queries: &[[f32; B]],
+        js: Range<usize>,
+        s: &mut [f32],
+    ) {
         let ld = self.shape.positions;
-        for j in (0..n).step_by(LANES) {
-            let mut acc = [[0f32; LANES]; B];
+        for j in js.step_by(G * LANES) {
+            let mut acc = [[[0f32; LANES]; B]; G];
             for (keys, qd) in self.keys_t.chunks_exact(ld).zip(queries) {
-                let k: &Lanes = keys[j..j + LANES].try_into().expect("LANES");
-                for (acc, &q) in acc.iter_mut().zip(qd) {
-                    for l in 0..LANES {
-                        acc[l] = q.mul_add(k[l], acc[l]);
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let k: &Lanes = keys[j + g * LANES..][..LANES].try_into().expect("LANES");
+                    for (acc, &q) in acc.iter_mut().zip(qd) {
+                        for l in 0..LANES {
+                            acc[l] = q.mul_add(k[l], acc[l]);
+                        }
                     }
                 }
             }
-            for (q, acc) in acc.iter().enumerate() {
-                s[q * ld + j..][..LANES].copy_from_slice(acc);
+            for (g, acc) in acc.iter().enumerate() {
+                for (q, acc) in acc.iter().enumerate() {
+                    s[q * ld + j + g * LANES..][..LANES].copy_from_slice(acc);
+                }
             }
         }
     }
 
     /// y[out[q] + d] = sum_j weights[j][q] v_jd for d < head_dim, summed over j in
-    /// order.
+    /// order; a lone query's LANES-wide groups of d side by side, as in `scores`.
     #[inline(always)]
     fn values<const B: usize>(&self, weights: &[[f32; B]], out: &[usize; B], y: &mut [f32]) {
         let dims = self.shape.dims;
-        for d in (0..dims).step_by(LANES) {
-            let mut acc = [[0f32; LANES]; B];
+        if B == 1 {
+            let [fours, twos, ones] = spans(0..dims);
+            self.values_of::<B, 4>(weights, out, fours, y);
+            self.values_of::<B, 2>(weights, out, twos, y);
+            self.values_of::<B, 1>(weights, out, ones, y);
+        } else {
+            self.values_of::<B, 1>(weights, out, 0..dims, y);
+        }
+    }
+
+    /// `values` for the dimensions `ds` (whole groups of G x LANES), G groups at once.
+    #[inline(always)]
+    fn values_of<const B: usize, const G: usize>(
+        &self,
+        weights: &[[f32; B]],
+        out: &[usize; B],
+        ds: Range<usize>,
+        y: &mut [f32],
+    ) {
+        let dims = self.shape.dims;
+        for d in ds.step_by(G * LANES) {
+            let mut acc = [[[0f32; LANES]; B]; G];
             for (values, pj) in self.values.chunks_exact(dims).zip(weights) {
-                let v: &Lanes = values[d..d + LANES].try_into().expect("LANES");
-                for (acc, &p) in acc.iter_mut().zip(pj) {
-                    for l in 0..LANES {
-                        acc[l] = p.mul_add(v[l], acc[l]);
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let v: &Lanes = values[d + g * LANES..][..LANES].try_into().expect("LANES");
+                    for (acc, &p) in acc.iter_mut().zip(pj) {
+                        for l in 0..LANES {
+                            acc[l] = p.mul_add(v[l], acc[l]);
+                        }
                     }
                 }
             }
-            let width = LANES.min(self.shape.head_dim - d);
-            for (acc, &at) in acc.iter().zip(out) {
-                y[at + d..][..width].copy_from_slice(&acc[..width]);
+            for (g, acc) in acc.iter().enumerate() {
+                let at = d + g * LANES;
+                let width = LANES.min(self.shape.head_dim.saturating_sub(at));
+                for (acc, &row) in acc.iter().zip(out) {
+                    y[row + at..][..width].copy_from_slice(&acc[..width]);
+                }
             }
         }
     }
+}
+
+/// A range of whole LANES groups cut into runs taken four groups at a time, then two,
+/// then one: a lone query's independent FMA chains side by side.
+fn spans(range: Range<usize>) -> [Range<usize>; 3] {
+    let len = range.end - range.start;
+    let fours = range.start + len / (4 * LANES) * (4 * LANES);
+    let twos = fours + (range.end - fours) / (2 * LANES) * (2 * LANES);
+    [range.start..fours, fours..twos, twos..range.end]
 }
 
 /// p_j = exp(s_j scale - m) / sum_{k < seen} exp(s_k scale - m) with m = max_k s_k scale,
@@ -480,18 +579,32 @@ mod tests {
                 pool.install(|| {
                     for prefill in 1..=cap {
                         let mut cache = KvCache::new(1, n_head, hs, cap);
-                        let mut got = cache.attend(0, &qkv[..prefill * 3 * c], prefill, 0, isa);
+                        let mut got =
+                            cache.attend(0, &qkv[..prefill * 3 * c], prefill, 0, isa, true);
                         // the last query alone, as generation asks of the last layer
                         let mut alone = KvCache::new(1, n_head, hs, cap);
-                        let last =
-                            alone.attend(0, &qkv[..prefill * 3 * c], prefill, prefill - 1, isa);
+                        let last = alone.attend(
+                            0,
+                            &qkv[..prefill * 3 * c],
+                            prefill,
+                            prefill - 1,
+                            isa,
+                            true,
+                        );
                         assert!(
                             last[..] == got[(prefill - 1) * c..],
                             "{isa}: last query alone"
                         );
                         cache.advance(prefill);
                         for i in prefill..cap {
-                            got.extend(cache.attend(0, &qkv[i * 3 * c..][..3 * c], 1, 0, isa));
+                            got.extend(cache.attend(
+                                0,
+                                &qkv[i * 3 * c..][..3 * c],
+                                1,
+                                0,
+                                isa,
+                                true,
+                            ));
                             cache.advance(1);
                         }
                         let worst = got

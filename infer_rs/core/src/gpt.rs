@@ -7,7 +7,7 @@
 //! the window shifts, so each further step re-prefills the last `block_size` tokens; the
 //! tokens are the same as without a cache, as in `train/`.
 
-use crate::attention::KvCache;
+use crate::attention::{attend_each, Attend, KvCache};
 use crate::decoding::Limits;
 use crate::dense::{Activation, Dense, Mlp};
 use crate::error::{InferError, Result, StopReason};
@@ -161,13 +161,21 @@ impl Block {
         let total: usize = parts.iter().map(|p| p.t).sum();
         let qkv = self.c_attn.forward(x, total);
         let width = qkv.len() / total;
-        let mut y = Vec::with_capacity(parts.iter().map(Part::rows).sum::<usize>() * width / 3);
         let mut at = 0;
-        for part in parts.iter_mut() {
-            let rows = &qkv[at * width..(at + part.t) * width];
-            y.extend(part.cache.attend(layer, rows, part.t, part.from, isa));
-            at += part.t;
-        }
+        let mut calls: Vec<Attend> = parts
+            .iter_mut()
+            .map(|part| {
+                let rows = &qkv[at * width..(at + part.t) * width];
+                at += part.t;
+                Attend {
+                    cache: &mut *part.cache,
+                    qkv: rows,
+                    t: part.t,
+                    from: part.from,
+                }
+            })
+            .collect();
+        let y = attend_each(&mut calls, layer, isa).concat();
         self.attn_proj
             .forward(&y, parts.iter().map(Part::rows).sum())
     }

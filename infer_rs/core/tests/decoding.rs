@@ -24,15 +24,15 @@ fn golden_gpt(name: &str) -> Gpt {
     }
 }
 
-/// A GPT of wider layers than the golden ones (C = 64 over 4 heads, 2 blocks, block 24),
-/// with seeded N(0, 0.3^2) weights: its dense layers run several column groups.
-fn random_gpt() -> Gpt {
+/// A GPT of wider layers than the golden ones, with seeded N(0, 0.3^2) weights: its
+/// dense layers run several column groups.
+fn random_gpt(n_embd: usize, n_head: usize, block_size: usize) -> Gpt {
     let cfg = Config {
         vocab: "abcdefghijklmnopqrstuvwxyz .,;:!?".into(),
-        block_size: 24,
+        block_size,
         n_layer: 2,
-        n_head: 4,
-        n_embd: 64,
+        n_head,
+        n_embd,
         dropout: 0.0,
         pre_ln: true,
     };
@@ -197,39 +197,62 @@ fn every_isa_path_of_this_cpu_keeps_batch_invariance() {
     common::rerun_on_every_isa_path("decoding");
 }
 
-#[test]
-fn sequences_in_a_batch_equal_their_lone_runs_bit_for_bit() {
-    let models = [
-        ("gpt_tiny", golden_gpt("gpt_tiny")),
-        ("gpt_tiny_post_ln", golden_gpt("gpt_tiny_post_ln")),
-        ("random C=64", random_gpt()),
-    ];
-    let mut rng = Rng::new(2024);
-    for (name, gpt) in &models {
-        let block = gpt.cfg.block_size;
-        for threads in 1..=4 {
-            let requests = random_requests(gpt, &mut rng, 14);
-            let limits = Limits {
-                max_sequences: 3 + below(&mut rng, 6),
-                max_cached_tokens: 64 * block,
-                prefill_chunk: 1 + below(&mut rng, block),
-            };
-            let (lone, batched) = pool(threads).install(|| {
-                let lone: Vec<_> = requests.iter().map(|r| alone(gpt, r)).collect();
-                (lone, together(gpt, &requests, limits))
-            });
-            for (i, (want, got)) in lone.iter().zip(&batched).enumerate() {
-                let case = format!("{name}, {threads} threads, {limits:?}, request {i}");
-                let r = &requests[i];
-                let expected = r.leave_after.map_or(want.len(), |n| n.min(want.len()));
-                assert_eq!(got.len(), expected, "{case}: tokens emitted");
-                for (step, (w, g)) in want.iter().zip(got).enumerate() {
-                    assert_eq!(w.token, g.token, "{case}: token {step}");
-                    assert_eq!(bits(&w.logits), bits(&g.logits), "{case}: logits {step}");
-                }
+/// Random schedules of `count` requests on `gpt` in pools of each of `threads`: every
+/// sequence's tokens and logits equal its lone run's, bit for bit.
+fn check_schedules(name: &str, gpt: &Gpt, rng: &mut Rng, count: usize, threads: &[usize]) {
+    let block = gpt.cfg.block_size;
+    for &threads in threads {
+        let requests = random_requests(gpt, rng, count);
+        let limits = Limits {
+            max_sequences: 3 + below(rng, 6),
+            max_cached_tokens: 64 * block,
+            prefill_chunk: 1 + below(rng, block),
+        };
+        let (lone, batched) = pool(threads).install(|| {
+            let lone: Vec<_> = requests.iter().map(|r| alone(gpt, r)).collect();
+            (lone, together(gpt, &requests, limits))
+        });
+        for (i, (want, got)) in lone.iter().zip(&batched).enumerate() {
+            let case = format!("{name}, {threads} threads, {limits:?}, request {i}");
+            let r = &requests[i];
+            let expected = r.leave_after.map_or(want.len(), |n| n.min(want.len()));
+            assert_eq!(got.len(), expected, "{case}: tokens emitted");
+            for (step, (w, g)) in want.iter().zip(got).enumerate() {
+                assert_eq!(w.token, g.token, "{case}: token {step}");
+                assert_eq!(bits(&w.logits), bits(&g.logits), "{case}: logits {step}");
             }
         }
     }
+}
+
+#[test]
+fn sequences_in_a_batch_equal_their_lone_runs_bit_for_bit() {
+    let mut rng = Rng::new(2024);
+    for name in ["gpt_tiny", "gpt_tiny_post_ln"] {
+        check_schedules(name, &golden_gpt(name), &mut rng, 14, &[1, 2, 3, 4]);
+    }
+    check_schedules(
+        "random C=64, 32 per head",
+        &random_gpt(64, 2, 24),
+        &mut rng,
+        14,
+        &[1, 2, 3, 4],
+    );
+}
+
+/// With heads of 64 dimensions and a block of 72, a lone query's attention runs four
+/// groups of positions and of dimensions side by side (`attention::spans`); a prefill
+/// block of queries does not. Their bits agree.
+#[test]
+fn lone_queries_equal_blocks_of_queries_on_wide_heads() {
+    let mut rng = Rng::new(99);
+    check_schedules(
+        "random C=128",
+        &random_gpt(128, 2, 72),
+        &mut rng,
+        6,
+        &[1, 2],
+    );
 }
 
 #[test]
@@ -328,7 +351,7 @@ fn bad_joins_are_refused_alone_and_the_batch_goes_on() {
 
 #[test]
 fn a_batch_refuses_another_models_calls() {
-    let (tiny, wide) = (golden_gpt("gpt_tiny"), random_gpt());
+    let (tiny, wide) = (golden_gpt("gpt_tiny"), random_gpt(64, 4, 24));
     let mut batch = tiny.decoding_batch(Limits::default()).unwrap();
     let err = wide.step(&mut batch).unwrap_err().to_string();
     assert!(err.contains("another model"), "{err}");
