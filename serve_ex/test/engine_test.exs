@@ -180,6 +180,80 @@ defmodule ServeEx.EngineTest do
     assert String.length(text) == 7
   end
 
+  describe "a decoding batch" do
+    test "gives each sequence the text it gets alone, whoever joins or leaves beside it" do
+      {:ok, gpt} = Engine.load(Path.join(Paths.service_models(), "gpt.safetensors"), "gpt")
+
+      requests = [
+        Engine.text_request("ROMEO:", 40, temperature: 0.9, top_k: 20, seed: 3),
+        Engine.text_request(String.duplicate("To be, or not to be. ", 10), 30, seed: 4),
+        Engine.text_request("A", 25, temperature: 0.5, seed: 5)
+      ]
+
+      alone = Engine.generate_text_batch(gpt, requests)
+      {:ok, batch} = Engine.decoding_batch(gpt, max_sequences: 4, prefill_chunk: 16)
+      [first, second, third] = requests
+      {:ok, a} = Engine.join(batch, first)
+      texts = run(batch, %{a => first.prompt}, 3)
+      {:ok, b} = Engine.join(batch, second)
+      {:ok, c} = Engine.join(batch, third)
+      {:ok, cancelled} = Engine.join(batch, Engine.text_request("B", 500))
+      assert Engine.batch_size(batch) == 4
+
+      texts =
+        run(
+          batch,
+          Map.merge(texts, %{b => second.prompt, c => third.prompt, cancelled => "B"}),
+          5
+        )
+
+      assert {:ok, "B" <> _ = so_far} = Engine.leave(batch, cancelled)
+      texts = run(batch, Map.delete(texts, cancelled), :all)
+      assert Engine.batch_size(batch) == 0
+      assert [{:ok, texts[a]}, {:ok, texts[b]}, {:ok, texts[c]}] == alone
+      # "B" and a token from each of the five steps it was in (a one-token prompt is
+      # prefilled in the step that gives its first token)
+      assert String.length(so_far) == 6
+    end
+
+    test "refuses bad joins alone, a join past its limit, and a sequence that is not live" do
+      {:ok, gpt} = Engine.load(Path.join(Paths.service_models(), "gpt.safetensors"), "gpt")
+      {:ok, batch} = Engine.decoding_batch(gpt, max_sequences: 1)
+      assert {:error, {:invalid_argument, _}} = Engine.join(batch, Engine.text_request("", 3))
+
+      assert {:error, {:invalid_argument, _}} =
+               Engine.join(batch, Engine.text_request("\u2603", 3))
+
+      assert {:ok, id} = Engine.join(batch, Engine.text_request("A", 2))
+      assert {:error, {:too_large, message}} = Engine.join(batch, Engine.text_request("A", 2))
+      assert message =~ "max_sequences"
+      assert {:ok, [{^id, _, false}]} = Engine.step(batch)
+      assert {:ok, [{^id, _, true}]} = Engine.step(batch)
+      assert {:error, {:invalid_argument, gone}} = Engine.leave(batch, id)
+      assert gone =~ "no live sequence"
+      assert {:error, {:unknown_op, _}} = Engine.decoding_batch(model("vae_tiny"))
+    end
+  end
+
+  # Steps the batch `steps` times (or until it is empty, with :all), adding each new
+  # piece of text to its sequence's.
+  defp run(_batch, texts, 0), do: texts
+
+  defp run(batch, texts, steps) do
+    if steps == :all and Engine.batch_size(batch) == 0 do
+      texts
+    else
+      {:ok, emitted} = Engine.step(batch)
+
+      texts =
+        Enum.reduce(emitted, texts, fn {id, text, _}, acc ->
+          Map.update!(acc, id, &(&1 <> text))
+        end)
+
+      run(batch, texts, if(steps == :all, do: :all, else: steps - 1))
+    end
+  end
+
   test "a streamed generation sends its text in chunks that add up to the whole" do
     gpt = model("gpt_tiny")
     tag = make_ref()

@@ -9,9 +9,12 @@
 
 use base64::Engine as _;
 use infer_core::merge_errors;
-use infer_core::{Arch, InferError, Matrix, Model, Rows, Sampling, StopReason};
+use infer_core::{
+    Arch, DecodingBatch, InferError, Limits, Matrix, Model, Rows, Sampling, SeqId, StopReason,
+};
 use rustler::{Atom, Binary, Env, LocalPid, NifMap, NifUnitEnum, OwnedBinary, ResourceArc, Term};
 use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
 
 /// The engine's buffers come from mimalloc, which keeps freed pages for the next call
 /// instead of handing them back to the OS to fault in again (as the Python module does).
@@ -344,6 +347,99 @@ fn model_generate_text_batch<'a>(
             Ok(text)
         })
         .collect()
+}
+
+/// A decoding batch of one GPT (`infer_core::decoding`), made to be held by one
+/// long-lived process that joins, steps and leaves its sequences. The lock only guards
+/// against misuse from several processes; after a panic inside a step the batch is
+/// still usable as the lock left it, and its holder should start a new one.
+pub struct BatchResource {
+    model: ResourceArc<ModelResource>,
+    batch: Mutex<DecodingBatch>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for BatchResource {}
+
+impl BatchResource {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DecodingBatch> {
+        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The knobs of a decoding batch, an Elixir map with these keys; `nil` takes the
+/// engine's default (`infer_core::Limits::default`).
+#[derive(NifMap)]
+struct BatchLimits {
+    max_sequences: Option<usize>,
+    max_cached_tokens: Option<usize>,
+    prefill_chunk: Option<usize>,
+}
+
+/// `{:ok, batch}`: an empty decoding batch of a GPT.
+#[rustler::nif]
+fn batch_new(
+    model: ResourceArc<ModelResource>,
+    limits: BatchLimits,
+) -> Result<ResourceArc<BatchResource>, Reason> {
+    let default = Limits::default();
+    let limits = Limits {
+        max_sequences: limits.max_sequences.unwrap_or(default.max_sequences),
+        max_cached_tokens: limits.max_cached_tokens.unwrap_or(default.max_cached_tokens),
+        prefill_chunk: limits.prefill_chunk.unwrap_or(default.prefill_chunk),
+    };
+    let batch = model.model.gpt().and_then(|gpt| gpt.decoding_batch(limits));
+    Ok(ResourceArc::new(BatchResource {
+        batch: Mutex::new(batch.map_err(reason)?),
+        model,
+    }))
+}
+
+/// `{:ok, id}`: the sequence joined (its cache may be allocated: a dirty CPU
+/// scheduler); refused alone, as `model_generate_text_batch` refuses, or when full.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn batch_join(
+    resource: ResourceArc<BatchResource>,
+    prompt: String,
+    max_new_tokens: usize,
+    temperature: f64,
+    top_k: Option<usize>,
+    seed: u64,
+) -> Result<SeqId, Reason> {
+    let gpt = resource.model.model.gpt().map_err(reason)?;
+    let sampling = Sampling {
+        temperature: temperature as f32,
+        top_k,
+        seed,
+    };
+    let ids = gpt.prompt_ids(&prompt).map_err(reason)?;
+    gpt.join(&mut resource.lock(), &ids, max_new_tokens, sampling)
+        .map_err(reason)
+}
+
+/// One step: `{:ok, [{id, new_text, finished}]}` for each sequence that gained a token.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn batch_step(resource: ResourceArc<BatchResource>) -> Result<Vec<(SeqId, String, bool)>, Reason> {
+    let gpt = resource.model.model.gpt().map_err(reason)?;
+    let emitted = gpt.step(&mut resource.lock()).map_err(reason)?;
+    Ok(emitted
+        .into_iter()
+        .map(|e| (e.id, gpt.decode(&[e.token]), e.finished))
+        .collect())
+}
+
+/// `{:ok, text_so_far}`: the sequence left at once; an id that is not live is refused.
+#[rustler::nif]
+fn batch_leave(resource: ResourceArc<BatchResource>, id: SeqId) -> Result<String, Reason> {
+    let gpt = resource.model.model.gpt().map_err(reason)?;
+    let ids = resource.lock().leave(id).map_err(reason)?;
+    Ok(gpt.decode(&ids))
+}
+
+/// Live sequences.
+#[rustler::nif]
+fn batch_len(resource: ResourceArc<BatchResource>) -> usize {
+    resource.lock().len()
 }
 
 rustler::init!("Elixir.ServeEx.Native");

@@ -156,4 +156,49 @@ defmodule ServeEx.Engine do
   @spec generate_text_batch(t(), [text_request()]) :: [{:ok, String.t()} | {:error, reason()}]
   def generate_text_batch(%__MODULE__{ref: ref}, requests),
     do: Native.model_generate_text_batch(ref, requests)
+
+  @typedoc "A decoding batch of one GPT (`decoding_batch/2`)."
+  @opaque batch :: reference()
+  @typedoc "A sequence's id in its batch."
+  @type sequence :: non_neg_integer()
+
+  @doc """
+  An empty decoding batch of a GPT: sequences join it, each `step/1` gives every live
+  sequence its next token, and a sequence leaves when its text ends or on `leave/2`.
+  Each sequence's text is the one `generate_text_batch/2` gives it alone, bit for bit,
+  whatever joins or leaves beside it. Options (nil or left out: the engine's default):
+  `max_sequences` live at once, `max_cached_tokens` (each sequence reserves the model's
+  block size), `prefill_chunk` (prompt tokens a joiner prefills per step). Made to be
+  held by one long-lived process.
+  """
+  @spec decoding_batch(t(), keyword()) :: {:ok, batch()} | {:error, reason()}
+  def decoding_batch(%__MODULE__{ref: ref}, opts \\ []) do
+    opts = Keyword.validate!(opts, max_sequences: nil, max_cached_tokens: nil, prefill_chunk: nil)
+    Native.batch_new(ref, Map.new(opts))
+  end
+
+  @doc """
+  Adds a text request (`text_request/3`; its deadline and stream are the caller's to
+  watch) to the batch: `{:ok, id}`, or the reason it is refused, as
+  `generate_text_batch/2` refuses it, or `{:too_large, _}` when the batch is full.
+  """
+  @spec join(batch(), text_request()) :: {:ok, sequence()} | {:error, reason()}
+  def join(batch, %{prompt: prompt, max_new_tokens: n} = request),
+    do: Native.batch_join(batch, prompt, n, request.temperature, request.top_k, request.seed)
+
+  @doc """
+  One decoding step on a dirty CPU scheduler: `{:ok, [{id, new_text, finished}]}` for
+  every sequence that gained a token (a joiner still prefilling a long prompt gains
+  none). A finished sequence has left the batch.
+  """
+  @spec step(batch()) :: {:ok, [{sequence(), String.t(), boolean()}]} | {:error, reason()}
+  def step(batch), do: Native.batch_step(batch)
+
+  @doc "Cancels a live sequence at once: `{:ok, its text so far}`, prompt included."
+  @spec leave(batch(), sequence()) :: {:ok, String.t()} | {:error, reason()}
+  def leave(batch, id), do: Native.batch_leave(batch, id)
+
+  @doc "Live sequences in the batch."
+  @spec batch_size(batch()) :: non_neg_integer()
+  def batch_size(batch), do: Native.batch_len(batch)
 end

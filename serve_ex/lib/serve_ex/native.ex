@@ -19,4 +19,12 @@ defmodule ServeEx.Native do
   def model_encode_batch(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
   def model_encode_batch_inline(_model, _inputs), do: :erlang.nif_error(:nif_not_loaded)
   def model_generate_text_batch(_model, _requests), do: :erlang.nif_error(:nif_not_loaded)
+  def batch_new(_model, _limits), do: :erlang.nif_error(:nif_not_loaded)
+
+  def batch_join(_batch, _prompt, _max_new_tokens, _temperature, _top_k, _seed),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def batch_step(_batch), do: :erlang.nif_error(:nif_not_loaded)
+  def batch_leave(_batch, _id), do: :erlang.nif_error(:nif_not_loaded)
+  def batch_len(_batch), do: :erlang.nif_error(:nif_not_loaded)
 end
