@@ -146,8 +146,9 @@ gpu-check: $(STAMP)  ## on a CUDA machine: train each model briefly, throughput 
 quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, throughput, FID
 	$(PY) -m train.quality --threads $(THREADS)
 
-bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch at 1, 2 and all cores [ARGS="--threads 1 8" or "--quick"]
+bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch at 1, 2 and all cores, then batched text generation [ARGS="--threads 1 8" or "--quick"]
 	$(PY) infer_rs/bench/vs_torch.py --artifacts artifacts $(ARGS)
+	$(PY) infer_rs/bench/text_batch.py --artifacts artifacts $(ARGS)
 
 wrk:  ## install the HTTP load tool wrk (Debian's package) if it is missing
 	@command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
