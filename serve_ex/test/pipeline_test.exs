@@ -165,7 +165,7 @@ defmodule ServeEx.PipelineTest do
       model_id: "vae"
     }
 
-    :ok = ServeEx.Admission.admit("vae", 1)
+    :ok = ServeEx.Admission.admit({"vae", :short}, 1)
     ServeEx.Pipeline.Batcher.add(guilty)
     :sys.resume(batcher)
 
@@ -362,7 +362,7 @@ defmodule ServeEx.PipelineTest do
 
   test "past a model's admission bound requests are overloaded; other models answer",
        %{producer: producer} do
-    ServeEx.Admission.setup(["gpt", "vae"], 2)
+    ServeEx.Admission.setup([{"gpt", :short}, {"vae", :short}], 2)
     on_exit(fn -> ServeEx.Admission.setup([], 64 * 8) end)
 
     text =
@@ -384,6 +384,28 @@ defmodule ServeEx.PipelineTest do
     assert Enum.all?(admitted, &match?({_, %{"ok" => true}}, &1))
     tags = Enum.map(overloaded ++ admitted, &elem(&1, 0))
     assert Enum.sort(tags) == Enum.map(110..114, &"c#{&1}")
+  end
+
+  test "each lane has its own admission budget: full long lanes leave short requests in",
+       %{producer: producer} do
+    ServeEx.Admission.setup([{"gpt", :short}, {"gpt", :long}], 2)
+    on_exit(fn -> ServeEx.Admission.setup([], 64 * 8) end)
+
+    long =
+      ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 100})
+
+    short =
+      ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 5})
+
+    # the long lane holds its two admitted requests unanswered
+    batcher = GenServer.whereis(batcher("gpt", :long))
+    :sys.suspend(batcher)
+    for tag <- 140..142, do: deliver(producer, long, tag)
+    assert {"c" <> _, %{"error" => %{"code" => "overloaded"}}} = next_reply()
+    deliver(producer, short, 143)
+    assert %{"ok" => true} = reply_for(143)
+    :sys.resume(batcher)
+    assert Enum.all?(1..2, fn _ -> match?({_, %{"ok" => true}}, next_reply()) end)
   end
 
   test "work still unsettled when the drain times out is requeued", %{producer: producer} do

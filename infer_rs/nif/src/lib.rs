@@ -266,10 +266,14 @@ image_nifs!(
 
 /// Whether to stop a generation before its next token: the calling process was killed
 /// (a restarted pipeline orphans its calls: nobody would read the result, and the
-/// dirty scheduler is needed), or the request's deadline (Unix ms, 0 = none) passed.
-fn stop_reason(env: Env, deadline_ms: u64) -> Option<StopReason> {
+/// dirty scheduler is needed), the process that waits for the result is gone (an HTTP
+/// client hung up), or the request's deadline (Unix ms, 0 = none) passed.
+fn stop_reason(env: Env, waiter: Option<LocalPid>, deadline_ms: u64) -> Option<StopReason> {
     // SAFETY: env is the live environment of this NIF call.
     if unsafe { rustler::sys::enif_is_current_process_alive(env.as_c_arg()) } == 0 {
+        return Some(StopReason::CallerGone);
+    }
+    if waiter.is_some_and(|pid| !env.is_process_alive(pid)) {
         return Some(StopReason::CallerGone);
     }
     let now_ms = std::time::SystemTime::now()
@@ -289,6 +293,9 @@ struct TextRequest<'a> {
     seed: u64,
     /// Unix ms after which the generation stops; `nil`: none.
     deadline_ms: Option<u64>,
+    /// The process that waits for the result, if not the caller (an HTTP handler): the
+    /// generation stops between tokens once it is gone; `nil`: the caller alone.
+    waiter: Option<LocalPid>,
     /// `{pid, tag}`: the new text goes to pid as `{:stream_chunk, tag, text}` messages
     /// while it is generated, every `STREAM_TOKENS` tokens and the rest at the end;
     /// `nil`: no streaming.
@@ -332,7 +339,7 @@ fn model_generate_text_batch<'a>(
                     send(chunk);
                     sent.set(new.len());
                 }
-                stop_reason(env, r.deadline_ms.unwrap_or(0))
+                stop_reason(env, r.waiter, r.deadline_ms.unwrap_or(0))
             };
             let text = resource
                 .model

@@ -3,7 +3,9 @@ defmodule ServeEx.Application do
   The supervision tree, `:rest_for_one` because each child needs the ones before it:
 
   1. `ServeEx.ModelRegistry`: the models, loaded and warmed once;
-  2. `ServeEx.HTTP`: live, ready and metrics, up even while the broker is not;
+  2. `ServeEx.HTTP.Waiters`, then `ServeEx.HTTP`: the HTTP handlers waiting for
+     replies, counted by monitor; live, ready and metrics, up even while the broker is
+     not;
   3. `ServeEx.Connection`: the consuming connection, reconnecting with backoff;
   4. `ServeEx.ReplyConnection` (a second `ServeEx.Connection`): the one replies are
      published on, so that a broker-side close of the reply path never takes the
@@ -34,6 +36,7 @@ defmodule ServeEx.Application do
 
       children = [
         {ServeEx.ModelRegistry, {config.model_dir, config.model_poll_ms}},
+        ServeEx.HTTP.Waiters,
         {ServeEx.HTTP, config},
         Supervisor.child_spec(
           {Connection, url: config.amqp_url, queue: config.request_queue, amqp: config.amqp},

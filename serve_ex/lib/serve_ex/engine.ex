@@ -122,7 +122,8 @@ defmodule ServeEx.Engine do
   A text request: `top_k` nil samples from the whole vocabulary; `deadline_ms` is Unix
   ms or nil; `stream`, if `{pid, tag}`, makes the engine send the new text to pid as
   `{:stream_chunk, tag, text}` messages while it generates (every 8 tokens, and the
-  rest just before it returns).
+  rest just before it returns); `waiter`, if a pid, is the process that waits for the
+  result (an HTTP handler): once it is gone, the generation stops between tokens.
   """
   @type text_request :: %{
           prompt: String.t(),
@@ -131,16 +132,24 @@ defmodule ServeEx.Engine do
           top_k: pos_integer() | nil,
           seed: non_neg_integer(),
           deadline_ms: non_neg_integer() | nil,
-          stream: {pid(), term()} | nil
+          stream: {pid(), term()} | nil,
+          waiter: pid() | nil
         }
 
   @doc """
   A text request with these defaults: greedy, whole vocabulary, seed 0, no deadline,
-  no streaming.
+  no streaming, no waiter but the caller.
   """
   @spec text_request(String.t(), pos_integer(), keyword()) :: text_request()
   def text_request(prompt, max_new_tokens, opts \\ []) do
-    defaults = [temperature: 0.0, top_k: nil, seed: 0, deadline_ms: nil, stream: nil]
+    defaults = [
+      temperature: 0.0,
+      top_k: nil,
+      seed: 0,
+      deadline_ms: nil,
+      stream: nil,
+      waiter: nil
+    ]
 
     Map.merge(
       %{prompt: prompt, max_new_tokens: max_new_tokens},
@@ -150,8 +159,8 @@ defmodule ServeEx.Engine do
 
   @doc """
   One text per request. Each generation stops between tokens when its deadline passes
-  (`{:error, {:deadline_exceeded, _}}`) or when the calling process has been killed
-  (nobody would read the result).
+  (`{:error, {:deadline_exceeded, _}}`) or when the calling process, or its waiter,
+  is gone (nobody would read the result).
   """
   @spec generate_text_batch(t(), [text_request()]) :: [{:ok, String.t()} | {:error, reason()}]
   def generate_text_batch(%__MODULE__{ref: ref}, requests),

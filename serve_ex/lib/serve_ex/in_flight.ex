@@ -27,7 +27,7 @@ defmodule ServeEx.InFlight do
   @spec count() :: integer()
   def count, do: :counters.get(counter(), 1)
 
-  @doc "Counts an HTTP request in (1) or out (-1)."
+  @doc "Counts HTTP requests in (> 0) or out (< 0); `ServeEx.HTTP.Waiters` does."
   @spec add_http(integer()) :: :ok
   def add_http(n), do: :counters.add(counter(), 2, n)
 

@@ -33,7 +33,8 @@ defmodule ServeEx.HTTP.Inference do
   reply is `application/octet-stream`: the raw little-endian f32 values, with headers
   `x-dtype: f32`, `x-shape: rows,cols` and `x-fields` (`data`, or `mu,logvar`).
   """
-  alias ServeEx.{InFlight, Message, Reply, Request, Status, StreamCursor}
+  alias ServeEx.{Message, Reply, Request, Status, StreamCursor}
+  alias ServeEx.HTTP.Waiters
   alias ServeEx.Pipeline.Processor
 
   # Without a deadline, the longest a handler waits: a 1,024-token generation queued
@@ -128,13 +129,13 @@ defmodule ServeEx.HTTP.Inference do
       route: {:cowboy_req.binding(:model, req), :cowboy_req.binding(:op, req)}
     }
 
-    InFlight.add_http(1)
+    :ok = Waiters.enter()
 
     try do
       :ok = Processor.handle_message(message, "")
       await_reply(req, ref, deadline, cursor)
     after
-      InFlight.add_http(-1)
+      Waiters.leave()
     end
   end
 

@@ -42,6 +42,14 @@ defmodule ServeEx.Pipeline.Batcher do
   def lanes(%{arch: :gpt}), do: [:short, :long]
   def lanes(_model), do: [:short]
 
+  @doc "The admission keys of a model: one per lane (`ServeEx.Admission`)."
+  @spec admission_keys(ServeEx.Engine.t()) :: [ServeEx.Admission.key()]
+  def admission_keys(model), do: for(lane <- lanes(model), do: {model.id, lane})
+
+  @doc "The admission key of a validated message: its model's lane for it."
+  @spec admission_key(ServeEx.Message.t()) :: ServeEx.Admission.key()
+  def admission_key(message), do: {message.model_id, lane(message.request)}
+
   @doc "Queues a validated message on its model's batcher."
   @spec add(ServeEx.Message.t()) :: :ok
   def add(message),
@@ -54,11 +62,12 @@ defmodule ServeEx.Pipeline.Batcher do
 
   @impl true
   def init(opts) do
-    Admission.reset(opts[:model].id)
+    Admission.reset({opts[:model].id, opts[:lane]})
 
     {:ok,
      %{
        model: opts[:model],
+       lane: opts[:lane],
        size: opts[:batch_size],
        timeout: opts[:batch_timeout_ms],
        pending: [],
@@ -130,7 +139,7 @@ defmodule ServeEx.Pipeline.Batcher do
 
     compute_us = System.monotonic_time(:microsecond) - started
     Metrics.compute_time(id, compute_us)
-    Admission.release(id, state.rows, div(compute_us, 1000))
+    Admission.release({id, state.lane}, state.rows, div(compute_us, 1000))
     %{state | pending: [], rows: 0, timer: nil}
   end
 
@@ -204,7 +213,8 @@ defmodule ServeEx.Pipeline.Batcher do
           top_k: a.top_k,
           seed: a.seed || stream_seed(m),
           deadline_ms: m.deadline,
-          stream: if(a.stream, do: stream_target(m))
+          stream: if(a.stream, do: stream_target(m)),
+          waiter: waiter(m)
         )
       end
 
@@ -234,6 +244,10 @@ defmodule ServeEx.Pipeline.Batcher do
       pid -> {pid, {m.acknowledger, m.reply_to, m.correlation_id}}
     end
   end
+
+  # The HTTP handler that waits for the reply: a generation stops once it hangs up.
+  defp waiter(%{acknowledger: {:http, pid, _ref}}), do: pid
+  defp waiter(_message), do: nil
 
   defp f32_rows([first | _] = rows, encoding) do
     {for(row <- rows, v <- row, into: <<>>, do: <<v::float-32-little>>), length(first), encoding}

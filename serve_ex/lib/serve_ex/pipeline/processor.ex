@@ -86,7 +86,7 @@ defmodule ServeEx.Pipeline.Processor do
   end
 
   defp admit(message) do
-    case Admission.admit(message.model_id, message.request.rows) do
+    case Admission.admit(Batcher.admission_key(message), message.request.rows) do
       :ok -> :ok
       {:overloaded, retry_after_ms} -> {:overloaded, message, retry_after_ms}
     end

@@ -33,7 +33,7 @@ defmodule ServeEx.Pipeline.Supervisor do
     {size, timeout} = :persistent_term.get({__MODULE__, :batching}, {64, 0})
 
     ServeEx.Admission.setup(
-      [model.id],
+      Batcher.admission_keys(model),
       :persistent_term.get({ServeEx.Admission, :max_rows}, 8 * size)
     )
 
@@ -50,7 +50,8 @@ defmodule ServeEx.Pipeline.Supervisor do
   @impl true
   def init(config) do
     models = ModelRegistry.models()
-    ServeEx.Admission.setup(Map.keys(models), config.max_queued_rows)
+    keys = models |> Map.values() |> Enum.flat_map(&Batcher.admission_keys/1)
+    ServeEx.Admission.setup(keys, config.max_queued_rows)
 
     batchers =
       for {_id, model} <- models, lane <- Batcher.lanes(model) do
