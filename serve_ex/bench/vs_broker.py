@@ -22,11 +22,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-SERVE_EX = Path(__file__).resolve().parents[1]
-REPO = SERVE_EX.parent
-sys.path.insert(0, str(SERVE_EX / "scripts"))
-import report  # noqa: E402
-from service import Service, vm_flags  # noqa: E402
+import report
+from serve_harness import REPO, SERVE_EX
+from serve_harness.service import Service, vm_flags
 
 NOOP, LIKE_SERVE_EX = "no-op (ceiling)", "no-op like serve_ex"
 MIX_ENV = {**os.environ, "MIX_HOME": str(REPO / ".mix"), "HEX_HOME": str(REPO / ".mix" / "hex")}

@@ -5,14 +5,12 @@ requests through RabbitMQ with the Python client, show the replies, stop it.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_client import Client, save_grid, tensor, text  # noqa: E402
-from service import Service  # noqa: E402
+from serve_client import Client, save_grid, tensor, text
+from serve_harness.service import Service
 
 
 def main() -> None:

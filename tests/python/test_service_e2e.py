@@ -12,7 +12,6 @@ import random
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -24,16 +23,14 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from serve_client import Client, ServeError, http_call, http_stream, tensor
+from serve_client.aio import AsyncClient
+from serve_client.http import sse_data
+from serve_harness import kill_and_recover
+from serve_harness.load import Load
+from serve_harness.service import Service
 
 import infer_rs
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "serve_ex" / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import kill_and_recover  # noqa: E402
-from serve_client import Client, ServeError, http_call, http_stream, tensor  # noqa: E402
-from serve_client.aio import AsyncClient  # noqa: E402
-from serve_client.http import sse_data  # noqa: E402
-from service import Service  # noqa: E402
 
 REPLY_SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "shared_schema/wire/reply.schema.json").read_text()
@@ -207,7 +204,7 @@ def test_replies_survive_the_broker_closing_the_reply_connection(trained, tmp_pa
     caught = re.compile(r"reply channel closed .* with (\d+) replies unconfirmed")
     with Service(trained["vae"].parent, queue, log) as node:
         name = f"ServeEx.ReplyConnection on {node.node}@"
-        load = kill_and_recover.Load(trained["vae"].parent, queue)
+        load = Load(trained["vae"].parent, queue)
         closer: threading.Thread | None = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -8,18 +8,13 @@ anywhere but a legitimate reply queue.
 import base64
 import json
 import os
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pika
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "serve_ex" / "scripts"))
-from serve_client import Client, tensor  # noqa: E402
-from service import Service  # noqa: E402
+from serve_client import Client, tensor
+from serve_harness.service import Service
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEAD_LETTER_EXCHANGE = "serve_ex.dlx"

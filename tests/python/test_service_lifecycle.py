@@ -11,7 +11,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,17 +19,15 @@ import numpy as np
 import pika
 import pytest
 import torch
+from serve_client import Client, tensor
+from serve_client.replies import FrameOrder
+from serve_harness.service import Service, free_port, http_json
+from serve_harness.two_nodes import DRAIN_TIMEOUT_S, stop_one_under_load
 
 import infer_rs
+from train.export import export, load
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "serve_ex" / "scripts"))
-from serve_client import Client, tensor  # noqa: E402
-from serve_client.replies import FrameOrder  # noqa: E402
-from service import Service, free_port, http_json  # noqa: E402
-from two_nodes import DRAIN_TIMEOUT_S, stop_one_under_load  # noqa: E402
-
-from train.export import export, load  # noqa: E402
 
 
 def wait_for(condition, timeout: float, what: str) -> None:

@@ -26,8 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-SERVE_EX = Path(__file__).resolve().parents[1]
-REPO = SERVE_EX.parent
+from serve_harness import REPO, SERVE_EX
 
 
 def vm_flags() -> str:

@@ -1,6 +1,6 @@
 """Two serve_ex nodes on one request queue: competing consumers, as replicas would be.
 
-    python serve_ex/scripts/two_nodes.py --models artifacts
+    python -m serve_harness.two_nodes --models artifacts
 
 1. Throughput: VAE generate (n=1) with 64 requests in flight for a few seconds against
    one node, then against two, in req/s (both nodes share this machine's cores).
@@ -23,9 +23,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kill_and_recover import Load  # noqa: E402
-from service import Service  # noqa: E402
+from serve_harness.load import Load
+from serve_harness.service import Service
 
 DRAIN_TIMEOUT_S = 10
 
