@@ -1,6 +1,11 @@
-//! C ABI over `infer_core`; the header is `include/infer_rs.h`. Errors map to an
-//! `InferStatus` code in one place ([`status_of`]) and leave their message in a
-//! thread-local slot read by `infer_last_error`. Every entry point catches panics.
+//! C ABI over `infer_core`. Errors map to an `InferStatus` code in one place
+//! ([`status_of`]) and leave their message in a thread-local slot read by
+//! `infer_last_error`. Every entry point catches panics.
+//!
+//! The header, `include/infer_rs.h`, is cbindgen's output for this file under
+//! `cbindgen.toml`, with the version macros of the crate's version: the doc comments here
+//! are its comments. `cargo test -p infer_rs_c` fails when the two differ;
+//! `INFER_RS_WRITE_HEADER=1 cargo test -p infer_rs_c` writes the header anew.
 
 use infer_core::{Arch, InferError, Matrix, Model, Rows, Sampling};
 use std::cell::RefCell;
@@ -8,31 +13,42 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
+/// What a call did: `INFER_OK`, or why it failed (`infer_last_error()` says more).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // the C names, which cbindgen copies
 pub enum InferStatus {
-    Ok = 0,
-    Io = 1,
-    Corrupt = 2,
-    Metadata = 3,
-    Tensor = 4,
-    Argument = 5,
-    TooLarge = 6,
-    Compute = 7,
-    Null = 8,
-    Panic = 9,
+    INFER_OK = 0,
+    /// the file could not be read
+    INFER_ERR_IO = 1,
+    /// not a valid safetensors file
+    INFER_ERR_CORRUPT = 2,
+    /// missing or invalid metadata, unknown architecture or version
+    INFER_ERR_METADATA = 3,
+    /// missing, unexpected, misshapen or non-f32 tensor
+    INFER_ERR_TENSOR = 4,
+    /// invalid argument, an op the model's architecture lacks, or a bad INFER_RS_ISA
+    INFER_ERR_ARGUMENT = 5,
+    /// a size above its limit
+    INFER_ERR_TOO_LARGE = 6,
+    /// the tensor library failed
+    INFER_ERR_COMPUTE = 7,
+    /// a required pointer was NULL, or a string not UTF-8
+    INFER_ERR_NULL = 8,
+    /// a bug in the engine; the call was contained
+    INFER_ERR_PANIC = 9,
 }
 
-/// Row-major f32 output owned by the caller until `infer_matrix_free`.
+/// A loaded model, opaque; free it with infer_model_free.
+pub struct InferModel(Model);
+
+/// Row-major f32 output; free it with infer_matrix_free (or infer_vae_free).
 #[repr(C)]
 pub struct InferMatrix {
     pub data: *mut f32,
     pub rows: usize,
     pub cols: usize,
 }
-
-/// An opaque loaded model.
-pub struct InferModel(Model);
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -46,22 +62,22 @@ fn set_error(message: &str) {
 /// The one mapping from core errors to status codes.
 fn status_of(err: &InferError) -> InferStatus {
     match err {
-        InferError::Io { .. } => InferStatus::Io,
-        InferError::Corrupt { .. } => InferStatus::Corrupt,
+        InferError::Io { .. } => InferStatus::INFER_ERR_IO,
+        InferError::Corrupt { .. } => InferStatus::INFER_ERR_CORRUPT,
         InferError::MissingMetadata { .. }
         | InferError::BadMetadata { .. }
         | InferError::UnknownArchitecture { .. }
-        | InferError::UnsupportedSchemaVersion { .. } => InferStatus::Metadata,
+        | InferError::UnsupportedSchemaVersion { .. } => InferStatus::INFER_ERR_METADATA,
         InferError::TensorNotFound { .. }
         | InferError::UnexpectedTensor { .. }
         | InferError::ShapeMismatch { .. }
-        | InferError::UnsupportedDtype { .. } => InferStatus::Tensor,
+        | InferError::UnsupportedDtype { .. } => InferStatus::INFER_ERR_TENSOR,
         InferError::InvalidArgument(_)
         | InferError::WrongArchitecture { .. }
-        | InferError::UnsupportedIsa { .. } => InferStatus::Argument,
-        InferError::TooLarge { .. } => InferStatus::TooLarge,
+        | InferError::UnsupportedIsa { .. } => InferStatus::INFER_ERR_ARGUMENT,
+        InferError::TooLarge { .. } => InferStatus::INFER_ERR_TOO_LARGE,
         // the C ABI runs generations unwatched: a stop cannot happen through it
-        InferError::Compute(_) | InferError::Stopped { .. } => InferStatus::Compute,
+        InferError::Compute(_) | InferError::Stopped { .. } => InferStatus::INFER_ERR_COMPUTE,
     }
 }
 
@@ -70,7 +86,7 @@ fn guarded(body: impl FnOnce() -> Result<(), (InferStatus, String)>) -> InferSta
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => {
             set_error("");
-            InferStatus::Ok
+            InferStatus::INFER_OK
         }
         Ok(Err((status, message))) => {
             set_error(&message);
@@ -78,7 +94,7 @@ fn guarded(body: impl FnOnce() -> Result<(), (InferStatus, String)>) -> InferSta
         }
         Err(_) => {
             set_error("the engine panicked; this is a bug");
-            InferStatus::Panic
+            InferStatus::INFER_ERR_PANIC
         }
     }
 }
@@ -88,7 +104,7 @@ fn core<T>(result: infer_core::Result<T>) -> Result<T, (InferStatus, String)> {
 }
 
 fn null(what: &str) -> (InferStatus, String) {
-    (InferStatus::Null, format!("{what} is NULL"))
+    (InferStatus::INFER_ERR_NULL, format!("{what} is NULL"))
 }
 
 /// # Safety
@@ -99,7 +115,7 @@ unsafe fn utf8<'a>(text: *const c_char, what: &str) -> Result<&'a str, (InferSta
     }
     CStr::from_ptr(text)
         .to_str()
-        .map_err(|_| (InferStatus::Null, format!("{what} is not UTF-8")))
+        .map_err(|_| (InferStatus::INFER_ERR_NULL, format!("{what} is not UTF-8")))
 }
 
 fn write_matrix(m: Matrix, out: &mut InferMatrix) {
@@ -109,6 +125,8 @@ fn write_matrix(m: Matrix, out: &mut InferMatrix) {
     out.data = Box::into_raw(data).cast::<f32>();
 }
 
+/// Load and check a model. On success *out owns it; free with infer_model_free.
+///
 /// # Safety
 /// `path` is a NUL-terminated string; `out` points to writable storage for a pointer.
 #[no_mangle]
@@ -125,6 +143,8 @@ pub unsafe extern "C" fn infer_model_load(
     })
 }
 
+/// Free a model (NULL is a no-op).
+///
 /// # Safety
 /// `model` is NULL or came from `infer_model_load` and is freed once.
 #[no_mangle]
@@ -134,6 +154,8 @@ pub unsafe extern "C" fn infer_model_free(model: *mut InferModel) {
     }
 }
 
+/// "vae", "wgan" or "gpt" (a static string), or NULL for a NULL model.
+///
 /// # Safety
 /// `model` is NULL or a live model.
 #[no_mangle]
@@ -146,6 +168,8 @@ pub unsafe extern "C" fn infer_model_arch(model: *const InferModel) -> *const c_
     }
 }
 
+/// n images from seed (VAE in [0, 1], WGAN in [-1, 1]).
+///
 /// # Safety
 /// `model` is a live model; `out` points to an `InferMatrix`.
 #[no_mangle]
@@ -163,6 +187,8 @@ pub unsafe extern "C" fn infer_generate(
     })
 }
 
+/// Images from `rows` latent rows of width `cols` (row-major).
+///
 /// # Safety
 /// `z` points to `rows * cols` floats; `model` is live; `out` points to an `InferMatrix`.
 #[no_mangle]
@@ -179,15 +205,19 @@ pub unsafe extern "C" fn infer_decode(
         if z.is_null() {
             return Err(null("z"));
         }
-        let count = rows
-            .checked_mul(cols)
-            .ok_or((InferStatus::TooLarge, "rows * cols overflows".into()))?;
+        let count = rows.checked_mul(cols).ok_or((
+            InferStatus::INFER_ERR_TOO_LARGE,
+            "rows * cols overflows".into(),
+        ))?;
         let data = std::slice::from_raw_parts(z, count);
         write_matrix(core(model.0.decode(Rows { data, width: cols }))?, out);
         Ok(())
     })
 }
 
+/// GPT: prompt plus up to max_new_tokens characters; temperature 0 is greedy, top_k 0 keeps
+/// all. *out is a NUL-terminated UTF-8 string; free it with infer_string_free.
+///
 /// # Safety
 /// `model` is live; `prompt` is a NUL-terminated UTF-8 string; `out` points to a `char*`.
 #[no_mangle]
@@ -214,13 +244,19 @@ pub unsafe extern "C" fn infer_generate_text(
                 .0
                 .generate_text(utf8(prompt, "prompt")?, max_new_tokens, sampling),
         )?;
-        let text = CString::new(text)
-            .map_err(|_| (InferStatus::Argument, "generated text holds a NUL".into()))?;
+        let text = CString::new(text).map_err(|_| {
+            (
+                InferStatus::INFER_ERR_ARGUMENT,
+                "generated text holds a NUL".into(),
+            )
+        })?;
         *out = text.into_raw();
         Ok(())
     })
 }
 
+/// Free a matrix's data and zero it (NULL is a no-op).
+///
 /// # Safety
 /// `m` is NULL or a matrix filled by this library and not yet freed.
 #[no_mangle]
@@ -236,6 +272,8 @@ pub unsafe extern "C" fn infer_matrix_free(m: *mut InferMatrix) {
     }
 }
 
+/// Free a string this library returned (NULL is a no-op).
+///
 /// # Safety
 /// `s` is NULL or a string returned by this library and not yet freed.
 #[no_mangle]
@@ -245,16 +283,33 @@ pub unsafe extern "C" fn infer_string_free(s: *mut c_char) {
     }
 }
 
-/// The message of this thread's last failure; valid until its next call here.
+/// The message of this thread's last failure ("" if none); valid until its next call here.
 #[no_mangle]
 pub extern "C" fn infer_last_error() -> *const c_char {
     LAST_ERROR.with(|slot| slot.borrow().as_ptr())
 }
 
+/// "MAJOR.MINOR.PATCH" of the library (a static string); the INFER_RS_VERSION_* macros
+/// give the version of the header a program was built with.
+#[no_mangle]
+pub extern "C" fn infer_version() -> *const c_char {
+    const VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        ".",
+        env!("CARGO_PKG_VERSION_MINOR"),
+        ".",
+        env!("CARGO_PKG_VERSION_PATCH"),
+        "\0"
+    );
+    VERSION.as_ptr().cast()
+}
+
+/// One call: load the VAE at path and generate n images.
+///
 /// # Safety
 /// `path` is a NUL-terminated string; `out` points to an `InferMatrix`.
 #[no_mangle]
-pub unsafe extern "C" fn vae_generate(
+pub unsafe extern "C" fn infer_vae_generate(
     path: *const c_char,
     n: usize,
     seed: u64,
@@ -270,68 +325,11 @@ pub unsafe extern "C" fn vae_generate(
     })
 }
 
+/// Free what infer_vae_generate returned (the same as infer_matrix_free).
+///
 /// # Safety
 /// As `infer_matrix_free`.
 #[no_mangle]
-pub unsafe extern "C" fn vae_free(m: *mut InferMatrix) {
+pub unsafe extern "C" fn infer_vae_free(m: *mut InferMatrix) {
     infer_matrix_free(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::InferStatus;
-
-    /// Each status's name in `include/infer_rs.h`. The match is exhaustive: a new
-    /// variant does not compile until it has a name here (and a line in `ALL`).
-    fn header_name(status: InferStatus) -> &'static str {
-        match status {
-            InferStatus::Ok => "INFER_OK",
-            InferStatus::Io => "INFER_ERR_IO",
-            InferStatus::Corrupt => "INFER_ERR_CORRUPT",
-            InferStatus::Metadata => "INFER_ERR_METADATA",
-            InferStatus::Tensor => "INFER_ERR_TENSOR",
-            InferStatus::Argument => "INFER_ERR_ARGUMENT",
-            InferStatus::TooLarge => "INFER_ERR_TOO_LARGE",
-            InferStatus::Compute => "INFER_ERR_COMPUTE",
-            InferStatus::Null => "INFER_ERR_NULL",
-            InferStatus::Panic => "INFER_ERR_PANIC",
-        }
-    }
-
-    const ALL: [InferStatus; 10] = [
-        InferStatus::Ok,
-        InferStatus::Io,
-        InferStatus::Corrupt,
-        InferStatus::Metadata,
-        InferStatus::Tensor,
-        InferStatus::Argument,
-        InferStatus::TooLarge,
-        InferStatus::Compute,
-        InferStatus::Null,
-        InferStatus::Panic,
-    ];
-
-    /// The hand-written header's `InferStatus` enum has exactly the Rust enum's names and
-    /// values, in order.
-    #[test]
-    fn the_header_status_enum_is_the_rust_enum() {
-        let header = include_str!("../include/infer_rs.h");
-        let in_header: Vec<(String, i32)> = header
-            .lines()
-            .filter_map(|line| {
-                let (name, rest) = line.trim().split_once(" = ")?;
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                Some((name.to_string(), digits.parse().ok()?))
-            })
-            .filter(|(name, _)| name.starts_with("INFER_"))
-            .collect();
-        let in_rust: Vec<(String, i32)> = ALL
-            .iter()
-            .map(|&status| (header_name(status).to_string(), status as i32))
-            .collect();
-        assert_eq!(in_header, in_rust);
-        // the values run 0..N with no gap, so ALL cannot have left one out
-        assert!(ALL.iter().enumerate().all(|(i, &s)| s as usize == i));
-        assert_eq!(ALL.len(), InferStatus::Panic as usize + 1);
-    }
 }

@@ -1,4 +1,5 @@
-/* The C ABI end to end: load, generate, decode, text, every error path, and freeing.
+/* The C ABI end to end: load, generate, decode, text, every error path, freeing, and the
+ * version.
  * Run under valgrind by `make c-test`; argv[1] is shared_schema/golden. */
 #include "infer_rs.h"
 
@@ -211,7 +212,7 @@ static void test_errors(const char *dir) {
 
     path_of(path, sizeof path, dir, "gpt_tiny");
     InferMatrix m = {0};
-    CHECK(vae_generate(path, 2, 0, &m) == INFER_ERR_ARGUMENT, "vae_generate on a GPT");
+    CHECK(infer_vae_generate(path, 2, 0, &m) == INFER_ERR_ARGUMENT, "infer_vae_generate on a GPT");
     infer_model_free(NULL);
     infer_matrix_free(NULL);
     infer_string_free(NULL);
@@ -221,9 +222,17 @@ static void test_one_call(const char *dir) {
     char path[1024];
     path_of(path, sizeof path, dir, "vae_tiny");
     InferMatrix m = {0};
-    CHECK(vae_generate(path, 4, 7, &m) == INFER_OK, "vae_generate: %s", infer_last_error());
-    CHECK(m.rows == 4 && m.cols == 16, "vae_generate shape");
-    vae_free(&m);
+    CHECK(infer_vae_generate(path, 4, 7, &m) == INFER_OK, "infer_vae_generate: %s", infer_last_error());
+    CHECK(m.rows == 4 && m.cols == 16, "infer_vae_generate shape");
+    infer_vae_free(&m);
+}
+
+/* The library's version is the one in the header this test was built with. */
+static void test_version(void) {
+    char want[64];
+    snprintf(want, sizeof want, "%d.%d.%d", INFER_RS_VERSION_MAJOR, INFER_RS_VERSION_MINOR,
+             INFER_RS_VERSION_PATCH);
+    CHECK(strcmp(infer_version(), want) == 0, "infer_version() %s, macros %s", infer_version(), want);
 }
 
 int main(int argc, char **argv) {
@@ -236,6 +245,7 @@ int main(int argc, char **argv) {
     test_gpt(argv[1]);
     test_errors(argv[1]);
     test_one_call(argv[1]);
+    test_version();
     printf("%d passed, %d failed\n", checks - failures, failures);
     return failures ? 1 : 0;
 }
