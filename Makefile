@@ -143,10 +143,10 @@ golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 	$(PY) -m train.golden
 
 gpu-check: $(STAMP)  ## on a CUDA machine: train each model briefly, throughput and loss against the reference figures
-	$(PY) -m train.gpu_check $(ARGS)
+	$(PY) -m train.bench.gpu_check $(ARGS)
 
 quality: $(STAMP)  ## the quality benchmark (about 8 minutes): held-out losses, throughput, FID
-	$(PY) -m train.quality --threads $(THREADS)
+	$(PY) -m train.bench.quality --threads $(THREADS)
 
 bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch at 1, 2 and all cores, then batched text generation [ARGS="--threads 1 8" or "--quick"]
 	$(PY) infer_rs/bench/vs_torch.py --artifacts artifacts $(ARGS)

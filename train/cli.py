@@ -20,8 +20,9 @@ from train.batches import ImageBatches, TextBatches
 from train.data import load_images, load_text
 from train.distributed import first_rank, join, leave
 from train.errors import TrainError
-from train.export import ARCHITECTURES, export
+from train.export import export
 from train.flags import add_flags, build, flag_name, given
+from train.models import ARCHITECTURES
 from train.presets import MODELS, Preset
 from train.runtime import RuntimeConfig, autocast_dtype, resolve_device
 from train.trainer import CHECKPOINT, METRICS, TrainConfig, Trainer, seed_everything
@@ -113,38 +114,36 @@ def build_model(args: argparse.Namespace, cfg: TrainConfig):
 
 
 def write_samples(model, batches, run_dir: Path, name: str, prompt: str) -> list[Path]:
+    """Samples on a fixed seed: a text model's to samples.txt, an image model's to samples.png,
+    and a model that reconstructs its held-out images to recon.png."""
     gen = torch.Generator().manual_seed(1234)
-    if model.arch == "gpt":
-        if set(prompt) - set(model.cfg.vocab):
-            prompt = model.cfg.vocab[0]
-        idx = model.encode(prompt)[None, :]
-        greedy = model.decode(model.generate(idx, 300)[0])
-        sampled = model.sample(2, gen, prompt=prompt, length=500)
-        path = run_dir / "samples.txt"
-        path.write_text(
-            f"=== greedy ===\n{greedy}\n\n"
-            + "".join(
-                f"=== temperature 0.8, top-k 20, sample {i + 1} ===\n{s}\n\n" for i, s in enumerate(sampled)
-            )
-        )
-        return [path]
+    if model.data == "text":
+        return [write_text_samples(model, gen, run_dir / "samples.txt", prompt)]
     images = model.sample(100, gen).numpy()
     paths = [plots.image_grid(images, run_dir / "samples.png", f"{name}: 100 samples")]
-    if model.arch == "vae":
-        x = batches.val_x[:50]
-        y = batches.val_y[:50]
-        with torch.no_grad():
-            mu, _ = model.encode(x, y)
-            x_hat = model.decode(mu, y)
+    if hasattr(model, "reconstruct"):
+        x, y = batches.val_x[:50], batches.val_y[:50]
+        title = f"{name}: held-out digits (odd rows) and reconstructions"
         paths.append(
-            plots.reconstructions(
-                x.numpy(),
-                x_hat.numpy(),
-                run_dir / "recon.png",
-                f"{name}: held-out digits (odd rows) and reconstructions",
-            )
+            plots.reconstructions(x.numpy(), model.reconstruct(x, y).numpy(), run_dir / "recon.png", title)
         )
     return paths
+
+
+def write_text_samples(model, gen: torch.Generator, path: Path, prompt: str) -> Path:
+    """The greedy continuation of the prompt and two sampled ones; a prompt the vocabulary
+    cannot spell gives way to its first character."""
+    if set(prompt) - set(model.cfg.vocab):
+        prompt = model.cfg.vocab[0]
+    greedy = model.sample(1, gen, prompt=prompt, length=300, temperature=0.0)[0]
+    sampled = model.sample(2, gen, prompt=prompt, length=500)
+    path.write_text(
+        f"=== greedy ===\n{greedy}\n\n"
+        + "".join(
+            f"=== temperature 0.8, top-k 20, sample {i + 1} ===\n{s}\n\n" for i, s in enumerate(sampled)
+        )
+    )
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

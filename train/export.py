@@ -20,12 +20,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from train.errors import TrainError
-from train.models.gpt import GPT
-from train.models.vae import VAE
-from train.models.wgan import WGANGP
+from train.models import ARCHITECTURES
 
 SCHEMA_VERSION = 1
-ARCHITECTURES = {network.arch: network for network in (VAE, WGANGP, GPT)}
 
 
 def exported_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

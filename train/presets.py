@@ -2,7 +2,7 @@
 sizes that differ from the network's config defaults, and its training recipe.
 
 The CLI's flags override these; the run summary records the recipe in words (which
-`train.quality` prints), and the export records the config that was built.
+`train.bench.quality` prints), and the export records the config that was built.
 """
 
 from __future__ import annotations

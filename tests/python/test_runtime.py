@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from train import gpu_check
+from train.bench import gpu_check
 from train.cli import main, parse_args, runtime_config
 from train.errors import TrainError
 from train.runtime import RuntimeConfig, autocast_dtype, resolve_device

@@ -8,10 +8,10 @@ import torch
 from interrupt import crash_after_first_checkpoint
 
 from train.batches import ImageBatches
+from train.bench.overhead import FirstSteps, plain_loop, trainer_loop
 from train.cli import build_model, parse_args, train_config
 from train.models.vae import VAE, VAEConfig
 from train.models.wgan import WGANGP, WGANConfig
-from train.overhead import FirstSteps, plain_loop, trainer_loop
 from train.schedule import clip_global_norm, warmup_cosine
 from train.trainer import CHECKPOINT, TrainConfig, Trainer, seed_everything
 
@@ -94,7 +94,7 @@ def test_without_a_terminal_one_line_per_epoch(small_images, tmp_path, capsys):
 
 
 def test_the_overhead_benchmark_compares_like_with_like(tmp_path):
-    """`train.overhead`'s plain loop and the trainer, from the same weights, batches and
+    """`train.bench.overhead`'s plain loop and the trainer, from the same weights, batches and
     random state at a constant learning rate, end on the same weights bit for bit: the
     ratio it reports is the trainer's bookkeeping, not different math."""
     args = parse_args(["--model", "vae", "--hidden", "16", "--min-lr-ratio", "1", "--device", "cpu"])

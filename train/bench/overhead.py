@@ -7,7 +7,7 @@ schedule, metric records, time-budget checks and logs. Both run the same number 
 the same batches; passes alternate, so drift on a shared machine hits both alike, and the
 median rates are compared.
 
-    python -m train.overhead [--threads 2] [--steps 40] [--rounds 3]
+    python -m train.bench.overhead [--threads 2] [--steps 40] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def measure(threads: int, steps: int, rounds: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m train.overhead", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.bench.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=40, help="steps per pass")
     p.add_argument("--rounds", type=int, default=3, help="passes of each loop")
