@@ -142,7 +142,9 @@ def test_http_errors_map_to_statuses(service, model, op, body, status, code):
 def test_http_deadlines_and_methods(service):
     base = f"http://127.0.0.1:{service.port}"
     request = urllib.request.Request(
-        f"{base}/v1/models/vae/generate", data=b'{"n": 1}', headers={"x-deadline-ms": "1000"}
+        f"{base}/v1/models/vae/generate",
+        data=b'{"n": 1}',
+        headers={"x-deadline-ms": "1000", "content-type": "application/json"},
     )
     with pytest.raises(urllib.error.HTTPError) as late:
         urllib.request.urlopen(request, timeout=10)
@@ -150,6 +152,33 @@ def test_http_deadlines_and_methods(service):
     with pytest.raises(urllib.error.HTTPError) as get:
         urllib.request.urlopen(f"{base}/v1/models/vae/generate", timeout=10)
     assert get.value.code == 405 and get.value.headers["allow"] == "POST"
+
+
+def test_http_refuses_other_content_types_and_hosts(service):
+    """415 for a body that is not sent as JSON (a form post, as curl -d sends it); 421
+    for a Host that is not one of HTTP_HOSTS (a page reaching loopback through DNS
+    rebinding names its own host), on inference and metrics alike; health answers."""
+
+    def status(path: str, headers: dict, body: bytes | None = b'{"n": 1}') -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        try:
+            conn.request("POST" if body else "GET", path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    json_type = {"content-type": "application/json"}
+    assert status("/v1/models/vae/generate", json_type) == 200
+    assert status("/v1/models/vae/generate", {"content-type": "application/json; charset=utf-8"}) == 200
+    assert status("/v1/models/vae/generate", {"content-type": "application/x-www-form-urlencoded"}) == 415
+    assert status("/v1/models/vae/generate", {}) == 415
+    rebound = {"host": f"attacker.example:{service.port}"}
+    assert status("/v1/models/vae/generate", {**json_type, **rebound}) == 421
+    assert status("/metrics", rebound, body=None) == 421
+    assert status("/metrics", {"host": f"localhost:{service.port}"}, body=None) == 200
+    assert status("/livez", rebound, body=None) == 200
 
 
 def test_http_chunked_bodies_are_read_up_to_the_limit_and_a_slow_one_gets_408(service):
@@ -424,6 +453,9 @@ def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
     refusals = [
         (post(last_event_id="2"), "x-request-id"),
         (post(x_request_id="resume-me", last_event_id="-1"), "frame number"),
+        # beyond the last frame any stream can have: refused before anything runs
+        (post(x_request_id="resume-me", last_event_id="1025"), "frame number from 0 to 1024"),
+        (post(x_request_id="resume-me", last_event_id="9" * 4000), "frame number"),
     ]
     for bad, named in refusals:
         with pytest.raises(urllib.error.HTTPError) as refused:

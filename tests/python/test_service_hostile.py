@@ -8,12 +8,14 @@ anywhere but a legitimate reply queue.
 import base64
 import json
 import os
+import re
+import socket
 import time
 import uuid
 
 import pika
 import pytest
-from serve_client import Client, tensor
+from serve_client import Client, http_call, tensor
 from serve_harness.service import Service
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -197,3 +199,54 @@ def test_the_largest_requests_do_not_hold_up_short_ones(service):
         assert not any(cid in client.replies for cid in long_ids), "a short request waited for the long ones"
         for cid in long_ids:
             assert client.wait(cid, timeout=300)["ok"] is True
+
+
+def hang_up_after_first_frame(port: int, body: dict) -> None:
+    """POST a streamed generation over a raw socket, read until its first frame has come
+    (the handler waits mid-generation), then close the connection without reading on."""
+    data = json.dumps({**body, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
+        raw.sendall(
+            f"POST /v1/models/gpt/generate_text HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        seen = b""
+        while b"event: chunk" not in seen:
+            got = raw.recv(4096)
+            assert got, f"the connection closed before a first frame: {seen[:200]!r}"
+            seen += got
+
+
+def largest_http_text() -> dict:
+    return {k: v for k, v in LARGEST_TEXT.items() if k not in ("model", "op")}
+
+
+def test_hung_up_generations_stop_and_leave_the_lane_to_the_next_request(service):
+    """Four of the largest generations whose HTTP clients hang up mid-stream: each stops
+    between two tokens (the engine watches the handler that waits for it), so a
+    100-token request in the same lane right after them takes well under a second (it
+    waited 7.8 s when the hung-up generations ran to their end)."""
+    for _ in range(4):
+        hang_up_after_first_frame(service.port, largest_http_text())
+    started = time.monotonic()
+    status, reply = http_call(
+        f"http://127.0.0.1:{service.port}", "gpt", "generate_text", {"prompt": "A", "max_new_tokens": 100}
+    )
+    waited = time.monotonic() - started
+    assert status == 200 and reply["ok"] is True
+    assert waited < 1.0, f"a 100-token request waited {waited:.2f} s behind hung-up generations"
+
+
+def test_sigterm_after_hang_ups_drains_at_once(trained, tmp_path):
+    """HTTP requests are counted in flight by monitor: clients that hung up are counted
+    out when cowboy kills their handlers, so a SIGTERM right after does not wait for
+    DRAIN_TIMEOUT_MS (10 s here); the node exits 0 within 3 s."""
+    queue = f"serve_ex.hangup.{uuid.uuid4().hex[:8]}"
+    node = Service(trained["gpt"].parent, queue, tmp_path / "hangup.log", DRAIN_TIMEOUT_MS="10000")
+    with node:
+        hang_up_after_first_frame(node.port, largest_http_text())
+        status, seconds = node.sigterm(timeout=30)
+    assert status == 0 and seconds < 3.0, (status, seconds)
+    drained = re.search(r"drained in (\d+) ms", (tmp_path / "hangup.log").read_text())
+    assert drained and int(drained[1]) < 1000, drained

@@ -392,7 +392,9 @@ fn batch_new(
     let default = Limits::default();
     let limits = Limits {
         max_sequences: limits.max_sequences.unwrap_or(default.max_sequences),
-        max_cached_tokens: limits.max_cached_tokens.unwrap_or(default.max_cached_tokens),
+        max_cached_tokens: limits
+            .max_cached_tokens
+            .unwrap_or(default.max_cached_tokens),
         prefill_chunk: limits.prefill_chunk.unwrap_or(default.prefill_chunk),
     };
     let batch = model.model.gpt().and_then(|gpt| gpt.decoding_batch(limits));

@@ -19,6 +19,7 @@ defmodule ServeEx.Config do
   | `DRAIN_TIMEOUT_MS` | `10000` | on SIGTERM or `ServeEx.stop/0`, how long in-flight work may take to finish before it is requeued |
   | `HTTP_IP` | `127.0.0.1` | address of the HTTP endpoint (inference, health, metrics) |
   | `HTTP_PORT` | `9090` | its port |
+  | `HTTP_HOSTS` | `localhost,127.0.0.1,[::1]` | the names the `Host` header of an inference or metrics request may give (any port), comma-separated; others get 421, so that a web page cannot reach the endpoint through DNS rebinding |
 
   One setting is not an environment variable: `amqp`, the module that speaks AMQP
   (`ServeEx.AMQP.Client`). Every process that talks to the broker takes it from here
@@ -39,6 +40,7 @@ defmodule ServeEx.Config do
                 :engine_threads,
                 :http_ip,
                 :http_port,
+                :http_hosts,
                 :reply_queue_prefix,
                 :drain_timeout_ms,
                 :max_queued_rows,
@@ -74,6 +76,7 @@ defmodule ServeEx.Config do
       engine_threads: int(env, "ENGINE_THREADS", 1, 1..System.schedulers_online()),
       http_ip: ip(env),
       http_port: int(env, "HTTP_PORT", 9090, 0..65_535),
+      http_hosts: hosts(env),
       reply_queue_prefix: reply_prefix(env),
       drain_timeout_ms: int(env, "DRAIN_TIMEOUT_MS", 10_000, 0..600_000),
       max_queued_rows: int(env, "MAX_QUEUED_ROWS", 8 * batch_size, 1..1_000_000),
@@ -139,6 +142,18 @@ defmodule ServeEx.Config do
     if valid?.(value),
       do: value,
       else: raise(ArgumentError, "#{key} must be #{rule}, got #{inspect(value)}")
+  end
+
+  defp hosts(env) do
+    env
+    |> checked(
+      "HTTP_HOSTS",
+      "localhost,127.0.0.1,[::1]",
+      &(&1 =~ ~r/\A[A-Za-z0-9.\-\[\]:]+(,[A-Za-z0-9.\-\[\]:]+)*\z/),
+      "comma-separated host names or addresses"
+    )
+    |> String.downcase()
+    |> String.split(",")
   end
 
   defp ip(env) do

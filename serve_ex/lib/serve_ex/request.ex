@@ -91,6 +91,10 @@ defmodule ServeEx.Request do
     end
   end
 
+  @doc "The most new tokens a text request may ask for (`limits.json`)."
+  @spec max_new_tokens() :: pos_integer()
+  def max_new_tokens, do: @limits["max_new_tokens"]
+
   @doc "The largest request body accepted, in bytes (`limits.json`)."
   @spec max_body_bytes() :: pos_integer()
   def max_body_bytes, do: @max_body_bytes

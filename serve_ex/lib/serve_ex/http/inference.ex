@@ -12,6 +12,8 @@ defmodule ServeEx.HTTP.Inference do
   | `malformed_request`, `unsupported_version`, `invalid_argument` | 400 |
   | `unknown_model`, `unknown_op` | 404 |
   | a method other than POST | 405 |
+  | a content type other than `application/json` | 415 |
+  | a `Host` that is not one of `HTTP_HOSTS` | 421 |
   | `too_large` (an oversized body is refused before it is read; a chunked one once it passes the limit) | 413 |
   | a body that did not all arrive within 10 s | 408 |
   | `overloaded` (with `retry-after`) | 429 |
@@ -44,9 +46,17 @@ defmodule ServeEx.HTTP.Inference do
   @grace_ms 1_000
   # How long the whole body may take to arrive.
   @body_ms 10_000
+  # The last frame number a stream can reach: a frame per new token at most, then the
+  # done frame (numbered from 0).
+  @last_frame Request.max_new_tokens()
+  @frame_digits @last_frame |> Integer.to_string() |> byte_size()
 
   @doc false
-  def init(req, state), do: {:ok, handle(req), state}
+  def init(req, hosts) do
+    if ServeEx.HTTP.served_host?(req, hosts),
+      do: {:ok, handle(req), hosts},
+      else: {:ok, ServeEx.HTTP.misdirected(req), hosts}
+  end
 
   defp handle(%{method: "POST"} = req) do
     limit = Request.max_body_bytes()
@@ -54,6 +64,9 @@ defmodule ServeEx.HTTP.Inference do
     cond do
       Status.draining?() ->
         reply(req, 503, Reply.error(:overloaded, "this node is draining; retry on another"))
+
+      not json?(:cowboy_req.parse_header("content-type", req)) ->
+        reply(req, 415, Reply.error(:malformed_request, "send the body as application/json"))
 
       # a chunked body has no length up front (:undefined); it is read up to the limit
       declared_above?(:cowboy_req.body_length(req), limit) ->
@@ -81,6 +94,9 @@ defmodule ServeEx.HTTP.Inference do
 
   defp declared_above?(length, limit), do: is_integer(length) and length > limit
 
+  defp json?({"application", "json", _params}), do: true
+  defp json?(_other), do: false
+
   defp too_large(req, limit),
     do: reply(req, 413, Reply.error(:too_large, "the body is above the limit of #{limit} bytes"))
 
@@ -106,9 +122,9 @@ defmodule ServeEx.HTTP.Inference do
         {:error, "resuming a stream (Last-Event-ID) needs the x-request-id of the first request"}
 
       {text, _} ->
-        case Integer.parse(text) do
-          {seq, ""} when seq >= 0 -> {:ok, StreamCursor.after_frame(seq)}
-          _ -> {:error, "Last-Event-ID must be a frame number (a whole number >= 0)"}
+        case byte_size(text) <= @frame_digits and Integer.parse(text) do
+          {seq, ""} when seq in 0..@last_frame -> {:ok, StreamCursor.after_frame(seq)}
+          _ -> {:error, "Last-Event-ID must be a frame number from 0 to #{@last_frame}"}
         end
     end
   end
