@@ -160,7 +160,8 @@ def test_http_refuses_other_content_types_and_hosts(service):
     rebinding names its own host), on inference and metrics alike; health answers."""
 
     def status(path: str, headers: dict, body: bytes | None = b'{"n": 1}') -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        port = service.port if path.startswith("/v1/") else service.health_port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             conn.request("POST" if body else "GET", path, body=body, headers=headers)
             response = conn.getresponse()
@@ -177,7 +178,7 @@ def test_http_refuses_other_content_types_and_hosts(service):
     rebound = {"host": f"attacker.example:{service.port}"}
     assert status("/v1/models/vae/generate", {**json_type, **rebound}) == 421
     assert status("/metrics", rebound, body=None) == 421
-    assert status("/metrics", {"host": f"localhost:{service.port}"}, body=None) == 200
+    assert status("/metrics", {"host": f"localhost:{service.health_port}"}, body=None) == 200
     assert status("/livez", rebound, body=None) == 200
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import time
+import urllib.request
 import uuid
 
 import pika
@@ -250,3 +251,44 @@ def test_sigterm_after_hang_ups_drains_at_once(trained, tmp_path):
     assert status == 0 and seconds < 3.0, (status, seconds)
     drained = re.search(r"drained in (\d+) ms", (tmp_path / "hangup.log").read_text())
     assert drained and int(drained[1]) < 1000, drained
+
+
+def test_health_answers_while_inference_is_at_its_connection_cap(trained, tmp_path):
+    """Clients that each send part of a body fill the inference listener's connections
+    (HTTP_MAX_CONNECTIONS, 8 here; ranch's cap is soft, each of its 10 acceptors may
+    start one connection past it, so 40 slow clients fill it): a further inference
+    request waits, while /livez and /readyz, on the health listener, still answer at
+    once; once the slow clients go, the waiting request is served."""
+    queue = f"serve_ex.cap.{uuid.uuid4().hex[:8]}"
+    node = Service(trained["vae"].parent, queue, tmp_path / "cap.log", HTTP_MAX_CONNECTIONS="8")
+    partial = (
+        b"POST /v1/models/vae/generate HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+    )
+    with node:
+        slow = [socket.create_connection(("127.0.0.1", node.port), timeout=30) for _ in range(40)]
+        for s in slow:
+            s.sendall(partial)
+        waiting = socket.create_connection(("127.0.0.1", node.port), timeout=30)
+        body = b'{"n": 1, "seed": 1}'
+        waiting.sendall(
+            b"POST /v1/models/vae/generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        started = time.monotonic()
+        assert node.health()["ready"] is True
+        assert urllib.request.urlopen(f"http://127.0.0.1:{node.health_port}/livez", timeout=5).status == 200
+        answered_in = time.monotonic() - started
+        waiting.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            waiting.recv(1)  # not served while the slow clients hold on
+        for s in slow:
+            s.close()
+        waiting.settimeout(30)
+        reply = b""
+        while chunk := waiting.recv(65536):
+            reply += chunk
+        waiting.close()
+    assert answered_in < 1.0, f"health took {answered_in:.2f} s with inference at its cap"
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]

@@ -44,7 +44,8 @@ def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained,
         **os.environ,
         "MODEL_DIR": str(trained["vae"].parent),
         "REQUEST_QUEUE": queue,
-        "HTTP_PORT": str(port),
+        "HTTP_PORT": str(free_port()),
+        "HEALTH_PORT": str(port),
         "ENGINE_THREADS": "1",
     }
     log = tmp_path / "make_serve.log"
@@ -156,8 +157,8 @@ def test_a_node_without_models_stays_unready_and_takes_no_requests(trained, tmp_
     idle = Service(empty, queue, tmp_path / "idle.log")
     try:
         idle.start(ready=False)
-        wait_for(lambda: http_json(idle.port, "/readyz").get("broker_connected"), 30, "the broker")
-        ready = http_json(idle.port, "/readyz")
+        wait_for(lambda: idle.health().get("broker_connected"), 30, "the broker")
+        ready = idle.health()
         assert ready["ready"] is False and ready["models"] == [] and ready["consuming"] is False
         with Client(queue=queue) as client:
             cid = client.send({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 3})
@@ -298,6 +299,7 @@ def test_a_release_whose_supervisor_gives_up_exits_non_zero(tmp_path, trained):
             "MODEL_DIR": str(trained["vae"].parent),
             "REQUEST_QUEUE": queue,
             "HTTP_PORT": str(free_port()),
+            "HEALTH_PORT": str(free_port()),
             "ERL_CRASH_DUMP": str(tmp_path / "erl_crash.dump"),  # the VM's last words, kept out of the repo
         }
         subprocess.run(["make", "--no-print-directory", "release"], cwd=REPO, check=True, capture_output=True)

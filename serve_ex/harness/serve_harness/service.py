@@ -65,7 +65,8 @@ class Service:
         cookie = self.home / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)
-        self.port = free_port()
+        self.port = free_port()  # inference
+        self.health_port = free_port()  # health and metrics
         self.log = log
         self.env = {
             **os.environ,
@@ -75,6 +76,7 @@ class Service:
             "MODEL_DIR": str(model_dir),
             "REQUEST_QUEUE": queue,
             "HTTP_PORT": str(self.port),
+            "HEALTH_PORT": str(self.health_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "ERL_FLAGS": vm_flags(),
             **env,
@@ -93,7 +95,9 @@ class Service:
             while time.monotonic() - started < timeout:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"serve_ex exited with {self.process.returncode}; see {self.log}")
-                if self.health().get("ready") or (not ready and http_json(self.port, "/livez").get("live")):
+                if self.health().get("ready") or (
+                    not ready and http_json(self.health_port, "/livez").get("live")
+                ):
                     return time.monotonic() - started
                 time.sleep(0.05)
             raise RuntimeError(f"serve_ex not ready after {timeout} s; see {self.log}")
@@ -102,10 +106,10 @@ class Service:
             raise
 
     def health(self) -> dict:
-        return http_json(self.port, "/readyz")
+        return http_json(self.health_port, "/readyz")
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
             return r.read().decode()
 
     def rpc(self, expression: str) -> str:

@@ -3,9 +3,9 @@ defmodule ServeEx.Application do
   The supervision tree, `:rest_for_one` because each child needs the ones before it:
 
   1. `ServeEx.ModelRegistry`: the models, loaded and warmed once;
-  2. `ServeEx.HTTP.Waiters`, then `ServeEx.HTTP`: the HTTP handlers waiting for
-     replies, counted by monitor; live, ready and metrics, up even while the broker is
-     not;
+  2. `ServeEx.HTTP.Waiters`, then the listeners of `ServeEx.HTTP`: the HTTP handlers
+     waiting for replies, counted by monitor; health and metrics, up even while the
+     broker is not, on a listener of their own; inference;
   3. `ServeEx.Connection`: the consuming connection, reconnecting with backoff;
   4. `ServeEx.ReplyConnection` (a second `ServeEx.Connection`): the one replies are
      published on, so that a broker-side close of the reply path never takes the
@@ -34,24 +34,27 @@ defmodule ServeEx.Application do
       config = Config.from_env()
       configure_engine(config.engine_threads)
 
-      children = [
-        {ServeEx.ModelRegistry, {config.model_dir, config.model_poll_ms}},
-        ServeEx.HTTP.Waiters,
-        {ServeEx.HTTP, config},
-        Supervisor.child_spec(
-          {Connection, url: config.amqp_url, queue: config.request_queue, amqp: config.amqp},
-          id: Connection
-        ),
-        Supervisor.child_spec(
-          {Connection,
-           url: config.amqp_url,
-           queue: config.request_queue,
-           name: ServeEx.ReplyConnection,
-           amqp: config.amqp},
-          id: ServeEx.ReplyConnection
-        ),
-        {ServeEx.Pipeline.Supervisor, config}
-      ]
+      children =
+        [
+          {ServeEx.ModelRegistry, {config.model_dir, config.model_poll_ms}},
+          ServeEx.HTTP.Waiters
+        ] ++
+          ServeEx.HTTP.child_specs(config) ++
+          [
+            Supervisor.child_spec(
+              {Connection, url: config.amqp_url, queue: config.request_queue, amqp: config.amqp},
+              id: Connection
+            ),
+            Supervisor.child_spec(
+              {Connection,
+               url: config.amqp_url,
+               queue: config.request_queue,
+               name: ServeEx.ReplyConnection,
+               amqp: config.amqp},
+              id: ServeEx.ReplyConnection
+            ),
+            {ServeEx.Pipeline.Supervisor, config}
+          ]
 
       with {:ok, pid} <- start_tree(children), do: {:ok, pid, config}
     else

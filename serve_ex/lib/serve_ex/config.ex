@@ -17,8 +17,10 @@ defmodule ServeEx.Config do
   | `MODEL_POLL_MS` | `2000` | how often the model directory is looked at for new or changed files (hot swap); 0 turns polling off (SIGHUP still reloads) |
   | `MAX_QUEUED_ROWS` | `8 * BATCH_SIZE` | rows one model may have waiting or computing; past it a request gets `overloaded` at once (`ServeEx.Admission`) |
   | `DRAIN_TIMEOUT_MS` | `10000` | on SIGTERM or `ServeEx.stop/0`, how long in-flight work may take to finish before it is requeued |
-  | `HTTP_IP` | `127.0.0.1` | address of the HTTP endpoint (inference, health, metrics) |
-  | `HTTP_PORT` | `9090` | its port |
+  | `HTTP_IP` | `127.0.0.1` | address of the HTTP listeners (inference; health and metrics) |
+  | `HTTP_PORT` | `9090` | the inference listener's port |
+  | `HEALTH_PORT` | `9091` | the health and metrics listener's port (`/livez`, `/readyz`, `/metrics`): its own connections, so a flood on inference cannot make a healthy node fail its probes |
+  | `HTTP_MAX_CONNECTIONS` | `1024` | connections the inference listener serves at once (a soft cap: each of ranch's 10 acceptors may start one more); more wait |
   | `HTTP_HOSTS` | `localhost,127.0.0.1,[::1]` | the names the `Host` header of an inference or metrics request may give (any port), comma-separated; others get 421, so that a web page cannot reach the endpoint through DNS rebinding |
 
   One setting is not an environment variable: `amqp`, the module that speaks AMQP
@@ -40,6 +42,8 @@ defmodule ServeEx.Config do
                 :engine_threads,
                 :http_ip,
                 :http_port,
+                :health_port,
+                :http_max_connections,
                 :http_hosts,
                 :reply_queue_prefix,
                 :drain_timeout_ms,
@@ -76,6 +80,8 @@ defmodule ServeEx.Config do
       engine_threads: int(env, "ENGINE_THREADS", 1, 1..System.schedulers_online()),
       http_ip: ip(env),
       http_port: int(env, "HTTP_PORT", 9090, 0..65_535),
+      health_port: int(env, "HEALTH_PORT", 9091, 0..65_535),
+      http_max_connections: int(env, "HTTP_MAX_CONNECTIONS", 1024, 1..100_000),
       http_hosts: hosts(env),
       reply_queue_prefix: reply_prefix(env),
       drain_timeout_ms: int(env, "DRAIN_TIMEOUT_MS", 10_000, 0..600_000),

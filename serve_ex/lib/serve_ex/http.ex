@@ -1,17 +1,20 @@
 defmodule ServeEx.HTTP do
   @moduledoc """
-  Inference, health and metrics over cowboy, on 127.0.0.1 by default:
+  HTTP over cowboy, on 127.0.0.1 by default, on two listeners:
 
-  - `POST /v1/models/{id}/{op}`: a request, batched with the AMQP traffic
-    (`ServeEx.HTTP.Inference`).
-  - `GET /livez`: 200 while the VM is up and this listener answers.
-  - `GET /readyz` (alias `/healthz`): 200 when the node takes work (`ServeEx.Status`),
-    503 otherwise; the JSON body says which condition is missing.
-  - `GET /metrics`: Prometheus text (`ServeEx.Metrics`).
+  - inference (`HTTP_PORT`): `POST /v1/models/{id}/{op}`, a request batched with the
+    AMQP traffic (`ServeEx.HTTP.Inference`); at most `HTTP_MAX_CONNECTIONS` connections
+    at once, and at most 100 requests on one kept-alive connection;
+  - health and metrics (`HEALTH_PORT`), with connections of their own, so that a flood
+    on inference cannot make a healthy node fail its probes:
+    - `GET /livez`: 200 while the VM is up and this listener answers;
+    - `GET /readyz` (alias `/healthz`): 200 when the node takes work
+      (`ServeEx.Status`), 503 otherwise; the JSON body says which condition is missing;
+    - `GET /metrics`: Prometheus text (`ServeEx.Metrics`).
 
-  The listener is embedded in our supervision tree with `:ranch.child_spec/5` (not
-  `:cowboy.start_clear`, which would put it under ranch's own supervisor), so a
-  shutdown reaches it and the node can stop.
+  The listeners are embedded in our supervision tree with `:ranch.child_spec/5` (not
+  `:cowboy.start_clear`, which would put them under ranch's own supervisor), so a
+  shutdown reaches them and the node can stop.
 
   The endpoint has no authentication. Inference and metrics answer only requests whose
   `Host` names one of `HTTP_HOSTS` (421 otherwise), so that a web page the operator
@@ -20,33 +23,64 @@ defmodule ServeEx.HTTP do
   """
   require Logger
 
-  @spec child_spec(ServeEx.Config.t()) :: Supervisor.child_spec()
-  def child_spec(config) do
+  # requests one kept-alive connection may carry before cowboy closes it
+  @requests_per_connection 100
+  # the health listener's own cap: probes and scrapes, not traffic
+  @health_connections 128
+
+  @doc "The two listeners' child specs: health and metrics first, then inference."
+  @spec child_specs(ServeEx.Config.t()) :: [Supervisor.child_spec()]
+  def child_specs(config) do
     warn_unless_loopback(config.http_ip)
     hosts = config.http_hosts
 
-    dispatch =
-      :cowboy_router.compile([
-        {:_,
-         [
-           {"/livez", __MODULE__.Live, []},
-           {"/readyz", __MODULE__.Ready, []},
-           {"/healthz", __MODULE__.Ready, []},
-           {"/metrics", __MODULE__.Metrics, hosts},
-           {"/v1/models/:model/:op", __MODULE__.Inference, hosts}
-         ]}
-      ])
+    health = [
+      {"/livez", __MODULE__.Live, []},
+      {"/readyz", __MODULE__.Ready, []},
+      {"/healthz", __MODULE__.Ready, []},
+      {"/metrics", __MODULE__.Metrics, hosts}
+    ]
 
+    inference = [{"/v1/models/:model/:op", __MODULE__.Inference, hosts}]
+
+    [
+      listener(
+        __MODULE__.Health,
+        config.http_ip,
+        config.health_port,
+        @health_connections,
+        health
+      ),
+      listener(
+        __MODULE__,
+        config.http_ip,
+        config.http_port,
+        config.http_max_connections,
+        inference
+      )
+    ]
+  end
+
+  defp listener(ref, ip, port, max_connections, routes) do
     :ranch.child_spec(
-      __MODULE__,
+      ref,
       :ranch_tcp,
-      %{socket_opts: [ip: config.http_ip, port: config.http_port]},
+      # one connection supervisor: ranch applies max_connections to each of them
+      %{socket_opts: [ip: ip, port: port], max_connections: max_connections, num_conns_sups: 1},
       :cowboy_clear,
-      %{env: %{dispatch: dispatch}, connection_type: :supervisor}
+      %{
+        env: %{dispatch: :cowboy_router.compile([{:_, routes}])},
+        connection_type: :supervisor,
+        max_keepalive: @requests_per_connection
+      }
     )
   end
 
-  @doc "The port the listener is bound to (useful with `HTTP_PORT=0`)."
+  @doc "The port the health and metrics listener is bound to (useful with `HEALTH_PORT=0`)."
+  @spec health_port() :: :inet.port_number()
+  def health_port, do: :ranch.get_port(__MODULE__.Health)
+
+  @doc "The port the inference listener is bound to (useful with `HTTP_PORT=0`)."
   @spec port() :: :inet.port_number()
   def port, do: :ranch.get_port(__MODULE__)
 
