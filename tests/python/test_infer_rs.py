@@ -193,6 +193,24 @@ def test_errors_raise_infer_error(trained, tmp_path):
         gpt.generate_text("\u2603", 3)
 
 
+def test_argument_errors_name_the_argument_and_the_value(trained, tmp_path):
+    """What a caller passed wrong comes back as InferError naming the argument and what
+    it got, not as a conversion error of the binding's plumbing."""
+    vae, gpt = infer_rs.Model(trained["vae"]), infer_rs.Model(trained["gpt"])
+    with pytest.raises(infer_rs.InferError, match="n must be at least 1, got -1"):
+        vae.generate(-1)
+    with pytest.raises(infer_rs.InferError, match="n must be at least 1, got -3"):
+        infer_rs.vae_generate(trained["vae"], -3)
+    with pytest.raises(infer_rs.InferError, match="max_new_tokens must be at least 1, got -5"):
+        gpt.generate_text("A", -5)
+    with pytest.raises(infer_rs.InferError, match=r"z must be a 2-D array \(rows, width\), got shape \[20\]"):
+        vae.decode(np.zeros(20))
+    with pytest.raises(infer_rs.InferError, match=r"x must be a 2-D array .* got shape \[1, 1, 784\]"):
+        vae.encode(np.zeros((1, 1, 784)))
+    with pytest.raises(infer_rs.InferError, match="a directory, not a .safetensors file"):
+        infer_rs.Model(tmp_path)
+
+
 def test_gil_is_released_while_rust_computes(trained):
     gpt = infer_rs.Model(trained["gpt"])
     window = {}

@@ -12,6 +12,7 @@ import random
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -255,6 +256,21 @@ def test_replies_survive_the_broker_closing_the_reply_connection(trained, tmp_pa
     # a republished reply may have reached its queue before the close: at most one
     # duplicate per reply published again, and none quarantined (that takes two closes)
     assert counts["duplicates"] <= sum(unconfirmed) and "quarantining" not in log.read_text()
+
+
+def test_the_raw_command_exits_non_zero_on_an_error_reply(service):
+    """`python -m serve_client raw BODY` prints the reply as it came; an error reply
+    makes it exit 1, so a script can tell."""
+    queue = service.env["REQUEST_QUEUE"]
+
+    def raw(body: dict) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "serve_client", "--queue", queue, "raw", json.dumps(body)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    good = raw({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1})
+    assert good.returncode == 0 and json.loads(good.stdout)["ok"] is True
+    bad = raw({"v": 1, "model": "vae", "op": "generate", "n": 0})
+    assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "invalid_argument"
 
 
 def test_the_client_survives_a_dropped_connection(service):

@@ -28,6 +28,13 @@ impl Artifact {
             path: path.to_owned(),
             source,
         };
+        if path.is_dir() {
+            let kind = std::io::ErrorKind::IsADirectory;
+            return Err(io(std::io::Error::new(
+                kind,
+                "a directory, not a .safetensors file",
+            )));
+        }
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the map is read-only and dropped before this function returns; the
         // tensors below are copies. A file truncated by another process while mapped

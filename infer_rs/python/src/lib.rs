@@ -4,7 +4,7 @@
 
 use infer_core::{DecodingBatch, Limits, Matrix, Model, Rows, Sampling};
 use numpy::ndarray::Array2;
-use numpy::{AllowTypeChange, IntoPyArray, PyArray2, PyArrayLike2};
+use numpy::{AllowTypeChange, IntoPyArray, PyArray2, PyArrayLikeDyn};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -37,19 +37,39 @@ fn to_numpy(py: Python<'_>, m: Matrix) -> PyResult<Bound<'_, PyArray2<f32>>> {
     Ok(array.into_pyarray(py))
 }
 
-/// A 2-D array-like as row-major f32 and its width (any float dtype or layout is accepted).
-fn rows(array: &PyArrayLike2<'_, f32, AllowTypeChange>) -> (Vec<f32>, usize) {
+/// A 2-D array-like (rows, width) as row-major f32 and its width (any float dtype or
+/// layout is accepted); any other number of dimensions is refused, naming `name`.
+fn rows(
+    name: &str,
+    array: &PyArrayLikeDyn<'_, f32, AllowTypeChange>,
+) -> PyResult<(Vec<f32>, usize)> {
     let view = array.as_array();
-    (view.iter().copied().collect(), view.ncols())
+    match view.shape() {
+        &[_, width] => Ok((view.iter().copied().collect(), width)),
+        shape => Err(InferError::new_err(format!(
+            "invalid argument: {name} must be a 2-D array (rows, width), got shape {shape:?}"
+        ))),
+    }
+}
+
+/// A count argument as the engine takes it; a negative one is refused, naming `name`
+/// (the engine itself refuses 0 and values above their limits).
+fn count(name: &str, value: i64) -> PyResult<usize> {
+    usize::try_from(value).map_err(|_| {
+        InferError::new_err(format!(
+            "invalid argument: {name} must be at least 1, got {value}"
+        ))
+    })
 }
 
 /// Rows in, rows out, with the GIL released while `op` runs.
 fn rows_to_rows<'py>(
     py: Python<'py>,
-    input: &PyArrayLike2<'py, f32, AllowTypeChange>,
+    name: &str,
+    input: &PyArrayLikeDyn<'py, f32, AllowTypeChange>,
     op: impl FnOnce(Rows) -> infer_core::Result<Matrix> + Send,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let (data, width) = rows(input);
+    let (data, width) = rows(name, input)?;
     let out = py
         .allow_threads(|| op(Rows { data: &data, width }))
         .map_err(py_err)?;
@@ -97,10 +117,10 @@ impl PyModel {
     fn generate<'py>(
         &self,
         py: Python<'py>,
-        n: usize,
+        n: i64,
         seed: Option<u64>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let seed = seed_or_random(seed);
+        let (n, seed) = (count("n", n)?, seed_or_random(seed));
         let out = py
             .allow_threads(|| self.inner.generate(n, seed))
             .map_err(py_err)?;
@@ -111,9 +131,9 @@ impl PyModel {
     fn decode<'py>(
         &self,
         py: Python<'py>,
-        z: PyArrayLike2<'py, f32, AllowTypeChange>,
+        z: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        rows_to_rows(py, &z, |input| self.inner.decode(input))
+        rows_to_rows(py, "z", &z, |input| self.inner.decode(input))
     }
 
     /// The VAE's posterior of images x (rows, x_dim): (mu, logvar), each (rows, z_dim).
@@ -121,9 +141,9 @@ impl PyModel {
     fn encode<'py>(
         &self,
         py: Python<'py>,
-        x: PyArrayLike2<'py, f32, AllowTypeChange>,
+        x: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<f32>>)> {
-        let (data, width) = rows(&x);
+        let (data, width) = rows("x", &x)?;
         let (mu, logvar) = py
             .allow_threads(|| self.inner.encode(Rows { data: &data, width }))
             .map_err(py_err)?;
@@ -134,9 +154,9 @@ impl PyModel {
     fn reconstruct<'py>(
         &self,
         py: Python<'py>,
-        x: PyArrayLike2<'py, f32, AllowTypeChange>,
+        x: PyArrayLikeDyn<'py, f32, AllowTypeChange>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        rows_to_rows(py, &x, |input| self.inner.reconstruct(input))
+        rows_to_rows(py, "x", &x, |input| self.inner.reconstruct(input))
     }
 
     /// The GPT's next-token logits at every position of `prompt`, (len, vocab_size).
@@ -155,11 +175,12 @@ impl PyModel {
         &self,
         py: Python<'_>,
         prompt: &str,
-        max_new_tokens: usize,
+        max_new_tokens: i64,
         temperature: f32,
         top_k: Option<usize>,
         seed: Option<u64>,
     ) -> PyResult<String> {
+        let max_new_tokens = count("max_new_tokens", max_new_tokens)?;
         let sampling = Sampling {
             temperature,
             top_k,
@@ -334,10 +355,10 @@ impl PyDecodingBatch {
 fn vae_generate(
     py: Python<'_>,
     path: PathBuf,
-    n: usize,
+    n: i64,
     seed: Option<u64>,
 ) -> PyResult<Bound<'_, PyArray2<f32>>> {
-    let seed = seed_or_random(seed);
+    let (n, seed) = (count("n", n)?, seed_or_random(seed));
     let out = py
         .allow_threads(|| Model::vae_generate(&path, n, seed))
         .map_err(py_err)?;

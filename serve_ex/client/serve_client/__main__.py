@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                         request[key] = getattr(args, key)
                 print(text(client.call(request, args.timeout)))
             else:
-                print(json.dumps(client.call(args.body.encode(), args.timeout)))
+                reply = client.call(args.body.encode(), args.timeout)
+                print(json.dumps(reply))
+                if not reply.get("ok"):
+                    return 1  # the reply says what was wrong
     except ServeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
