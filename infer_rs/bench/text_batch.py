@@ -17,7 +17,6 @@ The table goes to stdout and to runs/bench/text_batch.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 # run as a script, this folder is on the import path
-from vs_torch import default_threads, header, run_worker, sgemm_gflops, side_by_side
+from vs_torch import arguments, header, run_all, sgemm_gflops, side_by_side, write_report
 
 WITHIN_NEW = 120  # new tokens from a one-character prompt: all within a block of 128
 BATCHES = [1, 8, 32, 64]
@@ -161,34 +160,23 @@ def table(rows: list[dict], ceilings: dict[int, float]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    p.add_argument("--threads", type=int, nargs="+", default=default_threads(), help="default: 1, 2, cores")
-    p.add_argument("--quick", action="store_true", help="a smoke run: few tokens, numbers not to trust")
-    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = arguments(__doc__)
     if args.worker:
         print(json.dumps(worker(args.artifacts, args.worker, args.quick)))
         return
-    rows, ceilings, steps, cpu = [], {}, {}, None
-    for threads in dict.fromkeys(args.threads):
-        result = run_worker(args.artifacts, threads, args.quick, script=Path(__file__))
-        rows += result["rows"]
-        ceilings[threads], steps[threads], cpu = result["ceiling"], result["steps"], result["cpu"]
-    order = list(dict.fromkeys(r["workload"] for r in rows))
-    rows.sort(key=lambda r: (order.index(r["workload"]), r["threads"]))
-    out = header(cpu, ceilings, args.quick).replace("Engine benchmark", "Batched text generation", 1)
-    out += table(rows, ceilings) + "\n\n"
-    for threads, s in steps.items():
+    rows, results = run_all(Path(__file__), args)
+    ceilings = {threads: result["ceiling"] for threads, result in results.items()}
+    cpu = next(iter(results.values()))["cpu"]
+    out = header(cpu, ceilings, args.quick, "Batched text generation") + table(rows, ceilings) + "\n\n"
+    for threads, result in results.items():
+        s = result["steps"]
         out += (
             f"Demo GPT, 64 live sequences, {threads} thread{'s' * (threads > 1)}: a step takes "
             f"{s['alone'] * 1e3:.2f} ms (median); while a 1,024-character prompt joins (its last "
-            f"{s['block']} characters prefilled in chunks of 64), the longest step takes "
+            f"{s['block']} characters prefilled in chunks), the longest step takes "
             f"{s['joining'] * 1e3:.2f} ms.\n"
         )
-    Path("runs/bench").mkdir(parents=True, exist_ok=True)
-    Path("runs/bench/text_batch.md").write_text(out)
-    print(out)
+    write_report("text_batch.md", out)
 
 
 if __name__ == "__main__":

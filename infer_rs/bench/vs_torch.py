@@ -150,13 +150,13 @@ def table(rows: list[dict], ceilings: dict[int, float]) -> str:
     return "\n".join(lines)
 
 
-def header(cpu: dict, ceilings: dict[int, float], quick: bool) -> str:
+def header(cpu: dict, ceilings: dict[int, float], quick: bool, title: str = "Engine benchmark") -> str:
     import torch
 
     threads = ", ".join(str(t) for t in ceilings)
     sgemm = ", ".join(f"{t} thread{'s' * (t > 1)}: {g:,.1f} GFLOP/s" for t, g in ceilings.items())
     return (
-        f"Engine benchmark{' (--quick: too few calls to trust)' if quick else ''}: "
+        f"{title}{' (--quick: too few calls to trust)' if quick else ''}: "
         f"{cpu['model_name']} ({cpu['vendor']}), {os.cpu_count()} logical cores, "
         f"L2 {cpu['l2_bytes'] >> 10} KiB per core; "
         f"infer_rs on the {cpu['isa']} path (this CPU supports {', '.join(cpu['supported_isas'])}); "
@@ -191,30 +191,46 @@ def run_worker(artifacts: Path, threads: int, quick: bool, script: Path = Path(_
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The command line both engine benchmarks take (`--worker` is how they run
+    themselves once per thread count)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--threads", type=int, nargs="+", default=default_threads(), help="default: 1, 2, cores")
     p.add_argument(
         "--quick", action="store_true", help="a smoke run: few calls per row, numbers not to trust"
     )
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def run_all(script: Path, args: argparse.Namespace) -> tuple[list[dict], dict[int, dict]]:
+    """`script`'s worker once per thread count: every row, by workload then threads, and
+    each count's whole result (its ceiling, its CPU, ...)."""
+    rows, results = [], {}
+    for threads in dict.fromkeys(args.threads):
+        results[threads] = run_worker(args.artifacts, threads, args.quick, script)
+        rows += results[threads]["rows"]
+    order = list(dict.fromkeys(r["workload"] for r in rows))
+    rows.sort(key=lambda r: (order.index(r["workload"]), r["threads"]))
+    return rows, results
+
+
+def write_report(name: str, text: str) -> None:
+    Path("runs/bench").mkdir(parents=True, exist_ok=True)
+    Path(f"runs/bench/{name}").write_text(text)
+    print(text)
+
+
+def main() -> None:
+    args = arguments(__doc__)
     if args.worker:
         print(json.dumps(worker(args.artifacts, args.worker, args.quick)))
         return
-    rows, ceilings, cpu = [], {}, None
-    for threads in dict.fromkeys(args.threads):
-        result = run_worker(args.artifacts, threads, args.quick)
-        rows += result["rows"]
-        ceilings[threads] = result["ceiling"]
-        cpu = result["cpu"]
-    order = list(dict.fromkeys(r["workload"] for r in rows))
-    rows.sort(key=lambda r: (order.index(r["workload"]), r["threads"]))
-    out = header(cpu, ceilings, args.quick) + table(rows, ceilings) + "\n"
-    Path("runs/bench").mkdir(parents=True, exist_ok=True)
-    Path("runs/bench/engine.md").write_text(out)
-    print(out)
+    rows, results = run_all(Path(__file__), args)
+    ceilings = {threads: result["ceiling"] for threads, result in results.items()}
+    cpu = next(iter(results.values()))["cpu"]
+    write_report("engine.md", header(cpu, ceilings, args.quick) + table(rows, ceilings) + "\n")
 
 
 if __name__ == "__main__":

@@ -96,11 +96,6 @@ impl DecodingBatch {
         self.live.is_empty()
     }
 
-    /// The batch's knobs.
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Cancel sequence `id`: it leaves at once, and its cache goes back to the pool.
     /// Returns its tokens so far (prompt and new). An id that is not live (unknown, or
     /// finished) is an error that touches no other sequence.
