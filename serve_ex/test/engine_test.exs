@@ -11,6 +11,7 @@ defmodule ServeEx.EngineTest do
   doctest ServeEx.ReplyTo
   doctest ServeEx.Pipeline.FailurePolicy
   doctest ServeEx.StreamCursor
+  doctest ServeEx.Pipeline.TextSequence
 
   defp model(name) do
     {:ok, model} = Engine.load(Paths.golden("#{name}.safetensors"), name)

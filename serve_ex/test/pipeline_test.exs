@@ -89,7 +89,7 @@ defmodule ServeEx.PipelineTest do
     %{sum: before_sum, buckets: before} = Metrics.value(:serve_ex_batch_rows, [])
     # the batcher holds still until all five wait in its mailbox, so they arrive
     # together whatever the machine's speed
-    batcher = GenServer.whereis(batcher("wgan", :short))
+    batcher = GenServer.whereis(batcher("wgan"))
     :sys.suspend(batcher)
 
     for tag <- 10..14,
@@ -145,7 +145,7 @@ defmodule ServeEx.PipelineTest do
     end
 
     # the batcher holds still until all three wait in its mailbox: one batch
-    batcher = GenServer.whereis(batcher("vae", :short))
+    batcher = GenServer.whereis(batcher("vae"))
     :sys.suspend(batcher)
     deliver(producer, decode.("0.25"), 130)
     deliver(producer, decode.("0.75"), 132)
@@ -165,7 +165,7 @@ defmodule ServeEx.PipelineTest do
       model_id: "vae"
     }
 
-    :ok = ServeEx.Admission.admit({"vae", :short}, 1)
+    :ok = ServeEx.Admission.admit({"vae", :images}, 1)
     ServeEx.Pipeline.Batcher.add(guilty)
     :sys.resume(batcher)
 
@@ -189,7 +189,7 @@ defmodule ServeEx.PipelineTest do
   end
 
   test "killing a batcher restarts the pipeline and the consumer", %{producer: producer} do
-    [{batcher, _}] = Registry.lookup(ServeEx.Pipeline.Registry, {:batcher, "vae", :short})
+    [{batcher, _}] = Registry.lookup(ServeEx.Pipeline.Registry, {:batcher, "vae"})
     Process.exit(batcher, :kill)
     assert_receive {:consume, new_producer, _chan, _queue, _prefetch}, 2_000
     assert new_producer != producer
@@ -239,19 +239,85 @@ defmodule ServeEx.PipelineTest do
     refute_receive {:published, ^refused, _, "c70"}, 200
   end
 
+  # The demo GPT under another id, served by a text scheduler whose engine has a bug
+  # planted: a prompt starting with POISON crashes every step it is in, and its lone run.
+  defp start_poisoned_gpt do
+    {:ok, gpt} = ModelRegistry.lookup("gpt")
+    poisoned = %{gpt | id: "poisoned_gpt"}
+
+    :persistent_term.put(
+      {ModelRegistry, :models},
+      Map.put(ModelRegistry.models(), "poisoned_gpt", poisoned)
+    )
+
+    start_supervised!(
+      {ServeEx.Pipeline.TextScheduler,
+       model: poisoned, max_sequences: 8, engine: ServeEx.Test.PoisonedEngine},
+      id: :poisoned_gpt
+    )
+
+    gpt
+  end
+
+  defp text_body(model, prompt, max_new_tokens, extra \\ "") do
+    ~s({"v": 1, "model": "#{model}", "op": "generate_text", "prompt": "#{prompt}", "max_new_tokens": #{max_new_tokens}#{extra}})
+  end
+
   test "a streamed request whose engine call fails ends with an error, never mid-stream",
        %{producer: producer} do
-    # the batch raises (a model handle the engine does not know), so the batcher restarts
-    # the stream and retries it alone; that fails too: requeued once, then an error reply
-    # without a sequence number, which a client reads as the stream's last frame
-    start_broken_model("broken_gpt", :gpt, 4)
+    # the step raises, so the scheduler runs the text again alone; that fails too:
+    # requeued once, then an error reply without a sequence number, which a client
+    # reads as the stream's last frame
+    start_poisoned_gpt()
 
-    body =
-      ~s({"v": 1, "model": "broken_gpt", "op": "generate_text", "prompt": "a", "max_new_tokens": 4, "stream": true})
+    reply =
+      fails_twice(producer, text_body("poisoned_gpt", "POISON", 4, ~s(, "stream": true)), 96)
 
-    reply = fails_twice(producer, body, 96)
     refute Map.has_key?(reply, "seq")
     refute_receive {:published, _, _, "c97"}, 100
+  end
+
+  test "a step that crashes fails only the guilty sequence; the others get their lone text",
+       %{producer: producer} do
+    gpt = start_poisoned_gpt()
+    scheduler = GenServer.whereis(scheduler("poisoned_gpt"))
+    # all three join the same batch: the scheduler holds still until they wait for it
+    :sys.suspend(scheduler)
+
+    deliver(
+      producer,
+      text_body("poisoned_gpt", "ROMEO:", 30, ~s(, "seed": 1, "temperature": 0.9)),
+      150
+    )
+
+    deliver(producer, text_body("poisoned_gpt", "POISON", 30), 151)
+
+    deliver(
+      producer,
+      text_body(
+        "poisoned_gpt",
+        "JULIET:",
+        30,
+        ~s(, "stream": true, "seed": 2, "temperature": 0.9)
+      ),
+      152
+    )
+
+    wait_until(fn -> Process.info(scheduler, :message_queue_len) == {:message_queue_len, 3} end)
+    :sys.resume(scheduler)
+
+    [{:ok, romeo}, {:ok, juliet}] =
+      Engine.generate_text_batch(gpt, [
+        Engine.text_request("ROMEO:", 30, seed: 1, temperature: 0.9),
+        Engine.text_request("JULIET:", 30, seed: 2, temperature: 0.9)
+      ])
+
+    assert %{"ok" => true, "text" => ^romeo, "finish_reason" => "length"} = reply_for(150)
+    frames = stream_frames(152, [])
+    assert "JULIET:" <> Enum.map_join(frames, &Map.get(&1, "delta", "")) == juliet
+    assert Enum.map(frames, & &1["seq"]) == Enum.to_list(0..(length(frames) - 1))
+    assert_receive {:reject, 151, true}, 2_000
+    refute_received {:published, _, _, "c151"}
   end
 
   test "a stream whose deadline passes mid-generation ends with a numbered error frame",
@@ -311,7 +377,7 @@ defmodule ServeEx.PipelineTest do
       received_at: System.monotonic_time(:microsecond)
     }
 
-    ServeEx.Pipeline.ReplyPublisher.settle([{message, {:reply, {:stream_end, key, nil}, :ok}}])
+    ServeEx.Pipeline.ReplyPublisher.settle([{message, {:reply, {:stream_end, key, :length}, :ok}}])
 
     frames = for _ <- 1..4, do: reply_for(95)
     assert Enum.map(frames, & &1["seq"]) == [0, 1, 2, 3]
@@ -362,15 +428,15 @@ defmodule ServeEx.PipelineTest do
 
   test "past a model's admission bound requests are overloaded; other models answer",
        %{producer: producer} do
-    ServeEx.Admission.setup([{"gpt", :short}, {"vae", :short}], 2)
+    ServeEx.Admission.setup([{"gpt", :text}, {"vae", :images}], 2)
     on_exit(fn -> ServeEx.Admission.setup([], 64 * 8) end)
 
     text =
       ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 50})
 
-    # the GPT's batcher holds the two admitted requests unanswered, so the other
+    # the GPT's scheduler holds the two admitted requests unanswered, so the other
     # three meet a full bound whatever the machine's speed
-    batcher = GenServer.whereis(batcher("gpt", :short))
+    batcher = GenServer.whereis(scheduler("gpt"))
     :sys.suspend(batcher)
     for tag <- 110..114, do: deliver(producer, text, tag)
     deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 115)
@@ -386,26 +452,47 @@ defmodule ServeEx.PipelineTest do
     assert Enum.sort(tags) == Enum.map(110..114, &"c#{&1}")
   end
 
-  test "each lane has its own admission budget: full long lanes leave short requests in",
+  test "continuous batching: a short text among long ones is answered first, each text its lone text",
        %{producer: producer} do
-    ServeEx.Admission.setup([{"gpt", :short}, {"gpt", :long}], 2)
-    on_exit(fn -> ServeEx.Admission.setup([], 64 * 8) end)
+    {:ok, gpt} = ModelRegistry.lookup("gpt")
 
-    long =
-      ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 100})
+    lone =
+      Engine.generate_text_batch(gpt, [
+        Engine.text_request("A", 400, seed: 3, temperature: 0.8),
+        Engine.text_request("B", 400, seed: 4, temperature: 0.8),
+        Engine.text_request("ROMEO:", 5),
+        Engine.text_request("ROMEO:", 300)
+      ])
 
-    short =
-      ~s({"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 5})
+    [{:ok, a}, {:ok, b}, {:ok, short}, {:ok, "ROMEO:" <> greedy}] = lone
+    # a stop string from the greedy text's 20th character on: the text ends before its
+    # first appearance
+    stop = String.slice(greedy, 20, 2)
+    [before_stop | _] = String.split(greedy, stop)
 
-    # the long lane holds its two admitted requests unanswered
-    batcher = GenServer.whereis(batcher("gpt", :long))
-    :sys.suspend(batcher)
-    for tag <- 140..142, do: deliver(producer, long, tag)
-    assert {"c" <> _, %{"error" => %{"code" => "overloaded"}}} = next_reply()
-    deliver(producer, short, 143)
-    assert %{"ok" => true} = reply_for(143)
-    :sys.resume(batcher)
-    assert Enum.all?(1..2, fn _ -> match?({_, %{"ok" => true}}, next_reply()) end)
+    scheduler = GenServer.whereis(scheduler("gpt"))
+    :sys.suspend(scheduler)
+    # two long texts, then a short one and a stopped one: all join the same batch
+    deliver(producer, text_body("gpt", "A", 400, ~s(, "seed": 3, "temperature": 0.8)), 140)
+    deliver(producer, text_body("gpt", "B", 400, ~s(, "seed": 4, "temperature": 0.8)), 141)
+    deliver(producer, text_body("gpt", "ROMEO:", 5), 142)
+    deliver(producer, text_body("gpt", "ROMEO:", 300, ~s(, "stop": [#{:jsx.encode(stop)}])), 143)
+    wait_until(fn -> Process.info(scheduler, :message_queue_len) == {:message_queue_len, 4} end)
+    :sys.resume(scheduler)
+
+    replies = for _ <- 1..4, do: next_reply()
+    assert Enum.map(replies, &elem(&1, 0)) |> Enum.take(2) |> Enum.sort() == ["c142", "c143"]
+    replies = Map.new(replies)
+    assert replies["c140"] == %{"v" => 1, "ok" => true, "text" => a, "finish_reason" => "length"}
+    assert replies["c141"]["text"] == b
+    assert replies["c142"]["text"] == short
+
+    assert replies["c143"] == %{
+             "v" => 1,
+             "ok" => true,
+             "text" => "ROMEO:" <> before_stop,
+             "finish_reason" => "stop"
+           }
   end
 
   test "work still unsettled when the drain times out is requeued", %{producer: producer} do
@@ -424,7 +511,8 @@ defmodule ServeEx.PipelineTest do
     Enum.each(processors, &:sys.resume/1)
   end
 
-  defp batcher(id, lane), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:batcher, id, lane}}}
+  defp batcher(id), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:batcher, id}}}
+  defp scheduler(id), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:text, id}}}
 
   # the next reply published, whichever request it answers
   defp next_reply do

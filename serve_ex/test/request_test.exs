@@ -3,7 +3,7 @@ defmodule ServeEx.RequestTest do
   use ExUnit.Case, async: true
 
   alias ServeEx.{Message, ModelRegistry, Request}
-  alias ServeEx.Pipeline.Batcher
+  alias ServeEx.Pipeline.{Batcher, TextScheduler}
   alias ServeEx.Test.Paths
 
   # the models of this suite alone: nothing global, so other suites run beside it
@@ -34,9 +34,20 @@ defmodule ServeEx.RequestTest do
           model_id: request.model.id
         }
 
-        [{_, {:reply, _body, label}}] = Batcher.handle_batch(request.model, [message])
-        label
+        label(request, message)
     end
+  end
+
+  defp label(%{op: "generate_text"} = request, message) do
+    # a stream's label is its text's; alone, with no one to send its frames to
+    message = put_in(message.request.args.stream, false)
+    {:reply, _body, label} = TextScheduler.run_alone(request.model, message)
+    label
+  end
+
+  defp label(request, message) do
+    [{_, {:reply, _body, label}}] = Batcher.handle_batch(request.model, [message])
+    label
   end
 
   test "each example gets its labelled code", %{lookup: lookup} do

@@ -1,12 +1,11 @@
 defmodule ServeEx.Admission do
   @moduledoc """
-  Bounded admission per batcher, keyed `{model id, lane}`: at most `MAX_QUEUED_ROWS`
-  rows (images or prompts) may wait in or be computed by one batcher, so the long
-  generations of a model's long lane can never use up its short lane's budget. A
-  processor admits a request before handing it on; past the bound the request is
-  answered `overloaded` at once, with a hint of when to retry (the batcher's last batch
-  duration), and is not computed. The batcher releases the rows of each batch it
-  settles, and resets its count when it starts (a restarted pipeline holds nothing).
+  Bounded admission per model, keyed `{model id, kind}` (`ServeEx.Pipeline.Workers`):
+  at most `MAX_QUEUED_ROWS` image rows, or text requests, may wait in or be computed by
+  one model's worker. A processor admits a request before handing it on; past the bound
+  the request is answered `overloaded` at once, with a hint of when to retry (the
+  worker's last batch or step duration), and is not computed. The worker releases what
+  it settles, and resets its count when it starts (a restarted pipeline holds nothing).
 
   Counts live in `:atomics`, one array per key: index 1 the queued rows, index 2 the
   last batch's duration in milliseconds.
@@ -15,7 +14,7 @@ defmodule ServeEx.Admission do
   @queued 1
   @last_batch_ms 2
 
-  @typedoc "Whose rows are counted: a model's lane (`ServeEx.Pipeline.Batcher.lanes/1`)."
+  @typedoc "Whose rows are counted: a model's worker (`ServeEx.Pipeline.Workers.admission_key/1`)."
   @type key :: {String.t(), atom()}
 
   @doc "Sets the bound and creates the counters of `keys` (pipeline start)."
@@ -57,8 +56,8 @@ defmodule ServeEx.Admission do
   @spec queued(key()) :: integer()
   def queued(key), do: :atomics.get(counters(key), @queued)
 
-  # Created by setup/2 for the served models' lanes; a batcher started on its own (a
-  # test's) gets its array on first use.
+  # Created by setup/2 for the served models; a worker started on its own (a test's)
+  # gets its array on first use.
   defp counters(key) do
     case :persistent_term.get({__MODULE__, key}, nil) do
       nil ->

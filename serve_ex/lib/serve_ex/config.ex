@@ -9,13 +9,14 @@ defmodule ServeEx.Config do
   | `MODEL_DIR` | `artifacts` | every `*.safetensors` in it is served, id = file name without extension |
   | `REQUEST_QUEUE` | `serve_ex.requests` | the queue consumed |
   | `PROCESSORS` | `2` | processor processes (decode and validate) |
-  | `BATCH_SIZE` | `64` | rows (images or prompts) that make a batcher flush |
+  | `BATCH_SIZE` | `64` | image rows that make a batcher flush |
   | `BATCH_TIMEOUT_MS` | `0` | longest wait before a partial batch flushes; 0 flushes as soon as the batcher has taken in every request already waiting for it, so batches grow with load and a lone request never waits |
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
   | `ENGINE_THREADS` | `1` | threads per engine call, up to the VM's online schedulers (one per core unless limited), set in the engine before it first runs (`ServeEx.Engine.set_threads/1`; `/readyz` says what it got; `RAYON_NUM_THREADS` has no effect on the node); the VM already runs one call per dirty CPU scheduler, so more threads per call only pay off with fewer concurrent calls than cores |
   | `REPLY_QUEUE_PREFIX` | `serve_ex.reply.` | besides broker-generated and direct reply-to names, `reply_to` may name a queue under this prefix (`ServeEx.ReplyTo`); empty turns it off |
   | `MODEL_POLL_MS` | `2000` | how often the model directory is looked at for new or changed files (hot swap); 0 turns polling off (SIGHUP still reloads) |
-  | `MAX_QUEUED_ROWS` | `8 * BATCH_SIZE` | rows one model may have waiting or computing; past it a request gets `overloaded` at once (`ServeEx.Admission`) |
+  | `MAX_SEQUENCES` | `32` | texts a GPT generates at once (continuous batching, `ServeEx.Pipeline.TextScheduler`); more wait to join; 1 generates one text at a time |
+  | `MAX_QUEUED_ROWS` | `8 * BATCH_SIZE` | image rows, or text requests, one model may have waiting or computing; past it a request gets `overloaded` at once (`ServeEx.Admission`) |
   | `DRAIN_TIMEOUT_MS` | `10000` | on SIGTERM or `ServeEx.stop/0`, how long in-flight work may take to finish before it is requeued |
   | `HTTP_IP` | `127.0.0.1` | address of the HTTP listeners (inference; health and metrics) |
   | `HTTP_PORT` | `9090` | the inference listener's port |
@@ -48,6 +49,7 @@ defmodule ServeEx.Config do
                 :reply_queue_prefix,
                 :drain_timeout_ms,
                 :max_queued_rows,
+                :max_sequences,
                 :model_poll_ms,
                 amqp: ServeEx.AMQP.Client
               ]
@@ -86,6 +88,7 @@ defmodule ServeEx.Config do
       reply_queue_prefix: reply_prefix(env),
       drain_timeout_ms: int(env, "DRAIN_TIMEOUT_MS", 10_000, 0..600_000),
       max_queued_rows: int(env, "MAX_QUEUED_ROWS", 8 * batch_size, 1..1_000_000),
+      max_sequences: int(env, "MAX_SEQUENCES", 32, 1..64),
       model_poll_ms: int(env, "MODEL_POLL_MS", 2_000, 0..3_600_000)
     }
   end

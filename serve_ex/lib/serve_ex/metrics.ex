@@ -13,6 +13,14 @@ defmodule ServeEx.Metrics do
   - `serve_ex_redeliveries_total`: deliveries the broker flagged as redelivered;
   - `serve_ex_drain_duration_ms`: how long the last drain took (gauge).
 
+  Text generation, named as vLLM and TGI name theirs (`ServeEx.Pipeline.TextScheduler`):
+  - `serve_ex_time_to_first_token_ms{model}`: receipt to the first new token (histogram);
+  - `serve_ex_inter_token_latency_ms{model}`: between a sequence's tokens (histogram);
+  - `serve_ex_num_requests_running{model}`: sequences in the decoding batch (gauge);
+  - `serve_ex_num_requests_waiting{model}`: requests waiting to join it (gauge);
+  - `serve_ex_generation_tokens_total{model}`: new tokens generated (counter);
+  - `serve_ex_batch_current_size{model}`: sequences per decoding step (histogram).
+
   Then the VM's own (`erlang_vm_*`), from the `prometheus` library's collectors.
 
   Each update is one `:ets.update_counter/4` on a public table (about 0.5 µs), not a
@@ -42,7 +50,19 @@ defmodule ServeEx.Metrics do
       {:histogram, "Engine time of one batch, in milliseconds", [:model], @ms_buckets, 1000},
     serve_ex_redeliveries_total: {:counter, "Redelivered requests received", [], nil, 1},
     serve_ex_drain_duration_ms:
-      {:gauge, "Duration of the last drain, in milliseconds", [], nil, 1}
+      {:gauge, "Duration of the last drain, in milliseconds", [], nil, 1},
+    serve_ex_time_to_first_token_ms:
+      {:histogram, "Time from receipt to a request's first new token, in ms", [:model],
+       @ms_buckets, 1000},
+    serve_ex_inter_token_latency_ms:
+      {:histogram, "Time between two new tokens of a sequence, in ms", [:model], @ms_buckets,
+       1000},
+    serve_ex_num_requests_running: {:gauge, "Sequences in the decoding batch", [:model], nil, 1},
+    serve_ex_num_requests_waiting:
+      {:gauge, "Text requests waiting to join the decoding batch", [:model], nil, 1},
+    serve_ex_generation_tokens_total: {:counter, "New tokens generated", [:model], nil, 1},
+    serve_ex_batch_current_size:
+      {:histogram, "Sequences per decoding step", [:model], [1, 2, 4, 8, 16, 32, 64, 128], 1}
   }
 
   # histogram => {bounds in stored units, the sum's position in a row, a new row's
@@ -84,8 +104,29 @@ defmodule ServeEx.Metrics do
   def compute_time(model, us), do: observe(:serve_ex_compute_time_ms, [model], us)
 
   @spec drain(non_neg_integer()) :: :ok
-  def drain(ms) do
-    :ets.insert(@table, {{:serve_ex_drain_duration_ms, []}, ms})
+  def drain(ms), do: set(:serve_ex_drain_duration_ms, [], ms)
+
+  @doc "One decoding step of `model`: its sequences, and how many requests wait."
+  @spec decoding_step(String.t(), non_neg_integer(), non_neg_integer()) :: :ok
+  def decoding_step(model, running, waiting) do
+    observe(:serve_ex_batch_current_size, [model], running)
+    set(:serve_ex_num_requests_running, [model], running)
+    set(:serve_ex_num_requests_waiting, [model], waiting)
+  end
+
+  @doc "A new token of `model`: `since_us` after receipt (the first) or its previous token."
+  @spec token(String.t(), :first | :next, integer()) :: :ok
+  def token(model, which, since_us) do
+    inc(:serve_ex_generation_tokens_total, [model], 1)
+
+    case which do
+      :first -> observe(:serve_ex_time_to_first_token_ms, [model], since_us)
+      :next -> observe(:serve_ex_inter_token_latency_ms, [model], since_us)
+    end
+  end
+
+  defp set(name, labels, value) do
+    :ets.insert(@table, {{name, labels}, value})
     :ok
   end
 

@@ -98,16 +98,15 @@ defmodule ServeEx.Reply do
     do: encode(%{"v" => 1, "ok" => true, "seq" => seq, "delta" => text})
 
   @doc """
-  The last frame of a stream: `done`, and the error if the generation failed.
+  The last frame of a stream: `done`, with why the text ended (`t:finish_reason/0`), or
+  with the error that ended the stream.
 
-      iex> ServeEx.Reply.stream_end(3, nil) |> :jsx.decode([:return_maps])
-      %{"v" => 1, "ok" => true, "seq" => 3, "done" => true}
+      iex> ServeEx.Reply.stream_end(3, :length) |> :jsx.decode([:return_maps])
+      %{"v" => 1, "ok" => true, "seq" => 3, "done" => true, "finish_reason" => "length"}
       iex> ServeEx.Reply.stream_end(1, {:deadline_exceeded, "too late"}) |> :jsx.decode([:return_maps])
       %{"v" => 1, "ok" => false, "seq" => 1, "done" => true, "error" => %{"code" => "deadline_exceeded", "message" => "too late"}}
   """
-  @spec stream_end(non_neg_integer(), {atom(), String.t()} | nil) :: binary()
-  def stream_end(seq, nil), do: encode(%{"v" => 1, "ok" => true, "seq" => seq, "done" => true})
-
+  @spec stream_end(non_neg_integer(), finish_reason() | {atom(), String.t()}) :: binary()
   def stream_end(seq, {code, message}),
     do:
       encode(%{
@@ -118,12 +117,32 @@ defmodule ServeEx.Reply do
         "error" => error_map(code, message)
       })
 
+  def stream_end(seq, finish_reason) when finish_reason in [:length, :stop],
+    do:
+      encode(%{
+        "v" => 1,
+        "ok" => true,
+        "seq" => seq,
+        "done" => true,
+        "finish_reason" => Atom.to_string(finish_reason)
+      })
+
   defp error_map(code, message),
     do: %{"code" => Atom.to_string(code), "message" => bounded(message)}
 
-  @doc "A text reply."
-  @spec text(String.t()) :: binary()
-  def text(text), do: encode(%{"v" => 1, "ok" => true, "text" => text})
+  @typedoc "Why a text ended: its `max_new_tokens` were reached, or a stop string came."
+  @type finish_reason :: :length | :stop
+
+  @doc "A text reply: the prompt and its continuation, and why the text ended."
+  @spec text(String.t(), finish_reason()) :: binary()
+  def text(text, finish_reason),
+    do:
+      encode(%{
+        "v" => 1,
+        "ok" => true,
+        "text" => text,
+        "finish_reason" => Atom.to_string(finish_reason)
+      })
 
   defp encode(map), do: :jsx.encode(map)
 end

@@ -32,7 +32,7 @@ defmodule ServeEx.Request do
     "generate" => ~w(n seed encoding),
     "decode" => ~w(z encoding),
     "encode" => ~w(x encoding),
-    "generate_text" => ~w(prompt max_new_tokens temperature top_k seed stream)
+    "generate_text" => ~w(prompt max_new_tokens temperature top_k seed stream stop)
   }
 
   @enforce_keys [:model, :op, :args, :rows]
@@ -261,6 +261,7 @@ defmodule ServeEx.Request do
          {:ok, temperature} <- temperature(map),
          {:ok, top_k} <- integer(map, "top_k", nil, 1, @limits["max_top_k"]),
          {:ok, stream} <- stream(map),
+         {:ok, stop} <- stop(map),
          {:ok, seed} <- if(stream, do: stream_seed(map), else: seed(map)) do
       {:ok,
        %{
@@ -269,7 +270,8 @@ defmodule ServeEx.Request do
          temperature: temperature,
          top_k: top_k,
          seed: seed,
-         stream: stream
+         stream: stream,
+         stop: stop
        }, 1}
     end
   end
@@ -278,6 +280,34 @@ defmodule ServeEx.Request do
     case Map.get(map, "stream", false) do
       flag when is_boolean(flag) -> {:ok, flag}
       _ -> malformed(~s["stream" must be true or false])
+    end
+  end
+
+  # Strings that end the text where the first of them appears (left out of the text).
+  defp stop(map) do
+    {max_strings, max_chars} = {@limits["max_stop_strings"], @limits["max_stop_chars"]}
+
+    case Map.get(map, "stop", []) do
+      stops when not is_list(stops) ->
+        malformed(~s["stop" must be a list of strings])
+
+      stops when length(stops) > max_strings ->
+        too_large(~s["stop" has more strings than the limit of #{max_strings}])
+
+      stops ->
+        cond do
+          not Enum.all?(stops, &is_binary/1) ->
+            malformed(~s["stop" must be a list of strings])
+
+          "" in stops ->
+            invalid(~s[every "stop" string must be non-empty])
+
+          Enum.any?(stops, &(String.length(&1) > max_chars)) ->
+            too_large(~s[a "stop" string is longer than #{max_chars} characters])
+
+          true ->
+            {:ok, stops}
+        end
     end
   end
 

@@ -44,9 +44,13 @@ defmodule ServeEx.StreamCursor do
     end
   end
 
-  @doc "The stream's last frame, `{seq, json}`: `done`, with `error` (`{code, message}`) if any."
-  @spec last(t(), {atom(), String.t()} | nil) :: {non_neg_integer(), binary()}
-  def last(cursor, error), do: {cursor.next, ServeEx.Reply.stream_end(cursor.next, error)}
+  @doc """
+  The stream's last frame, `{seq, json}`: `done`, with why the text ended, or with the
+  error (`{code, message}`) that ended it.
+  """
+  @spec last(t(), ServeEx.Reply.finish_reason() | {atom(), String.t()}) ::
+          {non_neg_integer(), binary()}
+  def last(cursor, ending), do: {cursor.next, ServeEx.Reply.stream_end(cursor.next, ending)}
 
   @doc """
   A cursor for a stream whose client already has the frames up to `seq`: the first

@@ -40,7 +40,7 @@ defmodule ServeEx.HTTP.Inference do
   alias ServeEx.Pipeline.Processor
 
   # Without a deadline, the longest a handler waits: a 1,024-token generation queued
-  # behind others in its model's long lane.
+  # behind others waiting to join its model's decoding batch.
   @wait_ms 300_000
   # With one, how long after it the batcher's own deadline_exceeded reply may take.
   @grace_ms 1_000
@@ -164,8 +164,8 @@ defmodule ServeEx.HTTP.Inference do
         # no chunk came before the run was retried: the retried run starts the stream
         await_reply(req, ref, deadline, cursor)
 
-      {^ref, {:stream_end, _key, error}, label} ->
-        {_seq, json} = StreamCursor.last(cursor, error)
+      {^ref, {:stream_end, _key, ending}, label} ->
+        {_seq, json} = StreamCursor.last(cursor, ending)
         reply(req, status(label), json)
 
       {^ref, body, label} ->
@@ -198,8 +198,8 @@ defmodule ServeEx.HTTP.Inference do
   end
 
   # the last frame, and the end of the response
-  defp finish(req, cursor, error) do
-    {seq, json} = StreamCursor.last(cursor, error)
+  defp finish(req, cursor, ending) do
+    {seq, json} = StreamCursor.last(cursor, ending)
     :cowboy_req.stream_body(event(seq, "done", json), :fin, req)
     req
   end
@@ -212,8 +212,8 @@ defmodule ServeEx.HTTP.Inference do
       {:stream_restart, ^ref} ->
         stream_rest(req, ref, StreamCursor.restart(cursor), wait_ms)
 
-      {^ref, {:stream_end, _key, error}, _label} ->
-        finish(req, cursor, error)
+      {^ref, {:stream_end, _key, ending}, _label} ->
+        finish(req, cursor, ending)
 
       # the generation failed, and failed again alone: the stream ends with that error
       {^ref, _error_reply, label} ->

@@ -1,11 +1,13 @@
 defmodule ServeEx.Pipeline.Batcher do
   @moduledoc """
-  One batcher per model. It gathers requests until their rows reach `batch_size` or
-  the oldest has waited `batch_timeout_ms`, then runs `handle_batch`: one engine call
-  per op present in the batch (inline or on a dirty CPU scheduler, as
-  `ServeEx.Engine.runs_inline?/2` says), and one reply per request. A crash inside a batch is attributed to the request that caused
-  it: the batch runs again one request at a time, the innocent ones are answered, and
-  only the guilty one fails (`ServeEx.Pipeline.FailurePolicy` decides what then).
+  One batcher per image model (a GPT's text has `ServeEx.Pipeline.TextScheduler`). It
+  gathers requests until their rows reach `batch_size` or the oldest has waited
+  `batch_timeout_ms`, then runs `handle_batch`: one engine call per op present in the
+  batch (inline or on a dirty CPU scheduler, as `ServeEx.Engine.runs_inline?/2` says),
+  and one reply per request. A crash inside a batch is attributed to the request that
+  caused it: the batch runs again one request at a time, the innocent ones are
+  answered, and only the guilty one fails (`ServeEx.Pipeline.FailurePolicy` decides
+  what then).
   """
   use GenServer
   require Logger
@@ -20,54 +22,31 @@ defmodule ServeEx.Pipeline.Batcher do
 
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, [:model, :batch_size, :batch_timeout_ms, lane: :short])
-    GenServer.start_link(__MODULE__, opts, name: name(opts[:model].id, opts[:lane]))
+    opts = Keyword.validate!(opts, [:model, :batch_size, :batch_timeout_ms])
+    GenServer.start_link(__MODULE__, opts, name: name(opts[:model].id))
   end
 
   @spec child_spec(keyword()) :: Supervisor.child_spec()
-  def child_spec(opts) do
-    lane = Keyword.get(opts, :lane, :short)
-    %{id: {__MODULE__, opts[:model].id, lane}, start: {__MODULE__, :start_link, [opts]}}
-  end
+  def child_spec(opts),
+    do: %{id: {__MODULE__, opts[:model].id}, start: {__MODULE__, :start_link, [opts]}}
 
-  # Text generation longer than this many new tokens runs in the model's long lane.
-  @short_tokens 64
-
-  @doc """
-  The lanes of a model: a GPT has two batchers, so that a short request never waits
-  behind a long generation (up to `max_new_tokens` 1,024 costs seconds); the other
-  models have one.
-  """
-  @spec lanes(ServeEx.Engine.t()) :: [:short | :long]
-  def lanes(%{arch: :gpt}), do: [:short, :long]
-  def lanes(_model), do: [:short]
-
-  @doc "The admission keys of a model: one per lane (`ServeEx.Admission`)."
-  @spec admission_keys(ServeEx.Engine.t()) :: [ServeEx.Admission.key()]
-  def admission_keys(model), do: for(lane <- lanes(model), do: {model.id, lane})
-
-  @doc "The admission key of a validated message: its model's lane for it."
-  @spec admission_key(ServeEx.Message.t()) :: ServeEx.Admission.key()
-  def admission_key(message), do: {message.model_id, lane(message.request)}
+  @doc "The admission key of an image model's requests."
+  @spec admission_key(String.t()) :: ServeEx.Admission.key()
+  def admission_key(model_id), do: {model_id, :images}
 
   @doc "Queues a validated message on its model's batcher."
   @spec add(ServeEx.Message.t()) :: :ok
-  def add(message),
-    do: GenServer.cast(name(message.model_id, lane(message.request)), {:add, message})
+  def add(message), do: GenServer.cast(name(message.model_id), {:add, message})
 
-  defp lane(%{op: "generate_text", args: %{max_new_tokens: n}}) when n > @short_tokens, do: :long
-  defp lane(_request), do: :short
-
-  defp name(id, lane), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:batcher, id, lane}}}
+  defp name(id), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:batcher, id}}}
 
   @impl true
   def init(opts) do
-    Admission.reset({opts[:model].id, opts[:lane]})
+    Admission.reset(admission_key(opts[:model].id))
 
     {:ok,
      %{
        model: opts[:model],
-       lane: opts[:lane],
        size: opts[:batch_size],
        timeout: opts[:batch_timeout_ms],
        pending: [],
@@ -139,7 +118,7 @@ defmodule ServeEx.Pipeline.Batcher do
 
     compute_us = System.monotonic_time(:microsecond) - started
     Metrics.compute_time(id, compute_us)
-    Admission.release({id, state.lane}, state.rows, div(compute_us, 1000))
+    Admission.release(admission_key(id), state.rows, div(compute_us, 1000))
     %{state | pending: [], rows: 0, timer: nil}
   end
 
@@ -161,17 +140,8 @@ defmodule ServeEx.Pipeline.Batcher do
           Exception.format(kind, reason, __STACKTRACE__)
       )
 
-      Enum.each(messages, &restart_stream/1)
       Enum.flat_map(messages, &run_alone(model, &1))
   end
-
-  # A streamed request's chunks so far came from the run that failed; the one-by-one run
-  # repeats them, and whoever numbers the frames must skip the repeats.
-  defp restart_stream(%{request: %{args: %{stream: true}}} = message) do
-    with {pid, tag} <- stream_target(message), do: send(pid, {:stream_restart, tag})
-  end
-
-  defp restart_stream(_message), do: :ok
 
   defp run_alone(model, message) do
     handle_batch(model, [message])
@@ -205,78 +175,21 @@ defmodule ServeEx.Pipeline.Batcher do
     do:
       Engine.encode_batch(model, Enum.map(messages, &f32_rows(args(&1).rows, args(&1).encoding)))
 
-  defp run(model, "generate_text", messages) do
-    requests =
-      for m <- messages, a = args(m) do
-        Engine.text_request(a.prompt, a.max_new_tokens,
-          temperature: a.temperature,
-          top_k: a.top_k,
-          seed: a.seed || stream_seed(m),
-          deadline_ms: m.deadline,
-          stream: if(a.stream, do: stream_target(m)),
-          waiter: waiter(m)
-        )
-      end
-
-    Engine.generate_text_batch(model, requests)
-  end
-
   defp args(message), do: message.request.args
-
-  # The same for every delivery of a request, so a stream restarted after a redelivery
-  # sends the same frames.
-  defp stream_seed(%{correlation_id: cid, payload: payload}) when is_binary(cid),
-    do: :erlang.phash2({cid, payload}, 4_294_967_296)
-
-  # without a correlation id: the same for a retry within this node (the delivery, or
-  # the HTTP request, is the same), and another for any other request
-  defp stream_seed(%{payload: payload, acknowledger: acknowledger}),
-    do: :erlang.phash2({payload, acknowledger}, 4_294_967_296)
-
-  # Where the engine sends a stream's chunks: the HTTP handler that waits for it, or the
-  # reply publisher, which numbers them and publishes each as a frame (with no publisher
-  # running, as in a batcher tested alone, only the last frame goes out).
-  defp stream_target(%{acknowledger: {:http, pid, ref}}), do: {pid, ref}
-
-  defp stream_target(m) do
-    case Process.whereis(ReplyPublisher) do
-      nil -> nil
-      pid -> {pid, {m.acknowledger, m.reply_to, m.correlation_id}}
-    end
-  end
-
-  # The HTTP handler that waits for the reply: a generation stops once it hangs up.
-  defp waiter(%{acknowledger: {:http, pid, _ref}}), do: pid
-  defp waiter(_message), do: nil
 
   defp f32_rows([first | _] = rows, encoding) do
     {for(row <- rows, v <- row, into: <<>>, do: <<v::float-32-little>>), length(first), encoding}
   end
 
-  # A stream's last frame is numbered by whoever published the frames before it.
   # a file the engine refuses is the service's failure, not the client's
   defp outcome({:error, {:bad_model, text}}, message),
     do: outcome({:error, {:internal, text}}, message)
 
-  defp outcome(result, %{request: %{args: %{stream: true}}} = message) do
-    case result do
-      {:ok, _text} ->
-        {:reply, {:stream_end, message.acknowledger, nil}, :ok}
+  defp outcome({:ok, {mu, logvar}}, %{request: %{op: "encode", args: args}}),
+    do: {:reply, Reply.posterior(mu, logvar, args.encoding), :ok}
 
-      {:error, {code, text}} ->
-        {:reply, {:stream_end, message.acknowledger, {code, text}}, code}
-    end
-  end
+  defp outcome({:ok, tensor}, %{request: %{args: args}}),
+    do: {:reply, Reply.tensor(tensor, args.encoding), :ok}
 
-  defp outcome(result, %{request: request}), do: outcome(result, request.op, request.args)
-
-  defp outcome({:ok, text}, "generate_text", _args), do: {:reply, Reply.text(text), :ok}
-
-  defp outcome({:ok, {mu, logvar}}, "encode", %{encoding: encoding}),
-    do: {:reply, Reply.posterior(mu, logvar, encoding), :ok}
-
-  defp outcome({:ok, tensor}, _op, %{encoding: encoding}),
-    do: {:reply, Reply.tensor(tensor, encoding), :ok}
-
-  defp outcome({:error, {code, text}}, _op, _args), do: {:reply, Reply.error(code, text), code}
+  defp outcome({:error, {code, text}}, _message), do: {:reply, Reply.error(code, text), code}
 end

@@ -3,7 +3,7 @@ defmodule ServeEx.Pipeline.Processor do
   `handle_message`: checks where the reply would go (`ServeEx.ReplyTo`), the deadline
   (`ServeEx.Deadline`), decodes and validates the request (`ServeEx.Request`), admits
   it against its model's bound (`ServeEx.Admission`), then passes it to its model's
-  batcher. An invalid, late or overloading request is answered with an error reply
+  worker (`ServeEx.Pipeline.Workers`). An invalid, late or overloading request is answered with an error reply
   right away; one whose `reply_to` is not accepted is dead-lettered without a publish. A crash while handling becomes a
   failed message (see `ServeEx.Pipeline.FailurePolicy`), logged once with its stack
   trace; the processor lives on.
@@ -12,7 +12,7 @@ defmodule ServeEx.Pipeline.Processor do
   require Logger
 
   alias ServeEx.{Admission, Deadline, Message, ModelRegistry, Reply, ReplyTo, Request}
-  alias ServeEx.Pipeline.{Batcher, ReplyPublisher}
+  alias ServeEx.Pipeline.{ReplyPublisher, Workers}
 
   @spec start_link({non_neg_integer(), String.t()}) :: GenServer.on_start()
   def start_link({index, reply_prefix}),
@@ -48,7 +48,7 @@ defmodule ServeEx.Pipeline.Processor do
     {:noreply, state}
   end
 
-  @doc "Validates one message and routes it: to a batcher, or straight to a reply."
+  @doc "Validates one message and routes it: to its model's worker, or straight to a reply."
   @spec handle_message(ServeEx.Message.t(), String.t()) :: :ok
   def handle_message(message, reply_prefix) do
     if Message.http?(message) or ReplyTo.accepted?(message.reply_to, reply_prefix) do
@@ -57,7 +57,7 @@ defmodule ServeEx.Pipeline.Processor do
            {:ok, request} <- parse(message),
            message = %{message | request: request, model_id: request.model.id, deadline: deadline},
            :ok <- admit(message) do
-        Batcher.add(message)
+        Workers.add(message)
       else
         {:error, code, text} ->
           ReplyPublisher.settle([{message, {:reply, Reply.error(code, text), code}}])
@@ -86,7 +86,7 @@ defmodule ServeEx.Pipeline.Processor do
   end
 
   defp admit(message) do
-    case Admission.admit(Batcher.admission_key(message), message.request.rows) do
+    case Admission.admit(Workers.admission_key(message.request.model), message.request.rows) do
       :ok -> :ok
       {:overloaded, retry_after_ms} -> {:overloaded, message, retry_after_ms}
     end

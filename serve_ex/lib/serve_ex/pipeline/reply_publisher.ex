@@ -161,9 +161,9 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
 
   # A reply is published now and its delivery settled when the broker confirms it;
   # confirms arrive asynchronously, so publishing never waits for them.
-  defp start_settling({message, {:publish, {:stream_end, key, error}, label}, settle}, state) do
+  defp start_settling({message, {:publish, {:stream_end, key, ending}, label}, settle}, state) do
     {cursor, streams} = Map.pop(state.streams, key, %StreamCursor{})
-    {_seq, body} = StreamCursor.last(cursor, error)
+    {_seq, body} = StreamCursor.last(cursor, ending)
     start_settling({message, {:publish, body, label}, settle}, %{state | streams: streams})
   end
 

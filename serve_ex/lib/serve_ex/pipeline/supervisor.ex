@@ -1,8 +1,8 @@
 defmodule ServeEx.Pipeline.Supervisor do
   @moduledoc """
-  The pipeline: a registry of stage names, the reply publisher, one batcher per
-  model and lane (`ServeEx.Pipeline.Batcher.lanes/1`), the processors, and the
-  producer last.
+  The pipeline: a registry of stage names, the reply publisher, one worker per model
+  (`ServeEx.Pipeline.Workers`: a batcher, or a GPT's text scheduler), the processors,
+  and the producer last.
 
   Strategy `:one_for_all`: messages in flight belong to the producer's channel. If any
   stage dies, the messages it held can only be recovered by the broker, which
@@ -16,57 +16,48 @@ defmodule ServeEx.Pipeline.Supervisor do
 
   alias ServeEx.ModelRegistry
   require Logger
-  alias ServeEx.Pipeline.{ReplyPublisher, Batcher, Processor, Producer}
+  alias ServeEx.Pipeline.{ReplyPublisher, Processor, Producer, Workers}
 
   @spec start_link(ServeEx.Config.t()) :: Supervisor.on_start()
   def start_link(config) do
-    :persistent_term.put({__MODULE__, :batching}, {config.batch_size, config.batch_timeout_ms})
+    :persistent_term.put({__MODULE__, :settings}, settings(config))
     Supervisor.start_link(__MODULE__, config, name: __MODULE__)
   end
 
+  defp settings(config),
+    do: Map.take(config, [:batch_size, :batch_timeout_ms, :max_sequences, :max_queued_rows])
+
   @doc """
-  Starts a batcher for a model id that appeared after the start (a hot-swapped
+  Starts a worker for a model id that appeared after the start (a hot-swapped
   directory gained a file). Without a running pipeline there is nothing to do.
   """
   @spec add_model(ServeEx.Engine.t()) :: :ok
   def add_model(model) do
-    {size, timeout} = :persistent_term.get({__MODULE__, :batching}, {64, 0})
+    case :persistent_term.get({__MODULE__, :settings}, nil) do
+      nil ->
+        :ok
 
-    ServeEx.Admission.setup(
-      Batcher.admission_keys(model),
-      :persistent_term.get({ServeEx.Admission, :max_rows}, 8 * size)
-    )
+      settings ->
+        ServeEx.Admission.setup([Workers.admission_key(model)], settings.max_queued_rows)
 
-    if Process.whereis(__MODULE__) do
-      for lane <- Batcher.lanes(model) do
-        spec = {Batcher, model: model, batch_size: size, batch_timeout_ms: timeout, lane: lane}
-        _ = Supervisor.start_child(__MODULE__, spec)
-      end
+        if Process.whereis(__MODULE__),
+          do: _ = Supervisor.start_child(__MODULE__, Workers.child_spec(model, settings))
+
+        :ok
     end
-
-    :ok
   end
 
   @impl true
   def init(config) do
-    models = ModelRegistry.models()
-    keys = models |> Map.values() |> Enum.flat_map(&Batcher.admission_keys/1)
-    ServeEx.Admission.setup(keys, config.max_queued_rows)
-
-    batchers =
-      for {_id, model} <- models, lane <- Batcher.lanes(model) do
-        {Batcher,
-         model: model,
-         batch_size: config.batch_size,
-         batch_timeout_ms: config.batch_timeout_ms,
-         lane: lane}
-      end
+    models = ModelRegistry.models() |> Map.values()
+    ServeEx.Admission.setup(Enum.map(models, &Workers.admission_key/1), config.max_queued_rows)
+    workers = for model <- models, do: Workers.child_spec(model, settings(config))
 
     processors =
       for index <- 0..(config.processors - 1), do: {Processor, {index, config.reply_queue_prefix}}
 
     producer =
-      if batchers == [] do
+      if workers == [] do
         Logger.error("not consuming #{config.request_queue}: no model is served")
         []
       else
@@ -84,7 +75,7 @@ defmodule ServeEx.Pipeline.Supervisor do
         {Registry, keys: :unique, name: ServeEx.Pipeline.Registry},
         {ReplyPublisher, amqp: config.amqp}
       ] ++
-        batchers ++ processors ++ producer
+        workers ++ processors ++ producer
 
     Supervisor.init(children, strategy: :one_for_all, max_restarts: 20, max_seconds: 10)
   end
