@@ -12,6 +12,7 @@ defmodule ServeEx.EngineTest do
   doctest ServeEx.Pipeline.FailurePolicy
   doctest ServeEx.StreamCursor
   doctest ServeEx.Pipeline.TextSequence
+  doctest ServeEx.OpenAI
 
   defp model(name) do
     {:ok, model} = Engine.load(Paths.golden("#{name}.safetensors"), name)

@@ -483,7 +483,15 @@ defmodule ServeEx.PipelineTest do
     replies = for _ <- 1..4, do: next_reply()
     assert Enum.map(replies, &elem(&1, 0)) |> Enum.take(2) |> Enum.sort() == ["c142", "c143"]
     replies = Map.new(replies)
-    assert replies["c140"] == %{"v" => 1, "ok" => true, "text" => a, "finish_reason" => "length"}
+
+    assert replies["c140"] == %{
+             "v" => 1,
+             "ok" => true,
+             "text" => a,
+             "finish_reason" => "length",
+             "new_tokens" => 400
+           }
+
     assert replies["c141"]["text"] == b
     assert replies["c142"]["text"] == short
 
@@ -491,7 +499,9 @@ defmodule ServeEx.PipelineTest do
              "v" => 1,
              "ok" => true,
              "text" => "ROMEO:" <> before_stop,
-             "finish_reason" => "stop"
+             "finish_reason" => "stop",
+             # the stop string's two tokens were generated too
+             "new_tokens" => length(String.to_charlist(before_stop)) + 2
            }
   end
 

@@ -106,7 +106,7 @@ def test_http_replies_equal_the_queued_ones(service, client, trained):
     assert status == 200 and posterior["mu"].shape == (4, 20) and posterior["logvar"].shape == (4, 20)
     status, text = http_call(base, "gpt", "generate_text", {"v": 1, "prompt": "ROMEO:", "max_new_tokens": 30})
     direct = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 30)
-    assert (status, text) == (200, {"v": 1, "ok": True, "text": direct})
+    assert (status, text) == (200, {"v": 1, "ok": True, "text": direct, "finish_reason": "length", "new_tokens": 30})
 
 
 @pytest.mark.parametrize(
@@ -349,7 +349,7 @@ def test_the_async_client_says_when_no_queue_takes_a_request():
 def test_the_gpt_small_preset_is_served(client, trained):
     request = {"v": 1, "model": "gpt-small", "op": "generate_text", "prompt": "ROMEO:", "max_new_tokens": 40}
     direct = infer_rs.Model(trained["gpt-small"]).generate_text("ROMEO:", 40)
-    assert client.call(request) == {"v": 1, "ok": True, "text": direct}
+    assert client.call(request) == {"v": 1, "ok": True, "text": direct, "finish_reason": "length", "new_tokens": 40}
 
 
 def test_served_text_equals_infer_rs(client, trained):
@@ -365,7 +365,7 @@ def test_served_text_equals_infer_rs(client, trained):
     }
     reply = client.call(request)
     direct = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 120, temperature=0.8, top_k=20, seed=3)
-    assert reply == {"v": 1, "ok": True, "text": direct}
+    assert reply == {"v": 1, "ok": True, "text": direct, "finish_reason": "length", "new_tokens": 120}
 
 
 @pytest.mark.parametrize("example", EXAMPLES["examples"], ids=lambda e: e["name"])
@@ -422,6 +422,7 @@ def test_a_stream_reassembles_to_the_unstreamed_text(client, trained):
         "ok": True,
         "seq": len(frames) - 1,
         "done": True,
+        "finish_reason": "length",
     }
     assert [len(f["delta"]) for f in frames[:-1]] == [8, 8, 8, 8, 8, 4]
     whole = client.call(request)["text"]

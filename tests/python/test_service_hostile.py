@@ -187,11 +187,12 @@ LARGEST_TEXT = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A" * 1
 
 
 def test_the_largest_requests_do_not_hold_up_short_ones(service):
-    """Three of the largest allowed GPT requests, then short ones: the short ones take
-    the GPT's short lane and the VAE's batcher, and are answered before the long ones."""
+    """Three of the largest allowed GPT requests, then short ones: the short text joins
+    the GPT's decoding batch beside the long ones, the VAE request goes to its batcher,
+    and both are answered before the long ones."""
     with Client(queue=service.env["REQUEST_QUEUE"]) as client:
         long_ids = [client.send(LARGEST_TEXT) for _ in range(3)]
-        client.poll(0.05)  # the long lane has started
+        client.poll(0.05)  # the long texts have started
         short = client.send(
             {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A", "max_new_tokens": 1}
         )
@@ -223,11 +224,11 @@ def largest_http_text() -> dict:
     return {k: v for k, v in LARGEST_TEXT.items() if k not in ("model", "op")}
 
 
-def test_hung_up_generations_stop_and_leave_the_lane_to_the_next_request(service):
-    """Four of the largest generations whose HTTP clients hang up mid-stream: each stops
-    between two tokens (the engine watches the handler that waits for it), so a
-    100-token request in the same lane right after them takes well under a second (it
-    waited 7.8 s when the hung-up generations ran to their end)."""
+def test_hung_up_generations_leave_the_batch(service):
+    """Four of the largest generations whose HTTP clients hang up mid-stream: each
+    leaves the decoding batch between two steps (the scheduler monitors the handler
+    that waits for it), so a 100-token request right after them takes well under a
+    second (it waited 7.8 s when the hung-up generations ran to their end)."""
     for _ in range(4):
         hang_up_after_first_frame(service.port, largest_http_text())
     started = time.monotonic()

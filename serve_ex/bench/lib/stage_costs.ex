@@ -23,7 +23,7 @@ defmodule ServeEx.Bench.StageCosts do
     {:ok, vae} = Engine.load(Path.join(dir, "vae.safetensors"), "vae")
     body = ~s({"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 7})
     lookup = fn _ -> {:ok, vae} end
-    Admission.setup([{"vae", :short}], 1_000_000)
+    Admission.setup([{"vae", :images}], 1_000_000)
     Metrics.setup()
     [{:ok, tensor}] = Engine.generate_batch(vae, [{1, 7, :base64}])
     sixty_four = for seed <- 1..64, do: {1, seed, :base64}
@@ -32,8 +32,8 @@ defmodule ServeEx.Bench.StageCosts do
       {"decode and validate the body (Request.parse)", fn -> Request.parse(body, lookup) end, 1},
       {"admit and release (Admission)",
        fn ->
-         Admission.admit({"vae", :short}, 1)
-         Admission.release({"vae", :short}, 1, 1)
+         Admission.admit({"vae", :images}, 1)
+         Admission.release({"vae", :images}, 1, 1)
        end, 1},
       {"engine, a batch of 1 (NIF, inline: Engine.runs_inline?/2)",
        fn -> Engine.generate_batch(vae, [{1, 7, :base64}]) end, 1},

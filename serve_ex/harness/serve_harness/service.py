@@ -204,5 +204,5 @@ PRODUCER = "Process.whereis(ServeEx.Pipeline.Producer)"
 
 
 def batcher(model_id: str) -> str:
-    key = f'{{:batcher, "{model_id}", :short}}'
+    key = f'{{:batcher, "{model_id}"}}'
     return f"(Registry.lookup(ServeEx.Pipeline.Registry, {key}) |> hd() |> elem(0))"

@@ -3,7 +3,8 @@ defmodule ServeEx.HTTP do
   HTTP over cowboy, on 127.0.0.1 by default, on two listeners:
 
   - inference (`HTTP_PORT`): `POST /v1/models/{id}/{op}`, a request batched with the
-    AMQP traffic (`ServeEx.HTTP.Inference`); at most `HTTP_MAX_CONNECTIONS` connections
+    AMQP traffic (`ServeEx.HTTP.Inference`), and OpenAI's `GET /v1/models` and
+    `POST /v1/completions` (`ServeEx.HTTP.Completions`); at most `HTTP_MAX_CONNECTIONS` connections
     at once, and at most 100 requests on one kept-alive connection;
   - health and metrics (`HEALTH_PORT`), with connections of their own, so that a flood
     on inference cannot make a healthy node fail its probes:
@@ -41,7 +42,11 @@ defmodule ServeEx.HTTP do
       {"/metrics", __MODULE__.Metrics, hosts}
     ]
 
-    inference = [{"/v1/models/:model/:op", __MODULE__.Inference, hosts}]
+    inference = [
+      {"/v1/models", __MODULE__.Completions, hosts},
+      {"/v1/completions", __MODULE__.Completions, hosts},
+      {"/v1/models/:model/:op", __MODULE__.Inference, hosts}
+    ]
 
     [
       listener(

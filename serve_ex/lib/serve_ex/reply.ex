@@ -133,15 +133,19 @@ defmodule ServeEx.Reply do
   @typedoc "Why a text ended: its `max_new_tokens` were reached, or a stop string came."
   @type finish_reason :: :length | :stop
 
-  @doc "A text reply: the prompt and its continuation, and why the text ended."
-  @spec text(String.t(), finish_reason()) :: binary()
-  def text(text, finish_reason),
+  @doc """
+  A text reply: the prompt and its continuation, why the text ended, and how many new
+  tokens were generated (a stop string's included, though the text leaves it out).
+  """
+  @spec text(String.t(), finish_reason(), non_neg_integer()) :: binary()
+  def text(text, finish_reason, new_tokens),
     do:
       encode(%{
         "v" => 1,
         "ok" => true,
         "text" => text,
-        "finish_reason" => Atom.to_string(finish_reason)
+        "finish_reason" => Atom.to_string(finish_reason),
+        "new_tokens" => new_tokens
       })
 
   defp encode(map), do: :jsx.encode(map)

@@ -76,10 +76,7 @@ defmodule ServeEx.Request do
   @type lookup :: (String.t() -> {:ok, ServeEx.Engine.t()} | :error)
 
   defp parse(body, lookup, address) do
-    with :ok <- check_size(body),
-         :ok <- check_brackets(body),
-         :ok <- check_numbers(body),
-         {:ok, map} <- decode_json(body),
+    with {:ok, map} <- decode(body),
          {:ok, map} <- address.(map),
          :ok <- check_version(map),
          {:ok, id, op} <- model_and_op(map),
@@ -89,6 +86,18 @@ defmodule ServeEx.Request do
          :ok <- check_op_of_arch(model, op) do
       {:ok, %__MODULE__{model: model, op: op, args: args, rows: rows}}
     end
+  end
+
+  @doc """
+  Decodes a body that must be a JSON object, its cost bounded first (its size, its
+  nesting, the length of each number): the top-level map, or the error.
+  """
+  @spec decode(binary()) :: {:ok, map()} | {:error, code(), String.t()}
+  def decode(body) do
+    with :ok <- check_size(body),
+         :ok <- check_brackets(body),
+         :ok <- check_numbers(body),
+         do: decode_json(body)
   end
 
   @doc "The most new tokens a text request may ask for (`limits.json`)."

@@ -35,8 +35,8 @@ defmodule ServeEx.HTTP.Inference do
   reply is `application/octet-stream`: the raw little-endian f32 values, with headers
   `x-dtype: f32`, `x-shape: rows,cols` and `x-fields` (`data`, or `mu,logvar`).
   """
-  alias ServeEx.{Message, Reply, Request, Status, StreamCursor}
-  alias ServeEx.HTTP.Waiters
+  alias ServeEx.{Message, Reply, Request, StreamCursor}
+  alias ServeEx.HTTP.{Body, Waiters}
   alias ServeEx.Pipeline.Processor
 
   # Without a deadline, the longest a handler waits: a 1,024-token generation queued
@@ -44,8 +44,6 @@ defmodule ServeEx.HTTP.Inference do
   @wait_ms 300_000
   # With one, how long after it the batcher's own deadline_exceeded reply may take.
   @grace_ms 1_000
-  # How long the whole body may take to arrive.
-  @body_ms 10_000
   # The last frame number a stream can reach: a frame per new token at most, then the
   # done frame (numbered from 0).
   @last_frame Request.max_new_tokens()
@@ -59,31 +57,9 @@ defmodule ServeEx.HTTP.Inference do
   end
 
   defp handle(%{method: "POST"} = req) do
-    limit = Request.max_body_bytes()
-
-    cond do
-      Status.draining?() ->
-        reply(req, 503, Reply.error(:overloaded, "this node is draining; retry on another"))
-
-      not json?(:cowboy_req.parse_header("content-type", req)) ->
-        reply(req, 415, Reply.error(:malformed_request, "send the body as application/json"))
-
-      # a chunked body has no length up front (:undefined); it is read up to the limit
-      declared_above?(:cowboy_req.body_length(req), limit) ->
-        too_large(req, limit)
-
-      true ->
-        case :cowboy_req.read_body(req, %{length: limit + 1, period: @body_ms}) do
-          {:ok, body, req} ->
-            infer(req, body)
-
-          {:more, partial, req} when byte_size(partial) > limit ->
-            too_large(req, limit)
-
-          # the whole body did not come within @body_ms
-          {:more, _partial, req} ->
-            reply(req, 408, Reply.error(:malformed_request, "the body did not arrive in time"))
-        end
+    case Body.read(req) do
+      {:ok, body, req} -> infer(req, body)
+      {:error, status, code, message, req} -> reply(req, status, Reply.error(code, message))
     end
   end
 
@@ -91,14 +67,6 @@ defmodule ServeEx.HTTP.Inference do
     body = Reply.error(:malformed_request, "use POST with a JSON body")
     :cowboy_req.reply(405, %{"allow" => "POST", "content-type" => "application/json"}, body, req)
   end
-
-  defp declared_above?(length, limit), do: is_integer(length) and length > limit
-
-  defp json?({"application", "json", _params}), do: true
-  defp json?(_other), do: false
-
-  defp too_large(req, limit),
-    do: reply(req, 413, Reply.error(:too_large, "the body is above the limit of #{limit} bytes"))
 
   defp infer(req, body) do
     request_id = :cowboy_req.header("x-request-id", req, nil)

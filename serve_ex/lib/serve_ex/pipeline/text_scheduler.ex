@@ -257,7 +257,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
     %{message: message, seq: seq} = state.live[id]
     {_seq, chunk} = TextSequence.rest(seq)
     stream(message, chunk)
-    settle(state, id, outcome(message, {:ok, seq.text, finish_reason}))
+    settle(state, id, outcome(message, {:ok, seq, finish_reason}))
   end
 
   # A step crashed: every live sequence runs again alone, so that only the guilty one
@@ -319,7 +319,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
 
     {_seq, chunk} = TextSequence.rest(seq)
     stream(message, chunk)
-    outcome(message, {:ok, seq.text, reason})
+    outcome(message, {:ok, seq, reason})
   end
 
   # A sequence ended (or left): it is answered, its caller unwatched, its count released.
@@ -336,10 +336,12 @@ defmodule ServeEx.Pipeline.TextScheduler do
     state
   end
 
-  defp outcome(message, {:ok, new_text, finish_reason}) do
+  defp outcome(message, {:ok, seq, finish_reason}) do
     if message.request.args.stream,
       do: {:reply, {:stream_end, message.acknowledger, finish_reason}, :ok},
-      else: {:reply, Reply.text(message.request.args.prompt <> new_text, finish_reason), :ok}
+      else:
+        {:reply, Reply.text(message.request.args.prompt <> seq.text, finish_reason, seq.tokens),
+         :ok}
   end
 
   # a file the engine refuses is the service's failure, not the client's
