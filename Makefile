@@ -24,7 +24,7 @@ RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve release bench-service two-nodes bench-fairness gpu-check wrk test-aarch64
+        elixir broker nif ex-lint ex-test serve release bench-service bench-text two-nodes bench-fairness gpu-check wrk test-aarch64
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -166,11 +166,15 @@ bench-fairness: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## how long s
 	$(MIX) compile
 	$(PY) serve_ex/bench/short_behind_long.py --models artifacts
 
+bench-text: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## text served to 1-64 users: continuous batching vs one at a time vs a torch peer (about 6 minutes) [ARGS=--quick]
+	$(MIX) compile
+	PYTHONPATH=. $(PY) serve_ex/bench/text_serving.py --models artifacts $(ARGS)
+
 two-nodes: elixir broker $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## two service nodes on one queue: 1 vs 2 nodes req/s, then SIGKILL and SIGTERM of one under load
 	$(MIX) compile
 	$(PY) -m serve_harness.two_nodes --models artifacts
 
-bench: bench-engine bench-service quality  ## every benchmark
+bench: bench-engine bench-service bench-text quality  ## every benchmark
 
 clean:  ## remove trained weights, runs, caches and the Rust build (keeps .venv)
 	rm -rf artifacts runs .pytest_cache .ruff_cache infer_rs/target $(ENGINE_STAMP) serve_ex/_build serve_ex/priv/native

@@ -53,21 +53,6 @@ def engine_flop(cfg: dict, prompt_len: int, new_tokens: int) -> float:
     return total
 
 
-def gpt_small(directory: Path) -> Path:
-    """The gpt-small preset at its sizes, as initialised, exported to `directory`."""
-    import torch
-
-    from train.export import export
-    from train.golden import SERVICE_VOCAB
-    from train.models.gpt import GPT, GPTConfig
-    from train.presets import MODELS
-
-    torch.manual_seed(0)
-    path = directory / "gpt-small.safetensors"
-    export(GPT(GPTConfig(vocab=SERVICE_VOCAB, **MODELS["gpt-small"].sizes)), path, {"trained": False})
-    return path
-
-
 def workloads(quick: bool) -> list[tuple]:
     """(model, label, prompt length or None for a full block, new tokens, batch, sampled)."""
     rows = []
@@ -89,6 +74,8 @@ def worker(artifacts: Path, threads: int, quick: bool) -> dict:
 
     torch.set_num_threads(threads)
     ceiling = sgemm_gflops(4 if quick else 20)
+    from train.bench.untrained import gpt_small
+
     paths = {"demo GPT": artifacts / "gpt.safetensors", "gpt-small": gpt_small(Path(tempfile.mkdtemp()))}
     models = {name: (infer_rs.Model(path), load(path)) for name, path in paths.items()}
     rows = []

@@ -10,10 +10,11 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import infer_rs
 import openai
 import pytest
 from serve_harness.service import Service
+
+import infer_rs
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,9 @@ def test_a_stop_string_ends_the_text_before_it(client, gpt):
 
 def test_a_streamed_completion_adds_up_to_the_engine_text(client, gpt):
     chunks = list(
-        client.completions.create(model="gpt", prompt="ROMEO:", max_tokens=100, temperature=0.9, seed=5, stream=True)
+        client.completions.create(
+            model="gpt", prompt="ROMEO:", max_tokens=100, temperature=0.9, seed=5, stream=True
+        )
     )
     assert all(c.object == "text_completion" for c in chunks) and len({c.id for c in chunks}) == 1
     reasons = [c.choices[0].finish_reason for c in chunks]
@@ -87,7 +90,9 @@ def test_a_streamed_completion_stops_without_sending_any_of_the_stop_string(clie
     greedy = gpt.generate_text("ROMEO:", 300)[len("ROMEO:") :]
     stop = greedy[40:43]
     chunks = list(
-        client.completions.create(model="gpt", prompt="ROMEO:", max_tokens=300, temperature=0, stop=[stop], stream=True)
+        client.completions.create(
+            model="gpt", prompt="ROMEO:", max_tokens=300, temperature=0, stop=[stop], stream=True
+        )
     )
     assert "".join(c.choices[0].text for c in chunks) == greedy[: greedy.index(stop)]
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -104,7 +109,7 @@ def test_concurrent_completions_each_get_their_lone_text(client, gpt):
 
     with ThreadPoolExecutor(len(seeds)) as pool:
         texts = list(pool.map(complete, seeds))
-    for seed, text in zip(seeds, texts):
+    for seed, text in zip(seeds, texts, strict=False):
         assert "A" + text == gpt.generate_text("A", 80, temperature=1.0, seed=seed), seed
 
 
@@ -122,8 +127,18 @@ def test_concurrent_completions_each_get_their_lone_text(client, gpt):
         ({"model": "gpt", "prompt": "A", "logprobs": 2}, "logprobs"),
         ({"model": "vae", "prompt": "A"}, "model"),
     ],
-    ids=["prompt-type", "negative-max-tokens", "max-tokens-type", "prompt-too-long", "unknown-model", "n",
-         "temperature", "stop-type", "unsupported-field", "not-a-text-model"],
+    ids=[
+        "prompt-type",
+        "negative-max-tokens",
+        "max-tokens-type",
+        "prompt-too-long",
+        "unknown-model",
+        "n",
+        "temperature",
+        "stop-type",
+        "unsupported-field",
+        "not-a-text-model",
+    ],
 )
 def test_a_bad_request_is_a_400_with_an_openai_error_naming_the_field(service, body, param):
     request = urllib.request.Request(
@@ -142,4 +157,4 @@ def test_a_bad_request_is_a_400_with_an_openai_error_naming_the_field(service, b
 def test_the_openai_client_raises_on_a_bad_request(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="gpt", prompt="A", n=3)
-    assert "n" == err.value.body["param"]
+    assert err.value.body["param"] == "n"

@@ -106,7 +106,10 @@ def test_http_replies_equal_the_queued_ones(service, client, trained):
     assert status == 200 and posterior["mu"].shape == (4, 20) and posterior["logvar"].shape == (4, 20)
     status, text = http_call(base, "gpt", "generate_text", {"v": 1, "prompt": "ROMEO:", "max_new_tokens": 30})
     direct = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 30)
-    assert (status, text) == (200, {"v": 1, "ok": True, "text": direct, "finish_reason": "length", "new_tokens": 30})
+    assert (status, text) == (
+        200,
+        {"v": 1, "ok": True, "text": direct, "finish_reason": "length", "new_tokens": 30},
+    )
 
 
 @pytest.mark.parametrize(
@@ -349,7 +352,13 @@ def test_the_async_client_says_when_no_queue_takes_a_request():
 def test_the_gpt_small_preset_is_served(client, trained):
     request = {"v": 1, "model": "gpt-small", "op": "generate_text", "prompt": "ROMEO:", "max_new_tokens": 40}
     direct = infer_rs.Model(trained["gpt-small"]).generate_text("ROMEO:", 40)
-    assert client.call(request) == {"v": 1, "ok": True, "text": direct, "finish_reason": "length", "new_tokens": 40}
+    assert client.call(request) == {
+        "v": 1,
+        "ok": True,
+        "text": direct,
+        "finish_reason": "length",
+        "new_tokens": 40,
+    }
 
 
 def test_served_text_equals_infer_rs(client, trained):
@@ -411,8 +420,9 @@ STREAM = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "ROMEO:", "te
 
 
 def test_a_stream_reassembles_to_the_unstreamed_text(client, trained):
-    """Frames come in sequence, each valid against the reply schema, 8 tokens a chunk,
-    and their text is the text of the same request unstreamed."""
+    """Frames come in sequence, each valid against the reply schema, the first token
+    alone, then 8 tokens a chunk, and their text is the text of the same request
+    unstreamed."""
     request = {**STREAM, "max_new_tokens": 44, "seed": 9}
     frames = list(client.stream(request))
     for frame in frames:
@@ -424,7 +434,7 @@ def test_a_stream_reassembles_to_the_unstreamed_text(client, trained):
         "done": True,
         "finish_reason": "length",
     }
-    assert [len(f["delta"]) for f in frames[:-1]] == [8, 8, 8, 8, 8, 4]
+    assert [len(f["delta"]) for f in frames[:-1]] == [1, 7, 8, 8, 8, 8, 4]
     whole = client.call(request)["text"]
     assert request["prompt"] + "".join(f["delta"] for f in frames[:-1]) == whole
     direct = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 44, temperature=0.8, top_k=20, seed=9)

@@ -83,7 +83,9 @@ def test_replies_validate():
     jsonschema.validate(ok, REPLY)
     decoded = np.frombuffer(base64.b64decode(ok["data"]), dtype="<f4").reshape(ok["shape"])
     np.testing.assert_array_equal(decoded, image)
-    jsonschema.validate({"v": 1, "ok": True, "text": "ROMEO: hi", "finish_reason": "stop", "new_tokens": 5}, REPLY)
+    jsonschema.validate(
+        {"v": 1, "ok": True, "text": "ROMEO: hi", "finish_reason": "stop", "new_tokens": 5}, REPLY
+    )
     for ending in ({"finish_reason": "length"}, {"error": {"code": "internal", "message": "m"}, "ok": False}):
         jsonschema.validate({"v": 1, "ok": True, "seq": 3, "done": True, **ending}, REPLY)
     # a text reply says why it ended

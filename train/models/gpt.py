@@ -15,6 +15,7 @@ uncached generation give the same tokens at every length.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -177,9 +178,11 @@ class GPT(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
+        on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Append max_new_tokens to idx (B, T). temperature 0 is greedy (argmax);
-        otherwise sample softmax(logits / temperature) restricted to the top_k."""
+        otherwise sample softmax(logits / temperature) restricted to the top_k.
+        `on_token`, if given, gets each step's (B, 1) new ids as they come."""
         cache: KVCache | None = None
         for _ in range(max_new_tokens):
             fits = idx.shape[1] <= self.cfg.block_size
@@ -190,6 +193,8 @@ class GPT(nn.Module):
                 logits, cache = self(window)  # prefill, or re-prefill a slid window
                 cache = cache if use_cache and fits else None
             next_id = pick_next_token(logits[:, -1, :], temperature, top_k, generator)
+            if on_token is not None:
+                on_token(next_id)
             idx = torch.cat([idx, next_id], dim=1)
         return idx
 

@@ -3,18 +3,20 @@ defmodule ServeEx.Pipeline.TextSequence do
   The text of one generation as its tokens come, one at a time: where it ends (a stop
   string), and which part of it a stream may send so far.
 
-  A stream sends a chunk every #{8} tokens: the new text since the last chunk, less the
-  tail that could still turn out to be the start of a stop string (it is sent once the
-  next tokens show it is not). When a stop string appears, the text ends just before
+  A stream sends its first token at once (the time to first token is one step), then a
+  chunk every 8 tokens: the new text since the last chunk, less the tail that could
+  still turn out to be the start of a stop string (it is sent once the next tokens
+  show it is not). When a stop string appears, the text ends just before
   it, and no chunk ever held any of it. The chunks are a function of the tokens alone,
   so a generation run again (alone, or on another node) cuts the same chunks.
 
       iex> alias ServeEx.Pipeline.TextSequence
       iex> seq = TextSequence.new(["\\n\\n"])
-      iex> {:more, seq, nil} = TextSequence.add(seq, "a")
-      iex> {:stop, seq, "a"} = TextSequence.add(TextSequence.add(seq, "\\n") |> elem(1), "\\n")
+      iex> {:more, seq, "a"} = TextSequence.add(seq, "a")
+      iex> {:more, seq, nil} = TextSequence.add(seq, "b")
+      iex> {:stop, seq, "b"} = TextSequence.add(TextSequence.add(seq, "\\n") |> elem(1), "\\n")
       iex> seq.text
-      "a"
+      "ab"
   """
 
   # New tokens per streamed chunk.
@@ -47,7 +49,7 @@ defmodule ServeEx.Pipeline.TextSequence do
       ...>   {chunk, s}
       ...> end) |> elem(0) |> Enum.reject(&is_nil/1)
       iex> chunks
-      ["abcdefgh"]
+      ["a", "bcdefgh"]
   """
   @spec add(t(), binary()) :: {:stop | :more, t(), binary() | nil}
   def add(%__MODULE__{} = seq, token_text) do
@@ -55,7 +57,7 @@ defmodule ServeEx.Pipeline.TextSequence do
     seq = %{seq | text: seq.text <> token_text, tokens: seq.tokens + 1}
 
     case stop_at(seq, before) do
-      nil when rem(seq.tokens, @stream_tokens) == 0 ->
+      nil when seq.tokens == 1 or rem(seq.tokens, @stream_tokens) == 0 ->
         take(seq, byte_size(seq.text) - held(seq))
 
       nil ->
