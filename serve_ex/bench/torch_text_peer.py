@@ -123,6 +123,7 @@ def main() -> None:
     }
     waiting: queue.Queue = queue.Queue()
     threading.Thread(target=batching, args=(models, waiting), daemon=True).start()
+    ThreadingHTTPServer.request_queue_size = 256  # the listen backlog: 64 clients connect at once
     server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(models, waiting))
     server.daemon_threads = True
     print(f"torch peer on 127.0.0.1:{args.port} at {time.strftime('%X')}", flush=True)

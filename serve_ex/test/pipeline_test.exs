@@ -250,11 +250,13 @@ defmodule ServeEx.PipelineTest do
       Map.put(ModelRegistry.models(), "poisoned_gpt", poisoned)
     )
 
-    start_supervised!(
-      {ServeEx.Pipeline.TextScheduler,
-       model: poisoned, max_sequences: 8, engine: ServeEx.Test.PoisonedEngine},
-      id: :poisoned_gpt
-    )
+    for lane <- [:short, :long] do
+      start_supervised!(
+        {ServeEx.Pipeline.TextScheduler,
+         model: poisoned, lane: lane, max_sequences: 8, engine: ServeEx.Test.PoisonedEngine},
+        id: {:poisoned_gpt, lane}
+      )
+    end
 
     gpt
   end
@@ -280,7 +282,7 @@ defmodule ServeEx.PipelineTest do
   test "a step that crashes fails only the guilty sequence; the others get their lone text",
        %{producer: producer} do
     gpt = start_poisoned_gpt()
-    scheduler = GenServer.whereis(scheduler("poisoned_gpt"))
+    scheduler = GenServer.whereis(scheduler("poisoned_gpt", :short))
     # all three join the same batch: the scheduler holds still until they wait for it
     :sys.suspend(scheduler)
 
@@ -428,7 +430,7 @@ defmodule ServeEx.PipelineTest do
 
   test "past a model's admission bound requests are overloaded; other models answer",
        %{producer: producer} do
-    ServeEx.Admission.setup([{"gpt", :text}, {"vae", :images}], 2)
+    ServeEx.Admission.setup([{"gpt", {:text, :short}}, {"vae", :images}], 2)
     on_exit(fn -> ServeEx.Admission.setup([], 64 * 8) end)
 
     text =
@@ -436,7 +438,7 @@ defmodule ServeEx.PipelineTest do
 
     # the GPT's scheduler holds the two admitted requests unanswered, so the other
     # three meet a full bound whatever the machine's speed
-    batcher = GenServer.whereis(scheduler("gpt"))
+    batcher = GenServer.whereis(scheduler("gpt", :short))
     :sys.suspend(batcher)
     for tag <- 110..114, do: deliver(producer, text, tag)
     deliver(producer, ~s({"v": 1, "model": "vae", "op": "generate", "n": 1}), 115)
@@ -458,8 +460,8 @@ defmodule ServeEx.PipelineTest do
 
     lone =
       Engine.generate_text_batch(gpt, [
-        Engine.text_request("A", 400, seed: 3, temperature: 0.8),
-        Engine.text_request("B", 400, seed: 4, temperature: 0.8),
+        Engine.text_request("A", 120, seed: 3, temperature: 0.8),
+        Engine.text_request("B", 120, seed: 4, temperature: 0.8),
         Engine.text_request("ROMEO:", 5),
         Engine.text_request("ROMEO:", 300)
       ])
@@ -470,14 +472,15 @@ defmodule ServeEx.PipelineTest do
     stop = String.slice(greedy, 20, 2)
     [before_stop | _] = String.split(greedy, stop)
 
-    scheduler = GenServer.whereis(scheduler("gpt"))
+    scheduler = GenServer.whereis(scheduler("gpt", :long))
     :sys.suspend(scheduler)
-    # two long texts, then a short one and a stopped one: all join the same batch
-    deliver(producer, text_body("gpt", "A", 400, ~s(, "seed": 3, "temperature": 0.8)), 140)
-    deliver(producer, text_body("gpt", "B", 400, ~s(, "seed": 4, "temperature": 0.8)), 141)
+    # two long texts and a stopped one join the long lane's batch together; a short
+    # one runs in the short lane beside them
+    deliver(producer, text_body("gpt", "A", 120, ~s(, "seed": 3, "temperature": 0.8)), 140)
+    deliver(producer, text_body("gpt", "B", 120, ~s(, "seed": 4, "temperature": 0.8)), 141)
     deliver(producer, text_body("gpt", "ROMEO:", 5), 142)
     deliver(producer, text_body("gpt", "ROMEO:", 300, ~s(, "stop": [#{:jsx.encode(stop)}])), 143)
-    wait_until(fn -> Process.info(scheduler, :message_queue_len) == {:message_queue_len, 4} end)
+    wait_until(fn -> Process.info(scheduler, :message_queue_len) == {:message_queue_len, 3} end)
     :sys.resume(scheduler)
 
     replies = for _ <- 1..4, do: next_reply()
@@ -489,7 +492,7 @@ defmodule ServeEx.PipelineTest do
              "ok" => true,
              "text" => a,
              "finish_reason" => "length",
-             "new_tokens" => 400
+             "new_tokens" => 120
            }
 
     assert replies["c141"]["text"] == b
@@ -522,7 +525,9 @@ defmodule ServeEx.PipelineTest do
   end
 
   defp batcher(id), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:batcher, id}}}
-  defp scheduler(id), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:text, id}}}
+
+  defp scheduler(id, lane),
+    do: {:via, Registry, {ServeEx.Pipeline.Registry, {:text, id, lane}}}
 
   # the next reply published, whichever request it answers
   defp next_reply do

@@ -520,6 +520,10 @@ def test_an_http_stream_raises_the_error_it_is_answered(service):
         proxy.shutdown()
 
 
+def tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def test_an_http_stream_cut_by_a_killed_node_resumes_on_another(trained, tmp_path):
     """SIGKILL of the node mid-stream over HTTP: the client sends the request again to a
     second node with its x-request-id and Last-Event-ID, and that node, deriving the same
@@ -533,10 +537,13 @@ def test_an_http_stream_cut_by_a_killed_node_resumes_on_another(trained, tmp_pat
     bases = [f"http://127.0.0.1:{node.port}" for node in (first, second)]
     with first, second:
         frames, resumed = [], []
-        for frame in http_stream(bases, "gpt", body, request_id="cut-short", resumed=resumed):
-            frames.append(frame)
-            if frame["seq"] == 2 and not resumed:
-                first.sigkill()
+        try:
+            for frame in http_stream(bases, "gpt", body, request_id="cut-short", resumed=resumed):
+                frames.append(frame)
+                if frame["seq"] == 2 and not resumed:
+                    first.sigkill()
+        except ServeError as err:  # what the surviving node said
+            pytest.fail(f"{err}; resumed {resumed}; the second node's log ends:\n{tail(second.log)}")
         alone = list(http_stream(bases[1:], "gpt", body, request_id="cut-short"))
     assert len(resumed) == 1 and resumed[0][0] == bases[1] and resumed[0][1] >= 2
     assert [f["seq"] for f in frames] == list(range(len(frames))) and frames[-1]["done"]

@@ -15,7 +15,7 @@ defmodule ServeEx.Admission do
   @last_batch_ms 2
 
   @typedoc "Whose rows are counted: a model's worker (`ServeEx.Pipeline.Workers.admission_key/1`)."
-  @type key :: {String.t(), atom()}
+  @type key :: {String.t(), term()}
 
   @doc "Sets the bound and creates the counters of `keys` (pipeline start)."
   @spec setup([key()], pos_integer()) :: :ok

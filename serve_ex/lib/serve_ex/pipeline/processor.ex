@@ -86,7 +86,7 @@ defmodule ServeEx.Pipeline.Processor do
   end
 
   defp admit(message) do
-    case Admission.admit(Workers.admission_key(message.request.model), message.request.rows) do
+    case Admission.admit(Workers.admission_key(message), message.request.rows) do
       :ok -> :ok
       {:overloaded, retry_after_ms} -> {:overloaded, message, retry_after_ms}
     end

@@ -38,10 +38,12 @@ defmodule ServeEx.Pipeline.Supervisor do
         :ok
 
       settings ->
-        ServeEx.Admission.setup([Workers.admission_key(model)], settings.max_queued_rows)
+        ServeEx.Admission.setup(Workers.admission_keys(model), settings.max_queued_rows)
 
-        if Process.whereis(__MODULE__),
-          do: _ = Supervisor.start_child(__MODULE__, Workers.child_spec(model, settings))
+        if Process.whereis(__MODULE__) do
+          for spec <- Workers.child_specs(model, settings),
+              do: _ = Supervisor.start_child(__MODULE__, spec)
+        end
 
         :ok
     end
@@ -50,8 +52,13 @@ defmodule ServeEx.Pipeline.Supervisor do
   @impl true
   def init(config) do
     models = ModelRegistry.models() |> Map.values()
-    ServeEx.Admission.setup(Enum.map(models, &Workers.admission_key/1), config.max_queued_rows)
-    workers = for model <- models, do: Workers.child_spec(model, settings(config))
+
+    ServeEx.Admission.setup(
+      Enum.flat_map(models, &Workers.admission_keys/1),
+      config.max_queued_rows
+    )
+
+    workers = Enum.flat_map(models, &Workers.child_specs(&1, settings(config)))
 
     processors =
       for index <- 0..(config.processors - 1), do: {Processor, {index, config.reply_queue_prefix}}

@@ -26,8 +26,15 @@ defmodule ServeEx.Pipeline.TextScheduler do
   registry holds a newer one, no request joins until the live sequences have ended;
   the next batch is made on the new version.
 
-  **Admission** (`ServeEx.Admission`, key `{model, :text}`) counts the requests of the
-  model waiting or live, one each; the processors shed `overloaded` past
+  **Lanes.** A model has two schedulers, each with its own decoding batch, and the two
+  run at once on two dirty CPU schedulers. A text whose prompt and new tokens fit in
+  the model's block with at most #{64} new tokens goes to the `:short` lane; any other
+  to the `:long` lane. Past the block, each token re-prefills the whole window, so one
+  long text makes every step of its batch cost a prefill: a short text that shared
+  its steps would wait as long per token.
+
+  **Admission** (`ServeEx.Admission`, key `{model, {:text, lane}}`) counts the
+  requests of a lane waiting or live, one each; the processors shed `overloaded` past
   `MAX_QUEUED_ROWS` of them.
   """
   use GenServer
@@ -38,32 +45,56 @@ defmodule ServeEx.Pipeline.TextScheduler do
 
   @late Reply.error(:deadline_exceeded, "the request's deadline passed before it was computed")
 
+  # The most new tokens of a short text.
+  @short_tokens 64
+
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, [:model, :max_sequences, engine: Engine])
-    GenServer.start_link(__MODULE__, opts, name: name(opts[:model].id))
+    opts = Keyword.validate!(opts, [:model, :max_sequences, lane: :long, engine: Engine])
+    GenServer.start_link(__MODULE__, opts, name: name(opts[:model].id, opts[:lane]))
   end
 
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts),
-    do: %{id: {__MODULE__, opts[:model].id}, start: {__MODULE__, :start_link, [opts]}}
+    do: %{
+      id: {__MODULE__, opts[:model].id, Keyword.get(opts, :lane, :long)},
+      start: {__MODULE__, :start_link, [opts]}
+    }
 
-  @doc "The admission key of a text model's requests."
-  @spec admission_key(String.t()) :: Admission.key()
-  def admission_key(model_id), do: {model_id, :text}
+  @doc "A text model's lanes, each a scheduler of its own."
+  @spec lanes() :: [:short | :long]
+  def lanes, do: [:short, :long]
 
-  @doc "Queues a validated `generate_text` message on its model's scheduler."
+  @doc """
+  The lane of a `generate_text` request: `:short` when its prompt and new tokens fit
+  in the model's block and it asks for at most #{@short_tokens} new tokens.
+  """
+  @spec lane(ServeEx.Request.t()) :: :short | :long
+  def lane(%{model: model, args: args}) do
+    # a token is a character (a code point) of a character-level model
+    prompt = args.prompt |> String.to_charlist() |> length()
+    fits = prompt + args.max_new_tokens <= model.config["block_size"]
+    if fits and args.max_new_tokens <= @short_tokens, do: :short, else: :long
+  end
+
+  @doc "The admission key of a text model's lane."
+  @spec admission_key(String.t(), :short | :long) :: Admission.key()
+  def admission_key(model_id, lane), do: {model_id, {:text, lane}}
+
+  @doc "Queues a validated `generate_text` message on its model's scheduler for its lane."
   @spec add(ServeEx.Message.t()) :: :ok
-  def add(message), do: GenServer.cast(name(message.model_id), {:add, message})
+  def add(message),
+    do: GenServer.cast(name(message.model_id, lane(message.request)), {:add, message})
 
-  defp name(id), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:text, id}}}
+  defp name(id, lane), do: {:via, Registry, {ServeEx.Pipeline.Registry, {:text, id, lane}}}
 
   @impl true
   def init(opts) do
     model = opts[:model]
-    Admission.reset(admission_key(model.id))
+    Admission.reset(admission_key(model.id, opts[:lane]))
 
     state = %{
+      lane: opts[:lane],
       model: model,
       engine: opts[:engine],
       max_sequences: opts[:max_sequences],
@@ -332,7 +363,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
 
   defp release(state, message, outcome) do
     ReplyPublisher.settle([{message, outcome}])
-    Admission.release(admission_key(state.model.id), 1, state.step_ms)
+    Admission.release(admission_key(state.model.id, state.lane), 1, state.step_ms)
     state
   end
 

@@ -1,9 +1,9 @@
 defmodule ServeEx.Pipeline.Workers do
   @moduledoc """
   Which process computes a model's requests: a GPT's text goes to its
-  `ServeEx.Pipeline.TextScheduler` (continuous batching over a decoding batch), an
-  image model's requests to its `ServeEx.Pipeline.Batcher`. Each counts its admitted
-  work under a key of its own (`ServeEx.Admission`).
+  `ServeEx.Pipeline.TextScheduler` for the text's lane (continuous batching over a
+  decoding batch), an image model's requests to its `ServeEx.Pipeline.Batcher`. Each
+  counts its admitted work under a key of its own (`ServeEx.Admission`).
   """
 
   alias ServeEx.Pipeline.{Batcher, TextScheduler}
@@ -15,27 +15,44 @@ defmodule ServeEx.Pipeline.Workers do
           max_sequences: pos_integer()
         }
 
-  @doc "The child spec of `model`'s worker."
-  @spec child_spec(ServeEx.Engine.t(), settings()) :: Supervisor.child_spec()
-  def child_spec(%{arch: :gpt} = model, settings),
-    do: TextScheduler.child_spec(model: model, max_sequences: settings.max_sequences)
+  @doc "The child specs of `model`'s workers: a batcher, or a text scheduler per lane."
+  @spec child_specs(ServeEx.Engine.t(), settings()) :: [Supervisor.child_spec()]
+  def child_specs(%{arch: :gpt} = model, settings) do
+    for lane <- TextScheduler.lanes(),
+        do:
+          TextScheduler.child_spec(
+            model: model,
+            lane: lane,
+            max_sequences: settings.max_sequences
+          )
+  end
 
-  def child_spec(model, settings),
-    do:
+  def child_specs(model, settings) do
+    [
       Batcher.child_spec(
         model: model,
         batch_size: settings.batch_size,
         batch_timeout_ms: settings.batch_timeout_ms
       )
+    ]
+  end
 
-  @doc "The admission key of `model`'s requests."
-  @spec admission_key(ServeEx.Engine.t()) :: ServeEx.Admission.key()
-  def admission_key(model), do: worker(model).admission_key(model.id)
+  @doc "The admission keys of `model`'s workers."
+  @spec admission_keys(ServeEx.Engine.t()) :: [ServeEx.Admission.key()]
+  def admission_keys(%{arch: :gpt} = model),
+    do: for(lane <- TextScheduler.lanes(), do: TextScheduler.admission_key(model.id, lane))
+
+  def admission_keys(model), do: [Batcher.admission_key(model.id)]
+
+  @doc "The admission key of a validated message: its worker's."
+  @spec admission_key(ServeEx.Message.t()) :: ServeEx.Admission.key()
+  def admission_key(%{request: %{model: %{arch: :gpt}} = request} = message),
+    do: TextScheduler.admission_key(message.model_id, TextScheduler.lane(request))
+
+  def admission_key(message), do: Batcher.admission_key(message.model_id)
 
   @doc "Hands a validated message to its model's worker."
   @spec add(ServeEx.Message.t()) :: :ok
-  def add(message), do: worker(message.request.model).add(message)
-
-  defp worker(%{arch: :gpt}), do: TextScheduler
-  defp worker(_model), do: Batcher
+  def add(%{request: %{model: %{arch: :gpt}}} = message), do: TextScheduler.add(message)
+  def add(message), do: Batcher.add(message)
 end
