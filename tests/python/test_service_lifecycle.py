@@ -139,6 +139,55 @@ def test_sigterm_with_work_beyond_the_drain_timeout_requeues_it_to_the_other_nod
         assert request["prompt"] + "".join(frame.get("delta", "") for frame in frames) == want
 
 
+def test_sigkill_mid_batch_loses_no_text_and_changes_none(trained, tmp_path):
+    """Sixteen texts decoding together, half of them streamed; the node is SIGKILLed once
+    the first frame came. A node started after it gets every request again from the
+    broker, and each reply (each stream, its repeats dropped) is the text the engine
+    gives that request alone."""
+    queue = f"serve_ex.kill_batch.{uuid.uuid4().hex[:8]}"
+    models = trained["gpt"].parent
+    requests = [
+        {
+            "v": 1,
+            "model": "gpt",
+            "op": "generate_text",
+            "prompt": "ROMEO:",
+            "max_new_tokens": 300,
+            "temperature": 0.8,
+            "top_k": 20,
+            "seed": seed,
+            "stream": seed % 2 == 0,
+        }
+        for seed in range(16)
+    ]
+    with Service(models, queue, tmp_path / "a.log") as a, Client(queue=queue) as client:
+        ids = [client.send(request) for request in requests]
+
+        def a_first_frame() -> bool:
+            client.poll(0.01)
+            return bool(client.replies)
+
+        wait_for(a_first_frame, 60, "a first frame")
+        a.sigkill()
+        ended = [cid for cid in ids if any("text" in r or r.get("done") for r in client.replies.get(cid, []))]
+        assert len(ended) < len(ids), "every text ended before the kill: nothing was mid-batch"
+        with Service(models, queue, tmp_path / "b.log"):
+            deadline = time.monotonic() + 120
+            while client.outstanding and time.monotonic() < deadline:
+                client.poll(0.05)
+    assert client.outstanding == {}
+    model = infer_rs.Model(trained["gpt"])
+    for request, cid in zip(requests, ids, strict=True):
+        want = model.generate_text("ROMEO:", 300, temperature=0.8, top_k=20, seed=request["seed"])
+        if request["stream"]:
+            order = FrameOrder()
+            frames = [frame for reply in client.replies[cid] for frame in order.add(reply)]
+            assert frames[-1]["done"] and frames[-1]["ok"]
+            assert "ROMEO:" + "".join(frame.get("delta", "") for frame in frames) == want
+        else:
+            assert client.replies[cid][-1]["text"] == want
+
+
 def test_sigkill_of_one_of_two_nodes_under_load_loses_nothing(trained, tmp_path):
     counts = stop_one_under_load(trained["vae"].parent, tmp_path, lambda node: node.sigkill())
     # a killed node's unacked deliveries are redelivered to the other: some may be
