@@ -49,8 +49,8 @@ $(ENGINE_STAMP): $(STAMP) $(ENGINE_SOURCES)
 
 engine: $(ENGINE_STAMP)  ## build the Rust engine and install the `infer_rs` Python module into .venv
 
-train: $(STAMP)  ## train one model: MODEL=vae|wgan|gpt [EPOCHS=n] [DATA=path] [ARGS="--flag ..."]
-	$(PY) -m train --model $(MODEL) --threads $(THREADS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATA),--data $(DATA)) $(ARGS)
+train: $(STAMP)  ## train one model into artifacts/NAME.safetensors: MODEL=vae|wgan|gpt [NAME=id] [EPOCHS=n] [DATA=path] [FORCE=1] [ARGS="--flag ..."]
+	$(PY) -m train --model $(MODEL) --threads $(THREADS) $(if $(NAME),--name $(NAME)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATA),--data $(DATA)) $(if $(FORCE),--force) $(ARGS)
 
 elixir:  ## install Elixir (Debian's package) if it is missing
 	@command -v mix >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q elixir)

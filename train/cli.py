@@ -20,7 +20,7 @@ from train.batches import ImageBatches, TextBatches
 from train.data import load_images, load_text
 from train.distributed import first_rank, join, leave
 from train.errors import TrainError
-from train.export import export
+from train.export import export, read_metadata
 from train.flags import add_flags, build, flag_name, given
 from train.models import ARCHITECTURES
 from train.presets import MODELS, Preset
@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--name", help="artifact and run name (default: the model name)")
     p.add_argument("--out", default="artifacts", help="where the .safetensors goes")
+    p.add_argument(
+        "--force", action="store_true", help="replace an artifact of the same name trained on other data"
+    )
     p.add_argument("--runs", default="runs", help="where logs, checkpoints and plots go")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
@@ -146,6 +149,27 @@ def write_text_samples(model, gen: torch.Generator, path: Path, prompt: str) -> 
     return path
 
 
+def replacing(path: Path, source: str, force: bool) -> str | None:
+    """What the artifact at `path` holds, if there is one (its data, epochs and date).
+    Refuses, before anything is trained or written, to replace one trained on other data
+    than `source` unless `force`."""
+    if not path.exists():
+        return None
+    try:
+        provenance = json.loads(read_metadata(path).get("provenance", "{}"))
+    except (TrainError, ValueError):
+        provenance = {}
+    data = provenance.get("data", "unknown data")
+    epochs, date = provenance.get("epochs", "?"), provenance.get("exported_at", "?")
+    held = f"a model trained on {data}, {epochs} epochs, {date}"
+    if data != source and not force:
+        raise TrainError(
+            f"{path} holds {held}; this run trains on {source}. Keep both with --name NAME "
+            "(make train NAME=...), or replace it with --force (make train FORCE=1)"
+        )
+    return held
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -179,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.runs) / name
     seed_everything(cfg.seed)
     model, batches, source = build_model(args, cfg)
+    artifact_path = Path(args.out) / f"{name}.safetensors"
+    replaced = replacing(artifact_path, source, args.force)
+    if replaced:
+        say(f"{artifact_path} will be replaced; it holds {replaced}")
     if runtime.compile:
         model.compile()
     trainer = Trainer(model, batches, cfg, run_dir, device, amp_dtype, group)
@@ -214,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         precision=precision,
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    artifact = export(model, Path(args.out) / f"{name}.safetensors", summary)
+    artifact = export(model, artifact_path, summary)
     outputs = [plots.loss_curves(trainer.history, run_dir / "loss.png", f"{name} ({source})")]
     outputs += write_samples(model, batches, run_dir, name, args.prompt)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -49,8 +49,22 @@ class TrainConfig:
     keep_best: bool = knob(True, "end on the weights of the best held-out loss, not the last")
 
     def __post_init__(self) -> None:
-        assert self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"
-        assert self.steps_per_epoch >= 0, f"steps_per_epoch must be at least 0, got {self.steps_per_epoch}"
+        at_least = {
+            "epochs": 1,
+            "batch_size": 1,
+            "log_every": 1,
+            "steps_per_epoch": 0,
+            "warmup_steps": 0,
+            "weight_decay": 0,
+            "grad_clip": 0,
+            "patience": 0,
+            "max_seconds": 0,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            assert value >= low, f"--{name.replace('_', '-')} must be at least {low}, got {value}"
+        assert self.lr > 0, f"--lr must be above 0, got {self.lr}"
+        assert 0 < self.min_lr_ratio <= 1, f"--min-lr-ratio must be in (0, 1], got {self.min_lr_ratio}"
 
     def describe(self) -> str:
         """The schedule in words, e.g. "3e-3 cosine, batch 128, 30 epochs"."""

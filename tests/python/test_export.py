@@ -133,3 +133,53 @@ def test_cli_trains_plots_and_exports(argv, tmp_path):
 @pytest.mark.parametrize("name", ["vae", "wgan", "gpt", "gpt-small"])
 def test_trained_artifacts_match_their_manifest(trained, name):
     assert_matches_schema(trained[name])
+
+
+def tiny_gpt_run(tmp_path, data: Path, *extra: str) -> list[str]:
+    return [
+        "--model", "gpt", "--epochs", "1", "--steps-per-epoch", "2", "--data", str(data),
+        "--out", str(tmp_path / "a"), "--runs", str(tmp_path / "r"), "--threads", "2", *extra,
+    ]  # fmt: skip
+
+
+def test_training_on_other_data_refuses_to_replace_an_artifact(tmp_path, capsys):
+    """A second run on other data stops before training with one error line that says
+    what the artifact holds and how to keep both; nothing on disk changes. --name keeps
+    both; --force replaces it."""
+    first, other = tmp_path / "first.txt", tmp_path / "other.txt"
+    first.write_text("to be or not to be, that is the question. " * 80)
+    other.write_text("all the world's a stage, and all the men and women merely players. " * 60)
+    assert main(tiny_gpt_run(tmp_path, first)) == 0
+    artifact = tmp_path / "a" / "gpt.safetensors"
+    before = artifact.read_bytes()
+    metrics = (tmp_path / "r" / "gpt" / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+
+    assert main(tiny_gpt_run(tmp_path, other)) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {artifact} holds a model trained on ") and "first.txt, 1 epochs" in line
+    assert "this run trains on" in line and "other.txt" in line and "--name" in line and "--force" in line
+    assert artifact.read_bytes() == before
+    assert (tmp_path / "r" / "gpt" / "metrics.jsonl").read_bytes() == metrics
+
+    assert main(tiny_gpt_run(tmp_path, other, "--name", "other-gpt")) == 0
+    assert artifact.read_bytes() == before and (tmp_path / "a" / "other-gpt.safetensors").exists()
+    assert main(tiny_gpt_run(tmp_path, other, "--force")) == 0
+    provenance = json.loads(read_metadata(artifact)["provenance"])
+    assert provenance["data"].endswith("other.txt")
+
+
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [
+        ("--epochs", "0", "--epochs must be at least 1, got 0"),
+        ("--lr", "-1", "--lr must be above 0, got -1.0"),
+    ],
+)
+def test_an_out_of_range_flag_is_one_error_line_and_changes_nothing(tmp_path, capsys, flag, value, words):
+    data = tmp_path / "text.txt"
+    data.write_text("to be or not to be. " * 100)
+    assert main(tiny_gpt_run(tmp_path, data, flag, value)) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and words in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "r").exists()
