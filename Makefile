@@ -29,7 +29,7 @@ SERVICE_MODELS := runs/service_models/vae.safetensors
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): train/requirements.txt train/constraints.txt serve_ex/client/pyproject.toml serve_ex/harness/pyproject.toml
+$(STAMP): train/requirements.txt train/requirements-train.txt train/constraints.txt serve_ex/client/pyproject.toml serve_ex/harness/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r train/requirements.txt -c train/constraints.txt

@@ -67,3 +67,42 @@ def test_dockerfiles_copy_paths_that_exist():
             if line.startswith("COPY") and "--from" not in line:
                 for source in line.split()[1:-1]:
                     assert (ROOT / source).exists(), f"{dockerfile.name}: {source}"
+
+
+def ignored(path: str) -> bool:
+    """Whether .dockerignore keeps `path` (relative to the root) out of the build context."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    parts = Path(path).parts
+    for pattern in patterns:
+        bare = pattern.removeprefix("**/")
+        if pattern.startswith("**/") and any(Path(p).match(bare) for p in parts):
+            return True
+        if path == pattern or path.startswith(pattern + "/"):
+            return True
+    return False
+
+
+def test_the_build_context_leaves_host_build_outputs_out():
+    for output in [".venv", "infer_rs/target", "serve_ex/_build", "serve_ex/deps", "serve_ex/priv/native",
+                   ".git", "artifacts", "runs", "train/__pycache__/cli.cpython-311.pyc"]:  # fmt: skip
+        assert ignored(output), output
+    for name in ("trainer", "serve"):
+        dockerfile = ROOT / SERVICES[name]["build"]["dockerfile"]
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY") and "--from" not in line:
+                for source in line.split()[1:-1]:
+                    assert not ignored(
+                        source.rstrip("/")
+                    ), f"{dockerfile.name} copies {source}, which is ignored"
+
+
+def test_the_trainer_image_installs_no_test_or_benchmark_tools():
+    dockerfile = (ROOT / "train/Dockerfile").read_text()
+    installed = re.findall(r"-r (\S+)", dockerfile)
+    assert installed == ["train/requirements-train.txt"]
+    pins = {line.split("==")[0] for line in (ROOT / installed[0]).read_text().splitlines() if "==" in line}
+    assert pins and not pins & {"pytest", "ruff", "maturin", "fastapi", "uvicorn", "openai", "pika"}

@@ -175,12 +175,20 @@ def test_huge_numbers_cost_their_sender_alone(service):
     assert waited < 0.5, f"an innocent request waited {waited:.2f} s behind two huge numbers"
 
 
-def test_error_messages_are_bounded_and_echo_no_field_names(service):
+def test_unknown_fields_are_named_cut_short_and_escaped(service):
+    """A 100,000-character field name is named by its first 24 characters; a name with a
+    quote and a newline is escaped; past three names, the rest are counted."""
     with Client(queue=service.env["REQUEST_QUEUE"]) as client:
-        body = {"v": 1, "model": "vae", "op": "generate", "n": 1, "A" * 100_000: 1}
-        reply = client.call(body)
-    assert reply["error"]["code"] == "malformed_request"
-    assert "AAAA" not in reply["error"]["message"] and len(reply["error"]["message"]) <= 300
+        long = client.call({"v": 1, "model": "vae", "op": "generate", "n": 1, "A" * 100_000: 1})
+        odd = client.call({"v": 1, "model": "vae", "op": "generate", "n": 1, 'a"b\nc': 1})
+        many = client.call(
+            {"v": 1, "model": "vae", "op": "generate", "n": 1, **{f"x{i}": 1 for i in range(5)}}
+        )
+    message = long["error"]["message"]
+    assert long["error"]["code"] == "malformed_request" and len(message) <= 300
+    assert message.startswith(f'unexpected field "{"A" * 24}"... for op generate; allowed: v, model, op, n')
+    assert odd["error"]["message"].startswith('unexpected field "a\\"b\\nc" for op generate')
+    assert many["error"]["message"].startswith('unexpected field "x0", "x1", "x2" and 2 more for op generate')
 
 
 LARGEST_TEXT = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "A" * 1024, "max_new_tokens": 1024}

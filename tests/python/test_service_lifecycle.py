@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -401,3 +402,38 @@ def test_a_request_whose_consumers_keep_dying_is_dead_lettered_by_the_delivery_l
     assert got == body and props.correlation_id == "killer"
     assert 1 < deliveries < 20, deliveries
     assert props.headers["x-first-death-reason"] == "delivery_limit", props.headers
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ({"BATCH_SIZE": "zero"}, 'BATCH_SIZE must be a whole number from 1 to 4096, got "zero"'),
+        (
+            {"HTTP_PORT": "busy"},
+            "HTTP_PORT={port}: cannot listen on 127.0.0.1:{port} (address already in use)",
+        ),
+    ],
+    ids=["not-a-number", "port-in-use"],
+)
+def test_a_bad_setting_is_one_error_line_and_a_non_zero_exit(tmp_path, trained, setting, words):
+    """The release started with a bad setting prints one line that names the variable,
+    its value and what is allowed, exits non-zero at once, and leaves no crash dump in
+    its working directory."""
+    subprocess.run(["make", "--no-print-directory", "release"], cwd=REPO, check=True, capture_output=True)
+    release = REPO / "serve_ex/_build/prod/rel/serve_ex/bin/serve_ex"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "MODEL_DIR": str(trained["vae"].parent),
+            "HTTP_PORT": str(free_port()),
+            "HEALTH_PORT": str(free_port()),
+            **{k: str(port) if v == "busy" else v for k, v in setting.items()},
+        }
+        done = subprocess.run([release, "start"], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    lines = (done.stdout + done.stderr).decode().strip().splitlines()
+    assert done.returncode != 0
+    assert lines == [f"error: {words.format(port=port)}"]
+    assert list(tmp_path.iterdir()) == []

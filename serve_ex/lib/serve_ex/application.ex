@@ -31,8 +31,7 @@ defmodule ServeEx.Application do
     ServeEx.Status.set_draining(false)
 
     if Application.get_env(:serve_ex, :start_service, true) do
-      config = Config.from_env()
-      configure_engine(config.engine_threads)
+      config = checked_config()
 
       children =
         [
@@ -69,6 +68,33 @@ defmodule ServeEx.Application do
   end
 
   def prep_stop(state), do: state
+
+  # The settings, the engine configured and the listeners' ports free, or one line that
+  # says what is wrong and a non-zero exit: no crash report, no crash dump.
+  defp checked_config do
+    config = Config.from_env()
+    configure_engine(config.engine_threads)
+    port_free!("HTTP_PORT", config.http_ip, config.http_port)
+    port_free!("HEALTH_PORT", config.http_ip, config.health_port)
+    config
+  rescue
+    err in ArgumentError ->
+      IO.puts(:stderr, "error: " <> Exception.message(err))
+      System.halt(1)
+  end
+
+  defp port_free!(_variable, _ip, 0), do: :ok
+
+  defp port_free!(variable, ip, port) do
+    case :gen_tcp.listen(port, ip: ip, reuseaddr: true) do
+      {:ok, socket} ->
+        :gen_tcp.close(socket)
+
+      {:error, reason} ->
+        raise ArgumentError,
+              "#{variable}=#{port}: cannot listen on #{:inet.ntoa(ip)}:#{port} (#{:inet.format_error(reason)})"
+    end
+  end
 
   # Before any model loads: the engine sizes its threads at its first call. What it then
   # runs on goes into the readiness report; a setting it cannot follow stops the start.

@@ -239,10 +239,20 @@ defmodule ServeEx.Request do
         :ok
 
       extra ->
+        named = extra |> Enum.sort() |> Enum.take(3) |> Enum.map_join(", ", &field_name/1)
+        more = if length(extra) > 3, do: " and #{length(extra) - 3} more", else: ""
+
         malformed(
-          "#{length(extra)} unexpected field(s) for op #{op}; allowed: #{Enum.join(allowed, ", ")}"
+          "unexpected field #{named}#{more} for op #{op}; allowed: #{Enum.join(allowed, ", ")}"
         )
     end
+  end
+
+  # A client's field name in an error: escaped, and cut to 24 characters.
+  defp field_name(name) do
+    if String.length(name) > 24,
+      do: inspect(String.slice(name, 0, 24)) <> "...",
+      else: inspect(name)
   end
 
   defp arguments("generate", map) do
