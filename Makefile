@@ -24,7 +24,7 @@ RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker nif ex-lint ex-test serve release bench-service bench-text two-nodes bench-fairness gpu-check wrk test-aarch64
+        elixir broker broker-users nif ex-lint ex-test serve release bench-service bench-text two-nodes bench-fairness gpu-check wrk test-aarch64
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ broker:  ## start RabbitMQ if it is not running, and wait until it answers
 	@rabbitmqctl -q status >/dev/null 2>&1 || rabbitmq-server -detached
 	@for i in $$(seq 90); do rabbitmqctl -q await_startup >/dev/null 2>&1 && exit 0; sleep 1; done; \
 	  echo "RabbitMQ did not start; see /var/log/rabbitmq" >&2; exit 1
+
+broker-users: broker  ## broker users for AMQP_REQUIRE_USER_ID=true, each reading only its own reply queues: USERS="alice bob" [PASSWORD=...]
+	serve_ex/scripts/broker_users.sh $(USERS)
 
 $(NIF): $(ENGINE_SOURCES)
 	cd infer_rs && $(CARGO) build --release -p infer_nif

@@ -40,10 +40,13 @@ def test_the_service_logs_in_as_its_own_least_privilege_user():
         assert re.fullmatch(serve["read"], queue) and re.fullmatch(serve["configure"], queue)
     assert re.fullmatch(serve["write"], "amq.default")
     # a client may publish through the default exchange and use its own reply queues,
-    # and may not read the dead-letter queue or the requests, or touch the service's queues
+    # and may not read the dead-letter queue or the requests, or touch the service's
+    # queues or another user's reply queues; the service ties replies to their sender
+    assert SERVICES["serve"]["environment"]["AMQP_REQUIRE_USER_ID"] == "true"
     assert re.fullmatch(client["write"], "amq.default")
-    assert re.fullmatch(client["read"], "amq.gen-abc") and re.fullmatch(client["configure"], "amq.gen-abc")
-    for queue in ("serve_ex.dead", "serve_ex.requests"):
+    own = "serve_ex.reply.client.0f3c"
+    assert re.fullmatch(client["read"], own) and re.fullmatch(client["configure"], own)
+    for queue in ("serve_ex.dead", "serve_ex.requests", "serve_ex.reply.other.0f3c", "amq.gen-abc"):
         assert not re.fullmatch(client["read"], queue) and not re.fullmatch(client["configure"], queue)
 
 

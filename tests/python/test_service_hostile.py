@@ -10,9 +10,11 @@ import json
 import os
 import re
 import socket
+import subprocess
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pika
 import pytest
@@ -301,3 +303,54 @@ def test_health_answers_while_inference_is_at_its_connection_cap(trained, tmp_pa
         waiting.close()
     assert answered_in < 1.0, f"health took {answered_in:.2f} s with inference at its cap"
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+
+
+def test_with_user_ids_required_a_forged_reply_to_gets_nothing_published(trained, tmp_path):
+    """Two broker users (`serve_ex/scripts/broker_users.sh`), a node with
+    AMQP_REQUIRE_USER_ID=true. Bob learns Alice's reply queue name and sets it as his
+    requests' reply_to: they are dead-lettered without a publish, and Alice's queue gets
+    only her own replies. A request without user_id is dead-lettered too; Bob cannot
+    claim to be Alice (the broker refuses the publish); and his requests to his own
+    queue are answered."""
+    alice, bob = f"alice_{uuid.uuid4().hex[:6]}", f"bob_{uuid.uuid4().hex[:6]}"
+    script = Path(__file__).resolve().parents[2] / "serve_ex/scripts/broker_users.sh"
+    subprocess.run([script, alice, bob], check=True, capture_output=True)
+    queue = f"serve_ex.owned.{uuid.uuid4().hex[:8]}"
+    request = {"v": 1, "model": "vae", "op": "generate", "n": 1, "seed": 1}
+    try:
+        node = Service(trained["vae"].parent, queue, tmp_path / "owned.log", AMQP_REQUIRE_USER_ID="true")
+        with node, Client(f"amqp://{alice}:{alice}@127.0.0.1:5672/%2F", queue, user_id=alice) as victim:
+            assert victim.reply_queue.startswith(f"serve_ex.reply.{alice}.")
+            assert victim.call(request)["ok"] is True
+            params = pika.URLParameters(f"amqp://{bob}:{bob}@127.0.0.1:5672/%2F")
+            with pika.BlockingConnection(params) as connection:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                own = channel.queue_declare(f"serve_ex.reply.{bob}.q", exclusive=True).method.queue
+                forged = [
+                    pika.BasicProperties(reply_to=victim.reply_queue, correlation_id="f1", user_id=bob),
+                    pika.BasicProperties(reply_to=victim.reply_queue, correlation_id="f2"),
+                    pika.BasicProperties(reply_to=own, correlation_id="f3"),  # no user_id
+                ]
+                for props in forged:
+                    channel.basic_publish("", queue, json.dumps(request).encode(), props, mandatory=True)
+                channel.basic_publish(
+                    "", queue, json.dumps(request).encode(),
+                    pika.BasicProperties(reply_to=own, correlation_id="b1", user_id=bob), mandatory=True,
+                )  # fmt: skip
+                deadline, answered = time.monotonic() + 10, None
+                while answered is None and time.monotonic() < deadline:
+                    _, props, body = channel.basic_get(own, auto_ack=True)
+                    answered = props.correlation_id if props else None
+                    connection.sleep(0.05)
+                assert answered == "b1"
+                with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="user_id"):
+                    channel.basic_publish(
+                        "", queue, b"{}", pika.BasicProperties(reply_to=victim.reply_queue, user_id=alice)
+                    )
+            victim.poll(1.0)
+            assert len(victim.replies) == 1 and not {"f1", "f2", "f3"} & set(victim.replies)
+            assert 'serve_ex_requests_total{model="unknown",outcome="dead_lettered"} 3\n' in node.metrics()
+    finally:
+        for user in (alice, bob):
+            subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True)

@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--queue", default=DEFAULT_QUEUE)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument(
+        "--user-id",
+        help="the broker user of --url, for a service with AMQP_REQUIRE_USER_ID=true: requests "
+        "carry it and replies come to a queue of that user's own",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="images from a VAE or WGAN model, saved as a PNG grid")
     g.add_argument("--model", default="vae")
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("body")
     args = p.parse_args(argv)
     try:
-        with Client(args.url, args.queue) as client:
+        with Client(args.url, args.queue, user_id=args.user_id) as client:
             if args.command == "generate":
                 request = {"v": 1, "model": args.model, "op": "generate", "n": args.n}
                 request["encoding"] = args.encoding

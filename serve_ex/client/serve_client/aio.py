@@ -23,7 +23,7 @@ import aio_pika
 import aio_pika.exceptions as amqp_errors
 import aiormq
 
-from serve_client.amqp import DEFAULT_QUEUE, DEFAULT_URL
+from serve_client.amqp import DEFAULT_QUEUE, DEFAULT_URL, reply_queue_name
 from serve_client.replies import (
     FrameOrder,
     ServeError,
@@ -54,10 +54,13 @@ class AsyncClient:
         queue: str = DEFAULT_QUEUE,
         name: str = "serve_client",
         reply_prefix: str = "serve_ex.reply.",
+        user_id: str | None = None,
     ) -> None:
-        """`name` is the connection name the broker shows."""
-        self.url, self.queue, self.name = url, queue, name
-        self.reply_name = f"{reply_prefix}{uuid.uuid4().hex}"
+        """`name` is the connection name the broker shows. `user_id`: the broker user of
+        `url`, for a service that requires it (`AMQP_REQUIRE_USER_ID`); requests carry it,
+        and the reply queue is one of that user's own (`reply_prefix` + user + ".")."""
+        self.url, self.queue, self.name, self.user_id = url, queue, name, user_id
+        self.reply_name = reply_queue_name(reply_prefix, user_id)
         self.outstanding: dict[str, bytes] = {}  # published, no (last) reply yet
         self.reconnects = 0
         self.republished = 0  # requests published again after a reconnect
@@ -130,6 +133,7 @@ class AsyncClient:
             content_type="application/json",
             correlation_id=correlation_id,
             reply_to=self.reply_name,
+            user_id=self.user_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         try:

@@ -30,6 +30,13 @@ DROPPED = (
 )
 
 
+def reply_queue_name(prefix: str, user_id: str | None) -> str:
+    """A new reply queue name under `prefix`, and under the user's own part of it when
+    the service ties replies to their sender (`prefix` + user + ".")."""
+    owner = f"{user_id}." if user_id else ""
+    return f"{prefix}{owner}{uuid.uuid4().hex}"
+
+
 class Client:
     """One connection with an exclusive reply queue; requests may overlap.
 
@@ -49,10 +56,16 @@ class Client:
         on_reply: Callable[[str, dict], None] | None = None,
         reconnect_tries: int = 6,
         name: str = "serve_client",
+        user_id: str | None = None,
+        reply_prefix: str = "serve_ex.reply.",
     ) -> None:
         """`on_reply(correlation_id, reply)` is called for every reply, duplicates included;
-        `name` is the connection name the broker shows."""
+        `name` is the connection name the broker shows. `user_id`: the broker user of
+        `url`, for a service that requires it (`AMQP_REQUIRE_USER_ID`); requests carry it,
+        and the reply queue is one of that user's own (`reply_prefix` + user + "."),
+        instead of a broker-named one."""
         self.url, self.queue, self.on_reply, self.name = url, queue, on_reply, name
+        self.user_id, self.reply_prefix = user_id, reply_prefix
         self.reconnect_tries = reconnect_tries
         self.replies: dict[str, list[dict]] = {}
         # the x-model-version header of each reply: which file version computed it
@@ -67,7 +80,8 @@ class Client:
         self.connection = pika.BlockingConnection(params)
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
-        self.reply_queue = self.channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        name = reply_queue_name(self.reply_prefix, self.user_id) if self.user_id else ""
+        self.reply_queue = self.channel.queue_declare(name, exclusive=True, auto_delete=True).method.queue
         self.channel.basic_consume(self.reply_queue, self._on_reply)
 
     def _reconnect(self, error: Exception) -> None:
@@ -101,6 +115,7 @@ class Client:
         props = pika.BasicProperties(
             reply_to=self.reply_queue,
             correlation_id=correlation_id,
+            user_id=self.user_id,
             content_type="application/json",
             delivery_mode=2,
         )

@@ -14,6 +14,7 @@ defmodule ServeEx.Config do
   | `PREFETCH` | `2 * BATCH_SIZE` | unacked deliveries the broker sends ahead: the backpressure |
   | `ENGINE_THREADS` | `1` | threads per engine call, up to the VM's online schedulers (one per core unless limited), set in the engine before it first runs (`ServeEx.Engine.set_threads/1`; `/readyz` says what it got; `RAYON_NUM_THREADS` has no effect on the node); the VM already runs one call per dirty CPU scheduler, so more threads per call only pay off with fewer concurrent calls than cores |
   | `REPLY_QUEUE_PREFIX` | `serve_ex.reply.` | besides broker-generated and direct reply-to names, `reply_to` may name a queue under this prefix (`ServeEx.ReplyTo`); empty turns it off |
+  | `AMQP_REQUIRE_USER_ID` | `false` | `true`: every request must carry the AMQP `user_id` property (the broker checks it against the connection's user) and a `reply_to` under `REPLY_QUEUE_PREFIX<user_id>.`; any other is dead-lettered without a publish, so a client's replies can only go to its own queues |
   | `MODEL_POLL_MS` | `2000` | how often the model directory is looked at for new or changed files (hot swap); 0 turns polling off (SIGHUP still reloads) |
   | `MAX_SEQUENCES` | `32` | texts a GPT generates at once (continuous batching, `ServeEx.Pipeline.TextScheduler`); more wait to join; 1 generates one text at a time |
   | `MAX_QUEUED_ROWS` | `8 * BATCH_SIZE` | image rows, or text requests, one model may have waiting or computing; past it a request gets `overloaded` at once (`ServeEx.Admission`) |
@@ -47,6 +48,7 @@ defmodule ServeEx.Config do
                 :http_max_connections,
                 :http_hosts,
                 :reply_queue_prefix,
+                :amqp_require_user_id,
                 :drain_timeout_ms,
                 :max_queued_rows,
                 :max_sequences,
@@ -86,6 +88,7 @@ defmodule ServeEx.Config do
       http_max_connections: int(env, "HTTP_MAX_CONNECTIONS", 1024, 1..100_000),
       http_hosts: hosts(env),
       reply_queue_prefix: reply_prefix(env),
+      amqp_require_user_id: require_user_id(env),
       drain_timeout_ms: int(env, "DRAIN_TIMEOUT_MS", 10_000, 0..600_000),
       max_queued_rows: int(env, "MAX_QUEUED_ROWS", 8 * batch_size, 1..1_000_000),
       max_sequences: int(env, "MAX_SEQUENCES", 32, 1..64),
@@ -151,6 +154,26 @@ defmodule ServeEx.Config do
     if valid?.(value),
       do: value,
       else: raise(ArgumentError, "#{key} must be #{rule}, got #{inspect(value)}")
+  end
+
+  defp require_user_id(env) do
+    case checked(
+           env,
+           "AMQP_REQUIRE_USER_ID",
+           "false",
+           &(&1 in ["true", "false"]),
+           "true or false"
+         ) do
+      "false" ->
+        false
+
+      "true" ->
+        if reply_prefix(env) == "",
+          do:
+            raise(ArgumentError, "AMQP_REQUIRE_USER_ID=true needs a REPLY_QUEUE_PREFIX, got none")
+
+        true
+    end
   end
 
   defp hosts(env) do

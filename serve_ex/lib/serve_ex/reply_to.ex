@@ -64,6 +64,43 @@ defmodule ServeEx.ReplyTo do
 
   def node_of(_name), do: {:error, :not_direct_reply_to}
 
+  @typedoc """
+  Which `reply_to` names a node accepts: `prefix` is `REPLY_QUEUE_PREFIX`; with
+  `require_user_id` (`AMQP_REQUIRE_USER_ID`), only names its sender owns (`owned?/3`).
+  """
+  @type policy :: %{prefix: String.t(), require_user_id: boolean()}
+
+  @doc """
+  Whether a request from `user_id` (its AMQP `user_id` property, which the broker
+  checks against the connection's user) may have its reply published to `name`.
+  """
+  @spec allowed?(String.t() | nil, String.t() | nil, policy()) :: boolean()
+  def allowed?(name, user_id, %{require_user_id: true, prefix: prefix}),
+    do: owned?(name, prefix, user_id)
+
+  def allowed?(name, _user_id, %{prefix: prefix}), do: accepted?(name, prefix)
+
+  @doc """
+  Whether `name` is a reply queue of `user_id`'s own: under `<prefix><user_id>.`. A
+  user id is 1 to 64 letters, digits, `_` or `-`, so that no user's names are under
+  another's.
+
+      iex> ServeEx.ReplyTo.owned?("serve_ex.reply.alice.q1", "serve_ex.reply.", "alice")
+      true
+      iex> ServeEx.ReplyTo.owned?("serve_ex.reply.alice.q1", "serve_ex.reply.", "bob")
+      false
+      iex> ServeEx.ReplyTo.owned?("amq.gen--BqgpWru21hmTnxFXXGUGA", "serve_ex.reply.", "alice")
+      false
+  """
+  @spec owned?(String.t() | nil, String.t(), String.t() | nil) :: boolean()
+  def owned?(name, prefix, user_id) when is_binary(name) and is_binary(user_id) do
+    Regex.match?(~r/\A[A-Za-z0-9_-]{1,64}\z/, user_id) and prefix != "" and
+      String.starts_with?(name, prefix <> user_id <> ".") and under_prefix?(name, prefix) and
+      byte_size(name) <= 255
+  end
+
+  def owned?(_name, _prefix, _user_id), do: false
+
   @spec accepted?(String.t() | nil, String.t()) :: boolean()
   def accepted?(name, prefix) when is_binary(name) do
     byte_size(name) <= 255 and

@@ -216,6 +216,7 @@ defmodule ServeEx.AMQP.Client do
        redelivered: redelivered,
        reply_to: undefined_to_nil(reply_to),
        correlation_id: undefined_to_nil(correlation_id),
+       user_id: undefined_to_nil(r_p_basic(props, :user_id)),
        deadline: header(headers, "x-deadline-ms")
      }}
   end

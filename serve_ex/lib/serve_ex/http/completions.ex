@@ -77,7 +77,7 @@ defmodule ServeEx.HTTP.Completions do
     :ok = Waiters.enter()
 
     try do
-      :ok = Processor.handle_message(message, "")
+      :ok = Processor.handle_http(message)
       await(req, ref, call, %StreamCursor{})
     after
       Waiters.leave()

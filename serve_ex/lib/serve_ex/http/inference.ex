@@ -116,7 +116,7 @@ defmodule ServeEx.HTTP.Inference do
     :ok = Waiters.enter()
 
     try do
-      :ok = Processor.handle_message(message, "")
+      :ok = Processor.handle_http(message)
       await_reply(req, ref, deadline, cursor)
     after
       Waiters.leave()

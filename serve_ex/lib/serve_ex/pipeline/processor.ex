@@ -11,14 +11,14 @@ defmodule ServeEx.Pipeline.Processor do
   use GenServer
   require Logger
 
-  alias ServeEx.{Admission, Deadline, Message, ModelRegistry, Reply, ReplyTo, Request}
+  alias ServeEx.{Admission, Deadline, ModelRegistry, Reply, ReplyTo, Request}
   alias ServeEx.Pipeline.{ReplyPublisher, Workers}
 
-  @spec start_link({non_neg_integer(), String.t()}) :: GenServer.on_start()
-  def start_link({index, reply_prefix}),
-    do: GenServer.start_link(__MODULE__, {index, reply_prefix}, name: name(index))
+  @spec start_link({non_neg_integer(), ReplyTo.policy()}) :: GenServer.on_start()
+  def start_link({index, reply_policy}),
+    do: GenServer.start_link(__MODULE__, {index, reply_policy}, name: name(index))
 
-  @spec child_spec({non_neg_integer(), String.t()}) :: Supervisor.child_spec()
+  @spec child_spec({non_neg_integer(), ReplyTo.policy()}) :: Supervisor.child_spec()
   def child_spec({index, _} = arg),
     do: %{id: {__MODULE__, index}, start: {__MODULE__, :start_link, [arg]}}
 
@@ -32,9 +32,9 @@ defmodule ServeEx.Pipeline.Processor do
   def init(state), do: {:ok, state}
 
   @impl true
-  def handle_cast({:message, message}, {index, reply_prefix} = state) do
+  def handle_cast({:message, message}, {index, reply_policy} = state) do
     try do
-      handle_message(message, reply_prefix)
+      handle_message(message, reply_policy)
     catch
       kind, reason ->
         Logger.error(
@@ -48,29 +48,41 @@ defmodule ServeEx.Pipeline.Processor do
     {:noreply, state}
   end
 
-  @doc "Validates one message and routes it: to its model's worker, or straight to a reply."
-  @spec handle_message(ServeEx.Message.t(), String.t()) :: :ok
-  def handle_message(message, reply_prefix) do
-    if Message.http?(message) or ReplyTo.accepted?(message.reply_to, reply_prefix) do
-      with {:ok, deadline} <- Deadline.parse(message.deadline),
-           :ok <- check_deadline(deadline),
-           {:ok, request} <- parse(message),
-           message = %{message | request: request, model_id: request.model.id, deadline: deadline},
-           :ok <- admit(message) do
-        Workers.add(message)
-      else
-        {:error, code, text} ->
-          ReplyPublisher.settle([{message, {:reply, Reply.error(code, text), code}}])
-
-        {:overloaded, admitted, retry_after_ms} ->
-          ReplyPublisher.settle([
-            {admitted, {:reply, Reply.overloaded(retry_after_ms), :overloaded}}
-          ])
-      end
+  @doc """
+  Validates one delivery and routes it: to its model's worker, or straight to a reply.
+  One whose `reply_to` the policy refuses (`ServeEx.ReplyTo.allowed?/3`) is
+  dead-lettered without a publish.
+  """
+  @spec handle_message(ServeEx.Message.t(), ReplyTo.policy()) :: :ok
+  def handle_message(message, reply_policy) do
+    if ReplyTo.allowed?(message.reply_to, message.user_id, reply_policy) do
+      route(message)
     else
       ReplyPublisher.settle([
         {message, {:dead, "reply_to is missing or not an accepted reply queue name"}}
       ])
+    end
+  end
+
+  @doc "Validates an HTTP request and routes it (its reply goes to the waiting handler)."
+  @spec handle_http(ServeEx.Message.t()) :: :ok
+  def handle_http(message), do: route(message)
+
+  defp route(message) do
+    with {:ok, deadline} <- Deadline.parse(message.deadline),
+         :ok <- check_deadline(deadline),
+         {:ok, request} <- parse(message),
+         message = %{message | request: request, model_id: request.model.id, deadline: deadline},
+         :ok <- admit(message) do
+      Workers.add(message)
+    else
+      {:error, code, text} ->
+        ReplyPublisher.settle([{message, {:reply, Reply.error(code, text), code}}])
+
+      {:overloaded, admitted, retry_after_ms} ->
+        ReplyPublisher.settle([
+          {admitted, {:reply, Reply.overloaded(retry_after_ms), :overloaded}}
+        ])
     end
   end
 

@@ -124,6 +124,7 @@ defmodule ServeEx.Pipeline.Producer do
       payload: payload,
       reply_to: meta.reply_to,
       correlation_id: meta.correlation_id,
+      user_id: Map.get(meta, :user_id),
       acknowledger: {state.amqp, state.chan, meta.delivery_tag},
       redelivered: meta.redelivered,
       received_at: System.monotonic_time(:microsecond),

@@ -24,6 +24,9 @@ defmodule ServeEx.Pipeline.Supervisor do
     Supervisor.start_link(__MODULE__, config, name: __MODULE__)
   end
 
+  defp reply_policy(config),
+    do: %{prefix: config.reply_queue_prefix, require_user_id: config.amqp_require_user_id}
+
   defp settings(config),
     do: Map.take(config, [:batch_size, :batch_timeout_ms, :max_sequences, :max_queued_rows])
 
@@ -61,7 +64,7 @@ defmodule ServeEx.Pipeline.Supervisor do
     workers = Enum.flat_map(models, &Workers.child_specs(&1, settings(config)))
 
     processors =
-      for index <- 0..(config.processors - 1), do: {Processor, {index, config.reply_queue_prefix}}
+      for index <- 0..(config.processors - 1), do: {Processor, {index, reply_policy(config)}}
 
     producer =
       if workers == [] do
