@@ -47,6 +47,11 @@ class TrainConfig:
     max_seconds: float = knob(0.0, "wall-clock training budget; 0: none")
     log_every: int = knob(10, "steps between lines in the metrics log")
     keep_best: bool = knob(True, "end on the weights of the best held-out loss, not the last")
+    ema: float = knob(
+        0.0,
+        "decay per step of an exponential moving average of the exported weights (0: off); "
+        "validation, samples and the export then use the average, and keep_best is moot",
+    )
 
     def __post_init__(self) -> None:
         at_least = {
@@ -59,11 +64,12 @@ class TrainConfig:
             "grad_clip": 0,
             "patience": 0,
             "max_seconds": 0,
+            "lr": 0,
         }
         for name, low in at_least.items():
             value = getattr(self, name)
             assert value >= low, f"--{name.replace('_', '-')} must be at least {low}, got {value}"
-        assert self.lr > 0, f"--lr must be above 0, got {self.lr}"
+        assert 0 <= self.ema < 1, f"--ema must be in [0, 1), got {self.ema}"
         assert 0 < self.min_lr_ratio <= 1, f"--min-lr-ratio must be in (0, 1], got {self.min_lr_ratio}"
 
     def describe(self) -> str:
@@ -98,6 +104,35 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+class WeightAverage:
+    """An exponential moving average of the weights a model exports (Polyak averaging;
+    for a GAN's generator, Yazici et al. 2019, "The Unusual Effectiveness of Averaging in
+    GAN Training"): after step t, avg <- d_t avg + (1 - d_t) w, with
+    d_t = min(decay, (1 + t) / (10 + t)), so that early on the average follows the
+    weights instead of remembering their initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay, self.updates = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.export_state().items()}
+
+    def update(self, model: torch.nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        state = model.state_dict()
+        with torch.no_grad():
+            for key, avg in self.shadow.items():
+                avg.lerp_(state[key], 1 - d)
+        self.updates += 1
+
+    def swap(self, model: torch.nn.Module) -> None:
+        """Exchanges the model's exported weights with the average (twice: back as before)."""
+        state = model.state_dict()
+        with torch.no_grad():
+            for key, avg in self.shadow.items():
+                live = state[key].clone()
+                state[key].copy_(avg)
+                avg.copy_(live)
+
+
 class Trainer:
     def __init__(
         self,
@@ -126,6 +161,7 @@ class Trainer:
         self.bad_epochs = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
+        self.average = WeightAverage(self.model, cfg.ema) if cfg.ema else None
 
     # --- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -144,6 +180,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "history": self.history,
             "train_config": asdict(self.cfg),
+            "average": (self.average.shadow, self.average.updates) if self.average else None,
         }
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -158,6 +195,8 @@ class Trainer:
         restore_rng(state["rng"])
         for key in ("epoch", "step", "best_val", "best_state", "bad_epochs", "train_seconds", "history"):
             setattr(self, key, state[key])
+        if self.average and state.get("average"):
+            self.average.shadow, self.average.updates = state["average"]
 
     # --- the loop ----------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -182,8 +221,20 @@ class Trainer:
                 metrics[f"grad_norm_{name}"] = clip_global_norm(opt, self.cfg.grad_clip)
             opt.step()
             metrics.update({k: float(v) for k, v in terms.items()})
+        if self.average:
+            self.average.update(self.model)
         self.step += 1
         return metrics
+
+    def validate_averaged(self) -> dict:
+        """`validate` on the average of the weights, if the run keeps one."""
+        if not self.average:
+            return self.validate()
+        self.average.swap(self.model)
+        try:
+            return self.validate()
+        finally:
+            self.average.swap(self.model)
 
     def validate(self) -> dict:
         self.model.eval()
@@ -213,7 +264,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train until epochs run out, early stopping fires or the time budget is spent.
 
-        Returns a summary; the model is left holding the best validated weights.
+        Returns a summary; the model is left holding the average of its weights if the
+        run keeps one, else the best validated weights (or the last, without keep_best).
         """
         self.model.train()
         stopped = "epochs"
@@ -246,7 +298,7 @@ class Trainer:
             bar.close()
             self.train_seconds += time.perf_counter() - started
             self.epoch += 1
-            val = self.group.from_writer(self.validate())  # every rank decides alike
+            val = self.group.from_writer(self.validate_averaged())  # every rank decides alike
             improved = val["loss"] < self.best_val
             if improved:
                 self.best_val = val["loss"]
@@ -266,7 +318,10 @@ class Trainer:
             if self.cfg.patience and self.bad_epochs >= self.cfg.patience:
                 stopped = "early stopping"
                 break
-        if self.cfg.keep_best and self.best_state is not None:
+        if self.average:
+            self.average.swap(self.model)  # the model ends on the average
+            self.average = None
+        elif self.cfg.keep_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return {
             "stopped_by": stopped,

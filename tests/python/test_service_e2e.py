@@ -477,7 +477,7 @@ def test_an_http_stream_resumes_after_the_frame_last_event_id_names(service):
 
     with urllib.request.urlopen(post(x_request_id="resume-me", last_event_id="2"), timeout=30) as r:
         rest = list(sse_data(r))
-    assert len(whole) == 6 and rest == whole[3:]
+    assert len(whole) == 7 and rest == whole[3:]  # 1 + 7 + 8 x 4 tokens, then done
     refusals = [
         (post(last_event_id="2"), "x-request-id"),
         (post(x_request_id="resume-me", last_event_id="-1"), "frame number"),

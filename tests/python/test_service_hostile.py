@@ -354,3 +354,28 @@ def test_with_user_ids_required_a_forged_reply_to_gets_nothing_published(trained
     finally:
         for user in (alice, bob):
             subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True)
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """What the listener answers to `data` within a second (until it closes or goes quiet)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+        raw.sendall(data)
+        got = b""
+        try:
+            while chunk := raw.recv(4096):
+                got += chunk
+        except TimeoutError:
+            pass
+    return got
+
+
+def test_an_h2c_upgrade_is_refused(service):
+    """The listeners take no `Upgrade: h2c` (cowboy's `protocols: [:http]`): the request
+    gets 400, not 101 Switching Protocols. (A client that opens with the HTTP/2 preface
+    is still served by the cowboy RabbitMQ's package ships; docs/service.md says so.)"""
+    upgrade = raw_exchange(
+        service.health_port,
+        b"GET /livez HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade, HTTP2-Settings\r\n"
+        b"upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    assert upgrade.startswith(b"HTTP/1.1 400"), upgrade[:80]

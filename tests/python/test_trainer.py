@@ -13,7 +13,7 @@ from train.cli import build_model, parse_args, train_config
 from train.models.vae import VAE, VAEConfig
 from train.models.wgan import WGANGP, WGANConfig
 from train.schedule import clip_global_norm, warmup_cosine
-from train.trainer import CHECKPOINT, TrainConfig, Trainer, seed_everything
+from train.trainer import CHECKPOINT, TrainConfig, Trainer, WeightAverage, seed_everything
 
 
 def test_warmup_then_cosine():
@@ -108,3 +108,35 @@ def test_the_overhead_benchmark_compares_like_with_like(tmp_path):
     trainer_loop(twin, batches, cfg, tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
     assert not torch.equal(model.encoder.mu.weight, before)  # both trained
+
+
+class Exported(torch.nn.Linear):
+    """A layer that exports its weight only (as the WGAN exports its generator only)."""
+
+    def export_state(self) -> dict:
+        return {"weight": self.state_dict()["weight"]}
+
+
+def test_the_weight_average_follows_its_recursion_and_swaps_back():
+    """avg_t = d_t avg_{t-1} + (1 - d_t) w_t with d_t = min(decay, (1 + t) / (10 + t)),
+    computed in float64 beside it; the bias is not averaged; two swaps restore the model."""
+    torch.manual_seed(0)
+    layer = Exported(3, 2)
+    average = WeightAverage(layer, decay=0.9)
+    expected = layer.weight.detach().double().clone()
+    for t in range(40):
+        with torch.no_grad():
+            layer.weight.add_(torch.randn_like(layer.weight))
+        average.update(layer)
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * layer.weight.detach().double()
+    # float32 lerp: each update rounds once, an error of at most 2^-24 |w| (|w| stays
+    # below 20 here: a sum of 40 standard normals); 40 updates stay under 40 * 1.2e-6
+    torch.testing.assert_close(average.shadow["weight"].double(), expected, rtol=0, atol=1e-4)
+    assert set(average.shadow) == {"weight"}
+    raw = layer.weight.detach().clone()
+    average.swap(layer)
+    assert torch.equal(average.shadow["weight"], raw)  # the average now holds the live weights
+    torch.testing.assert_close(layer.weight.detach().double(), expected, rtol=0, atol=1e-4)
+    average.swap(layer)
+    assert torch.equal(layer.weight.detach(), raw)

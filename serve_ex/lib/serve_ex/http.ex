@@ -76,7 +76,10 @@ defmodule ServeEx.HTTP do
       %{
         env: %{dispatch: :cowboy_router.compile([{:_, routes}])},
         connection_type: :supervisor,
-        max_keepalive: @requests_per_connection
+        max_keepalive: @requests_per_connection,
+        # no h2c upgrade (this cowboy predates HTTP/2's rapid-reset mitigation); a client
+        # that opens with the HTTP/2 preface is still served: cowboy 2.8 cannot refuse it
+        protocols: [:http]
       }
     )
   end
