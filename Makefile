@@ -27,7 +27,7 @@ SERVICE_MODELS := runs/service_models/vae.safetensors
         elixir broker broker-users nif ex-lint ex-test serve release bench-service bench-text two-nodes bench-fairness gpu-check wrk test-aarch64
 
 help:  ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): train/requirements.txt train/requirements-train.txt train/constraints.txt serve_ex/client/pyproject.toml serve_ex/harness/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,10 +52,12 @@ engine: $(ENGINE_STAMP)  ## build the Rust engine and install the `infer_rs` Pyt
 train: $(STAMP)  ## train one model into artifacts/NAME.safetensors: MODEL=vae|wgan|gpt [NAME=id] [EPOCHS=n] [DATA=path] [FORCE=1] [ARGS="--flag ..."]
 	$(PY) -m train --model $(MODEL) --threads $(THREADS) $(if $(NAME),--name $(NAME)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATA),--data $(DATA)) $(if $(FORCE),--force) $(ARGS)
 
-elixir:  ## install Elixir (Debian's package) if it is missing
+elixir:  ## install Elixir, and RabbitMQ, whose Erlang libraries the service builds on (Debian's packages), if missing
 	@command -v mix >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q elixir)
+	@command -v rabbitmq-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server)
 
-broker:  ## start RabbitMQ if it is not running, and wait until it answers
+broker:  ## install RabbitMQ (Debian's package) if it is missing, start it if it is not running, wait until it answers
+	@command -v rabbitmq-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server)
 	@rabbitmqctl -q status >/dev/null 2>&1 || rabbitmq-server -detached
 	@for i in $$(seq 90); do rabbitmqctl -q await_startup >/dev/null 2>&1 && exit 0; sleep 1; done; \
 	  echo "RabbitMQ did not start; see /var/log/rabbitmq" >&2; exit 1
