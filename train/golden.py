@@ -219,7 +219,7 @@ def write_service_models(out: Path) -> list[Path]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m train.golden", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.golden", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=GOLDEN_DIR)
     p.add_argument("--service-models", type=Path, help="also write untrained full-size models here")
     args = p.parse_args()

@@ -86,7 +86,7 @@ def measure(name: str, url: str, seconds: float, scratch: Path, rows: list) -> N
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("artifacts"))
     p.add_argument("--seconds", type=float, default=5.0)
     args = p.parse_args()

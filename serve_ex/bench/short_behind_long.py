@@ -40,7 +40,7 @@ def short_latencies(client: Client, body: dict, count: int, until: list[str] | N
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("artifacts"))
     args = p.parse_args()
     queue = f"serve_ex.fair.{uuid.uuid4().hex[:8]}"

@@ -164,7 +164,7 @@ def percentiles(values: list[float]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("artifacts"))
     p.add_argument("--quick", action="store_true", help="K = 1 and 32 only, no 1,024-token rows")
     args = p.parse_args()

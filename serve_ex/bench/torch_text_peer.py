@@ -112,7 +112,7 @@ def handler(models: dict, waiting: queue.Queue) -> type[BaseHTTPRequestHandler]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, required=True, help="a directory of GPT .safetensors")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)

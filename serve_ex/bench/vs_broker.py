@@ -118,7 +118,7 @@ def batch_histogram(metrics: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("artifacts"))
     p.add_argument("--seconds", type=float, default=4.0)
     args = p.parse_args()

@@ -14,7 +14,7 @@ from serve_harness.service import Service
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("artifacts"))
     args = p.parse_args()
     queue = f"serve_ex.demo.{uuid.uuid4().hex[:6]}"

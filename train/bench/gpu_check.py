@@ -87,7 +87,7 @@ def table(device: torch.device, results: list[tuple[Check, dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench.gpu_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.bench.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
     args = p.parse_args(argv)
     try:

@@ -112,7 +112,7 @@ def measure(threads: int, steps: int, rounds: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m train.bench.overhead", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.bench.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=40, help="steps per pass")
     p.add_argument("--rounds", type=int, default=3, help="passes of each loop")

@@ -121,7 +121,7 @@ def markdown(r: dict, threads: int) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m train.bench.quality", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.bench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gpt-seconds", type=float, default=300)
     args = p.parse_args()

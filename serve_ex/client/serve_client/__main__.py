@@ -17,7 +17,7 @@ from serve_client.amqp import DROPPED
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serve_client", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m serve_client", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--queue", default=DEFAULT_QUEUE)
     p.add_argument("--timeout", type=float, default=30.0)

@@ -129,7 +129,7 @@ def run(service: Service, model_dir: Path, total: int, inflight: int, url: str, 
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("artifacts"), help="model dir holding vae.safetensors")
     p.add_argument("-n", type=int, default=2000, help="requests to send")
     p.add_argument("--inflight", type=int, default=64)

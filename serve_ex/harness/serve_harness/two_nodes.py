@@ -82,7 +82,7 @@ def throughput(model_dir: Path, logs: Path, nodes: int, seconds: float) -> float
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("artifacts"), help="model dir holding vae.safetensors")
     p.add_argument("--seconds", type=float, default=5.0, help="measuring time per throughput row")
     args = p.parse_args()
