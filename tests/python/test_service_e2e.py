@@ -276,6 +276,35 @@ def test_the_raw_command_exits_non_zero_on_an_error_reply(service):
     assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "invalid_argument"
 
 
+def serve_client(*argv: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "serve_client", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_the_command_line_streams_sends_over_http_and_names_a_missing_service(service, trained):
+    """`stream` prints the text the engine gives the same seed; `http` prints the reply
+    and exits 1 on an error; with no service on the queue, one error line at once."""
+    queue, base = service.env["REQUEST_QUEUE"], f"http://127.0.0.1:{service.port}"
+    streamed = serve_client(
+        "--queue", queue, "stream", "--max-new-tokens", "50", "--temperature", "0.8", "--seed", "4"
+    )
+    want = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 50, temperature=0.8, seed=4)
+    assert streamed.returncode == 0 and streamed.stdout == want + "\n"
+    body = json.dumps({"prompt": "ROMEO:", "max_new_tokens": 20})
+    good = serve_client("http", "gpt", "generate_text", body, "--base", base)
+    assert good.returncode == 0 and json.loads(good.stdout)["text"] == infer_rs.Model(
+        trained["gpt"]
+    ).generate_text("ROMEO:", 20)
+    images = serve_client("http", "vae", "generate", '{"n": 2}', "--base", base)
+    assert images.returncode == 0 and json.loads(images.stdout)["data"] == "<2 x 784 float32>"
+    bad = serve_client("http", "vae", "generate", '{"n": 0}', "--base", base)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "invalid_argument"
+    started = time.monotonic()
+    nobody = serve_client("--queue", f"serve_ex.nobody.{uuid.uuid4().hex[:6]}", "text")
+    assert nobody.returncode == 1 and time.monotonic() - started < 10
+    assert nobody.stderr.startswith("error: unavailable: no service consumes serve_ex.nobody.")
+
+
 def test_the_client_survives_a_dropped_connection(service):
     """The broker closes the client's connection with a request unanswered (its reply, if
     any, dies with the exclusive reply queue): the client reconnects, declares a new

@@ -179,6 +179,17 @@ class Client:
                 raise ServeError("timeout", f"stream {cid} did not finish within {timeout} s")
             self.poll(0.05)
 
+    def consumers(self) -> int:
+        """How many consumers the request queue has (0 if it does not exist): none means no
+        service would answer, so a caller can say so at once instead of timing out."""
+        channel = self.connection.channel()
+        try:
+            count = channel.queue_declare(self.queue, passive=True).method.consumer_count
+        except amqp_errors.ChannelClosedByBroker:  # 404: no such queue
+            return 0
+        channel.close()
+        return count
+
     def stream_text(self, request: dict, timeout: float = 60.0) -> Iterator[str]:
         """The new text of a streamed generate_text request, chunk by chunk."""
         for frame in self.stream(request, timeout):
