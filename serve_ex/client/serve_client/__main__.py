@@ -18,6 +18,7 @@ from serve_client import DEFAULT_QUEUE, DEFAULT_URL, Client, ServeError, http_ca
 from serve_client.amqp import DROPPED
 
 DEFAULT_HTTP = "http://127.0.0.1:9090"
+TENSOR_FIELDS = ("data", "mu", "logvar")
 
 
 class WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -92,7 +93,7 @@ def text_request(args: argparse.Namespace, stream: bool) -> dict:
 
 
 def over_http(args: argparse.Namespace) -> int:
-    """The reply as JSON (a tensor's values summarised by its shape); 1 on an error reply."""
+    """The reply as JSON, a tensor's values shown by their shape; 1 on an error reply."""
     try:
         status, reply = http_call(args.base, args.model, args.op, args.body.encode(), args.timeout)
     except OSError as err:
@@ -100,10 +101,10 @@ def over_http(args: argparse.Namespace) -> int:
             f"error: cannot reach {args.base}: {err}; is the service running (make serve)?", file=sys.stderr
         )
         return 2
-    shown = {
-        k: (f"<{v.shape[0]} x {v.shape[1]} float32>" if hasattr(v, "shape") else v) for k, v in reply.items()
-    }
-    print(json.dumps(shown))
+    if "shape" in reply:  # a tensor reply: its values (base64 or raw) shown by their shape
+        rows, cols = reply["shape"]
+        reply = {k: f"<{rows} x {cols} float32>" if k in TENSOR_FIELDS else v for k, v in reply.items()}
+    print(json.dumps(reply))
     return 0 if status == 200 else 1
 
 
