@@ -36,6 +36,18 @@ defmodule ServeEx.ModelRegistry do
   @spec lookup(String.t()) :: {:ok, Engine.t()} | :error
   def lookup(id), do: Map.fetch(:persistent_term.get(@key, %{}), id)
 
+  @doc """
+  The version of `model` the registry serves now (a hot swap may have replaced it), or
+  `model` itself if its id is no longer served.
+  """
+  @spec current(Engine.t()) :: Engine.t()
+  def current(model) do
+    case lookup(model.id) do
+      {:ok, now} -> now
+      :error -> model
+    end
+  end
+
   @doc "Every served model, by id."
   @spec models() :: %{String.t() => Engine.t()}
   def models, do: :persistent_term.get(@key, %{})

@@ -12,7 +12,7 @@ defmodule ServeEx.Pipeline.Batcher do
   use GenServer
   require Logger
 
-  alias ServeEx.{Admission, Deadline, Engine, Metrics, Reply}
+  alias ServeEx.{Admission, Deadline, Engine, Metrics, ModelRegistry, Reply}
   alias ServeEx.Pipeline.{FailurePolicy, ReplyPublisher}
 
   @late_reply Reply.error(
@@ -110,7 +110,7 @@ defmodule ServeEx.Pipeline.Batcher do
 
     if due != [] do
       # the model's current version: a swap takes effect from the next batch on
-      model = current(state.model)
+      model = ModelRegistry.current(state.model)
       Metrics.batch(Enum.sum(Enum.map(due, & &1.request.rows)))
       due = Enum.map(due, &%{&1 | model_version: model.version})
       ReplyPublisher.settle(run_isolated(model, due))
@@ -120,13 +120,6 @@ defmodule ServeEx.Pipeline.Batcher do
     Metrics.compute_time(id, compute_us)
     Admission.release(admission_key(id), state.rows, div(compute_us, 1000))
     %{state | pending: [], rows: 0, timer: nil}
-  end
-
-  defp current(model) do
-    case ServeEx.ModelRegistry.lookup(model.id) do
-      {:ok, now} -> now
-      :error -> model
-    end
   end
 
   # One engine call for the batch; if it raises, one call per request, so the failure

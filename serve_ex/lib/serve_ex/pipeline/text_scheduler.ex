@@ -40,7 +40,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
   use GenServer
   require Logger
 
-  alias ServeEx.{Admission, Deadline, Engine, Metrics, Reply}
+  alias ServeEx.{Admission, Deadline, Engine, Metrics, ModelRegistry, Reply}
   alias ServeEx.Pipeline.{ReplyPublisher, TextSequence}
 
   @late Reply.error(:deadline_exceeded, "the request's deadline passed before it was computed")
@@ -163,7 +163,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
 
     with true <-
            map_size(state.live) < state.max_sequences and
-             state.model.version == current(state.model).version,
+             state.model.version == ModelRegistry.current(state.model).version,
          {{:value, message}, waiting} <- :queue.out(state.waiting) do
       admit(join(%{state | waiting: waiting}, message))
     else
@@ -172,18 +172,11 @@ defmodule ServeEx.Pipeline.TextScheduler do
   end
 
   defp maybe_swap(%{live: live} = state) when live == %{} do
-    model = current(state.model)
+    model = ModelRegistry.current(state.model)
     if model.version != state.model.version, do: new_batch(%{state | model: model}), else: state
   end
 
   defp maybe_swap(state), do: state
-
-  defp current(model) do
-    case ServeEx.ModelRegistry.lookup(model.id) do
-      {:ok, now} -> now
-      :error -> model
-    end
-  end
 
   defp join(state, message) do
     cond do
