@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
+from train.data import load_images
+
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
@@ -83,3 +85,20 @@ def class_coverage(classifier: DigitClassifier, images: torch.Tensor, confidence
         "confident_fraction": len(confident) / len(images),
         "counts": counts,
     }
+
+
+class Reference:
+    """The yardstick every FID of this project uses: the packaged digits' split (seed 0),
+    a classifier trained on its training part, the held-out digits to compare with, and
+    the floor, the FID of 1,000 real training digits."""
+
+    def __init__(self) -> None:
+        split = load_images(None, seed=0)
+        self.train_x, self.train_y = torch.from_numpy(split.train_x), torch.from_numpy(split.train_y)
+        self.val_x, self.val_y = torch.from_numpy(split.val_x), torch.from_numpy(split.val_y)
+        self.classifier = train_classifier(self.train_x, self.train_y)
+        self.floor = fid(self.classifier, self.val_x, self.train_x[:1000])
+
+    def fid(self, samples: torch.Tensor) -> float:
+        """FID of `samples` (images in [0, 1]) against the held-out digits."""
+        return fid(self.classifier, self.val_x, samples)

@@ -18,9 +18,8 @@ import torch
 
 from train.bench import overhead
 from train.cli import main as train_main
-from train.data import load_images
 from train.export import load
-from train.fid import class_coverage, fid, train_classifier
+from train.fid import Reference, class_coverage
 
 OUT = Path("runs/quality")
 TRAIN_IMAGES = 4500
@@ -65,23 +64,17 @@ def gpt_generation_rate(path: Path, new_tokens: int = 127, repeats: int = 5) -> 
 
 
 def sample_quality(paths: dict[str, Path]) -> dict:
-    split = load_images(None, seed=0)
-    train_x, train_y = torch.from_numpy(split.train_x), torch.from_numpy(split.train_y)
-    val_x, val_y = torch.from_numpy(split.val_x), torch.from_numpy(split.val_y)
-    classifier = train_classifier(train_x, train_y)
+    ref = Reference()
     with torch.no_grad():
-        accuracy = (classifier(val_x).argmax(1) == val_y).float().mean().item()
+        accuracy = (ref.classifier(ref.val_x).argmax(1) == ref.val_y).float().mean().item()
     result = {
         "classifier_accuracy": accuracy,
-        "train_images": {
-            "fid": fid(classifier, val_x, train_x[:1000]),
-            **class_coverage(classifier, train_x[:1000]),
-        },
+        "train_images": {"fid": ref.floor, **class_coverage(ref.classifier, ref.train_x[:1000])},
     }
     gen = torch.Generator().manual_seed(99)
     for name, path in paths.items():
         samples = load(path).sample(1000, gen)
-        result[name] = {"fid": fid(classifier, val_x, samples), **class_coverage(classifier, samples)}
+        result[name] = {"fid": ref.fid(samples), **class_coverage(ref.classifier, samples)}
     return result
 
 
