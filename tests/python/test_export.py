@@ -126,7 +126,7 @@ def test_cli_trains_plots_and_exports(argv, tmp_path):
     expected |= {"recon.png"} if name == "vae" else set()
     assert expected <= {p.name for p in run.iterdir()}
     summary = json.loads((run / "summary.json").read_text())
-    optimizer = {"vae": "Adam 3e-3 cosine", "wgan": "Adam (0.5, 0.9) 1e-4", "gpt": "AdamW 3e-3 cosine"}[name]
+    optimizer = {"vae": "Adam 3e-3 cosine", "wgan": "Adam (0.5, 0.9) 3e-4", "gpt": "AdamW 3e-3 cosine"}[name]
     assert summary["recipe"].startswith(optimizer) and summary["model"] == name
 
 

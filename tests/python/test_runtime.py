@@ -57,7 +57,10 @@ def test_bf16_on_the_cpu_stays_fp32(capsys):
     [
         (["--model", "vae", "--n-layer", "2"], "error: --n-layer is a gpt setting"),
         (["--model", "wgan", "--steps-per-epoch", "5"], "error: --model wgan makes passes over the images"),
-        (["--model", "gpt", "--batch-size", "0"], "error: bad trainer settings: batch_size"),
+        (
+            ["--model", "gpt", "--batch-size", "0"],
+            "error: bad trainer settings: --batch-size must be at least",
+        ),
     ],
     ids=["foreign-flag", "steps-for-images", "batch-size"],
 )
