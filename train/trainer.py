@@ -113,23 +113,23 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.decay, self.updates = decay, 0
-        self.shadow = {k: v.detach().clone() for k, v in model.export_state().items()}
+        # views of the exported weights, which optimisers and load_state_dict update in place
+        self.live = model.export_state()
+        self.shadow = {k: v.detach().clone() for k, v in self.live.items()}
 
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        state = model.state_dict()
         with torch.no_grad():
             for key, avg in self.shadow.items():
-                avg.lerp_(state[key], 1 - d)
+                avg.lerp_(self.live[key], 1 - d)
         self.updates += 1
 
-    def swap(self, model: torch.nn.Module) -> None:
+    def swap(self) -> None:
         """Exchanges the model's exported weights with the average (twice: back as before)."""
-        state = model.state_dict()
         with torch.no_grad():
             for key, avg in self.shadow.items():
-                live = state[key].clone()
-                state[key].copy_(avg)
+                live = self.live[key].clone()
+                self.live[key].copy_(avg)
                 avg.copy_(live)
 
 
@@ -222,7 +222,7 @@ class Trainer:
             opt.step()
             metrics.update({k: float(v) for k, v in terms.items()})
         if self.average:
-            self.average.update(self.model)
+            self.average.update()
         self.step += 1
         return metrics
 
@@ -230,11 +230,11 @@ class Trainer:
         """`validate` on the average of the weights, if the run keeps one."""
         if not self.average:
             return self.validate()
-        self.average.swap(self.model)
+        self.average.swap()
         try:
             return self.validate()
         finally:
-            self.average.swap(self.model)
+            self.average.swap()
 
     def validate(self) -> dict:
         self.model.eval()
@@ -319,7 +319,7 @@ class Trainer:
                 stopped = "early stopping"
                 break
         if self.average:
-            self.average.swap(self.model)  # the model ends on the average
+            self.average.swap()  # the model ends on the average
             self.average = None
         elif self.cfg.keep_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)

@@ -127,7 +127,7 @@ def test_the_weight_average_follows_its_recursion_and_swaps_back():
     for t in range(40):
         with torch.no_grad():
             layer.weight.add_(torch.randn_like(layer.weight))
-        average.update(layer)
+        average.update()
         d = min(0.9, (1 + t) / (10 + t))
         expected = d * expected + (1 - d) * layer.weight.detach().double()
     # float32 lerp: each update rounds once, an error of at most 2^-24 |w| (|w| stays
@@ -135,8 +135,8 @@ def test_the_weight_average_follows_its_recursion_and_swaps_back():
     torch.testing.assert_close(average.shadow["weight"].double(), expected, rtol=0, atol=1e-4)
     assert set(average.shadow) == {"weight"}
     raw = layer.weight.detach().clone()
-    average.swap(layer)
+    average.swap()
     assert torch.equal(average.shadow["weight"], raw)  # the average now holds the live weights
     torch.testing.assert_close(layer.weight.detach().double(), expected, rtol=0, atol=1e-4)
-    average.swap(layer)
+    average.swap()
     assert torch.equal(layer.weight.detach(), raw)

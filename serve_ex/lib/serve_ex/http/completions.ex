@@ -15,9 +15,8 @@ defmodule ServeEx.HTTP.Completions do
   time, 500 when the service failed. Chat completions are not served: a character
   model has no chat template.
   """
-  alias ServeEx.{Message, ModelRegistry, OpenAI, StreamCursor}
+  alias ServeEx.{ModelRegistry, OpenAI, StreamCursor}
   alias ServeEx.HTTP.{Body, Waiters}
-  alias ServeEx.Pipeline.Processor
 
   # The longest a handler waits: a 1,024-token generation queued behind others.
   @wait_ms 300_000
@@ -62,27 +61,8 @@ defmodule ServeEx.HTTP.Completions do
     )
   end
 
-  defp complete(req, wire, call) do
-    ref = make_ref()
-
-    message = %Message{
-      payload: wire,
-      reply_to: nil,
-      correlation_id: nil,
-      acknowledger: {:http, self(), ref},
-      redelivered: false,
-      received_at: System.monotonic_time(:microsecond)
-    }
-
-    :ok = Waiters.enter()
-
-    try do
-      :ok = Processor.handle_http(message)
-      await(req, ref, call, %StreamCursor{})
-    after
-      Waiters.leave()
-    end
-  end
+  defp complete(req, wire, call),
+    do: Waiters.submit([payload: wire], &await(req, &1, call, %StreamCursor{}))
 
   defp await(req, ref, call, cursor) do
     receive do

@@ -35,9 +35,8 @@ defmodule ServeEx.HTTP.Inference do
   reply is `application/octet-stream`: the raw little-endian f32 values, with headers
   `x-dtype: f32`, `x-shape: rows,cols` and `x-fields` (`data`, or `mu,logvar`).
   """
-  alias ServeEx.{Message, Reply, Request, StreamCursor}
+  alias ServeEx.{Reply, Request, StreamCursor}
   alias ServeEx.HTTP.{Body, Waiters}
-  alias ServeEx.Pipeline.Processor
 
   # Without a deadline, the longest a handler waits: a 1,024-token generation queued
   # behind others waiting to join its model's decoding batch.
@@ -98,29 +97,17 @@ defmodule ServeEx.HTTP.Inference do
   end
 
   defp infer(req, body, request_id, cursor) do
-    ref = make_ref()
     deadline = deadline(:cowboy_req.header("x-deadline-ms", req, nil))
 
-    message = %Message{
+    fields = [
       payload: body,
-      reply_to: nil,
       # seeds a stream given none, as a delivery's correlation id does
       correlation_id: request_id,
-      acknowledger: {:http, self(), ref},
-      redelivered: false,
-      received_at: System.monotonic_time(:microsecond),
       deadline: deadline,
       route: {:cowboy_req.binding(:model, req), :cowboy_req.binding(:op, req)}
-    }
+    ]
 
-    :ok = Waiters.enter()
-
-    try do
-      :ok = Processor.handle_http(message)
-      await_reply(req, ref, deadline, cursor)
-    after
-      Waiters.leave()
-    end
+    Waiters.submit(fields, &await_reply(req, &1, deadline, cursor))
   end
 
   defp await_reply(req, ref, deadline, cursor) do

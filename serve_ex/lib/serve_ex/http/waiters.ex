@@ -5,13 +5,47 @@ defmodule ServeEx.HTTP.Waiters do
   monitor (cowboy kills the handler of a client that closed its connection, so no
   `after` of the handler's own runs). The count is `ServeEx.InFlight.http_count/0`,
   which a drain waits on: a hang-up can no longer hold a drain until its timeout.
+  `submit/2` does both around handing a request to the pipeline.
   """
   use GenServer
 
-  alias ServeEx.InFlight
+  alias ServeEx.{InFlight, Message}
+  alias ServeEx.Pipeline.Processor
 
   @spec start_link(term()) :: GenServer.on_start()
   def start_link(_arg), do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
+
+  @doc """
+  Hands an HTTP request to the pipeline and returns `await.(ref)`, the calling handler
+  counted in meanwhile. `fields` are the request's own `ServeEx.Message` fields (its
+  `payload`, and any of `correlation_id`, `deadline`, `route`); its reply comes to the
+  caller tagged with `ref`.
+  """
+  @spec submit(keyword(), (reference() -> result)) :: result when result: term()
+  def submit(fields, await) do
+    ref = make_ref()
+
+    message =
+      struct!(
+        Message,
+        [
+          reply_to: nil,
+          correlation_id: nil,
+          acknowledger: {:http, self(), ref},
+          redelivered: false,
+          received_at: System.monotonic_time(:microsecond)
+        ] ++ fields
+      )
+
+    :ok = enter()
+
+    try do
+      :ok = Processor.handle_http(message)
+      await.(ref)
+    after
+      leave()
+    end
+  end
 
   @doc "Counts the calling handler in, until `leave/0` or its exit."
   @spec enter() :: :ok

@@ -24,18 +24,21 @@ defmodule ServeEx.Pipeline.TextSequence do
 
   @typedoc """
   `text`: the new text so far (without the prompt); `sent`: its bytes already in a
-  chunk; `tokens`: how many tokens came; `stops`: the stop strings.
+  chunk; `tokens`: how many tokens came; `stops`: the stop strings, the longest of
+  them `longest` bytes.
   """
   @type t :: %__MODULE__{
           text: binary(),
           sent: non_neg_integer(),
           tokens: non_neg_integer(),
-          stops: [binary()]
+          stops: [binary()],
+          longest: non_neg_integer()
         }
-  defstruct text: "", sent: 0, tokens: 0, stops: []
+  defstruct text: "", sent: 0, tokens: 0, stops: [], longest: 0
 
   @spec new([binary()]) :: t()
-  def new(stops), do: %__MODULE__{stops: stops}
+  def new(stops),
+    do: %__MODULE__{stops: stops, longest: stops |> Enum.map(&byte_size/1) |> Enum.max(fn -> 0 end)}
 
   @doc """
   One more token's text. `{:stop, seq, chunk}`: a stop string came, the text ends
@@ -86,8 +89,7 @@ defmodule ServeEx.Pipeline.TextSequence do
   # new token's text can be new, so the search starts a stop string's length before it.
   defp stop_at(%{stops: []}, _before), do: nil
 
-  defp stop_at(%{stops: stops, text: text}, before) do
-    longest = stops |> Enum.map(&byte_size/1) |> Enum.max()
+  defp stop_at(%{stops: stops, text: text, longest: longest}, before) do
     from = max(before - longest + 1, 0)
 
     case :binary.match(text, stops, scope: {from, byte_size(text) - from}) do
