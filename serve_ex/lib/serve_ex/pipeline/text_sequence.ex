@@ -38,7 +38,10 @@ defmodule ServeEx.Pipeline.TextSequence do
 
   @spec new([binary()]) :: t()
   def new(stops),
-    do: %__MODULE__{stops: stops, longest: stops |> Enum.map(&byte_size/1) |> Enum.max(fn -> 0 end)}
+    do: %__MODULE__{
+      stops: stops,
+      longest: stops |> Enum.map(&byte_size/1) |> Enum.max(fn -> 0 end)
+    }
 
   @doc """
   One more token's text. `{:stop, seq, chunk}`: a stop string came, the text ends
