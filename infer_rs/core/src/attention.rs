@@ -12,7 +12,7 @@
 //! vectors. A query is computed with the same arithmetic in any block, so a decode
 //! step (a block of one) gives the values a prefill of the same positions gives.
 
-use crate::dense::exp_nonpositive;
+use crate::activation::exp_nonpositive;
 use crate::isa::Isa;
 use rayon::prelude::*;
 use std::ops::Range;

@@ -7,9 +7,10 @@
 //! the window shifts, so each further step re-prefills the last `block_size` tokens; the
 //! tokens are the same as without a cache, as in `train/`.
 
+use crate::activation::Activation;
 use crate::attention::{attend_each, Attend, KvCache};
 use crate::decoding::Limits;
-use crate::dense::{Activation, Dense, Mlp};
+use crate::dense::{Dense, Mlp};
 use crate::error::{InferError, Result, StopReason};
 use crate::isa::Isa;
 use crate::limits::{MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TEMPERATURE, MIN_TEMPERATURE};

@@ -136,7 +136,8 @@ pub(crate) fn with_one_hot<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dense::{Activation, Dense};
+    use crate::activation::Activation;
+    use crate::dense::Dense;
     use candle_core::{Device, Tensor};
 
     /// A conditional decoder whose one layer copies its input [z, one_hot(y)] through

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+mod activation;
 mod arch;
 mod artifact;
 mod attention;
@@ -18,7 +19,6 @@ pub mod decoding;
 mod dense;
 mod error;
 pub mod gpt;
-mod grid;
 pub mod isa;
 mod latent;
 pub mod limits;
@@ -42,7 +42,8 @@ pub use model::Model;
 /// part of the API: it may change with any release.
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::dense::{Activation, Dense, Mlp};
+    pub use crate::activation::Activation;
+    pub use crate::dense::{Dense, Mlp};
     pub use crate::manifest::expected_shapes;
     pub use crate::rng::Rng;
 }

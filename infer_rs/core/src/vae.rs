@@ -2,8 +2,9 @@
 //! as trained by `train/models/vae.py`. Tensor paths: `encoder.hidden.{i}`,
 //! `encoder.mu`, `encoder.logvar`, `decoder.hidden.{i}`, `decoder.out`.
 
+use crate::activation::Activation;
 use crate::batch::{check_rows, Matrix, Rows};
-use crate::dense::{Activation, Dense, Mlp};
+use crate::dense::{Dense, Mlp};
 use crate::error::{InferError, Result};
 use crate::latent::{with_one_hot, LatentDecoder};
 use candle_core::Tensor;

@@ -2,7 +2,8 @@
 //! as trained by `train/models/wgan.py`. Tensor paths: `generator.fc1`, `generator.fc2`,
 //! `generator.out`. Images come out in [-1, 1], as the generator's tanh makes them.
 
-use crate::dense::{Activation, Dense, Mlp};
+use crate::activation::Activation;
+use crate::dense::{Dense, Mlp};
 use crate::error::Result;
 use crate::latent::LatentDecoder;
 use candle_nn::VarBuilder;
