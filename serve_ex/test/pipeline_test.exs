@@ -11,7 +11,7 @@ defmodule ServeEx.PipelineTest do
   @reply_queue "amq.gen-Y2xpZW50LXJlcGx5LXF1ZQ"
 
   setup do
-    ModelRegistry.load_dir(Paths.service_models())
+    start_supervised!({ModelRegistry, {Paths.service_models(), 0}})
     url = Fake.url(self())
 
     config = %{
@@ -158,7 +158,7 @@ defmodule ServeEx.PipelineTest do
       payload: decode.("0.5"),
       reply_to: @reply_queue,
       correlation_id: "c131",
-      acknowledger: {Fake, chan, 131},
+      acknowledger: {ServeEx.Pipeline.ReplyPublisher, {Fake, chan}, 131},
       redelivered: false,
       received_at: System.monotonic_time(:microsecond),
       request: put_in(request.args.rows, [[:not_a_number | List.duplicate(0.5, 19)]]),
@@ -363,7 +363,7 @@ defmodule ServeEx.PipelineTest do
        %{chan: chan} do
     # what a batcher sends when a batch with a streamed request failed and is retried one
     # request at a time: the chunks of the failed run, a restart, the retried run's
-    key = {Fake, chan, 95}
+    key = {ServeEx.Pipeline.ReplyPublisher, {Fake, chan}, 95}
     tag = {key, @reply_queue, "c95"}
     publisher = Process.whereis(ServeEx.Pipeline.ReplyPublisher)
     for text <- ["ab", "cd"], do: send(publisher, {:stream_chunk, tag, text})
@@ -379,7 +379,7 @@ defmodule ServeEx.PipelineTest do
       received_at: System.monotonic_time(:microsecond)
     }
 
-    ServeEx.Pipeline.ReplyPublisher.settle([{message, {:reply, {:stream_end, key, :length}, :ok}}])
+    ServeEx.Acknowledger.settle([{message, {:reply, {:stream_end, key, :length}, :ok}}])
 
     frames = for _ <- 1..4, do: reply_for(95)
     assert Enum.map(frames, & &1["seq"]) == [0, 1, 2, 3]

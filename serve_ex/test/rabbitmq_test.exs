@@ -10,7 +10,7 @@ defmodule ServeEx.RabbitMQTest do
   alias ServeEx.Test.Paths
 
   setup do
-    ModelRegistry.load_dir(Paths.service_models())
+    start_supervised!({ModelRegistry, {Paths.service_models(), 0}})
     # random, not a counter that starts again with each VM: no queue left by an earlier run
     queue = "serve_ex.test.#{Base.encode16(:crypto.strong_rand_bytes(6), case: :lower)}"
     config = Config.from_env(%{"REQUEST_QUEUE" => queue, "BATCH_TIMEOUT_MS" => "5"})

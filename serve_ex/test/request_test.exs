@@ -27,7 +27,7 @@ defmodule ServeEx.RequestTest do
           payload: payload,
           reply_to: "r",
           correlation_id: "c",
-          acknowledger: {nil, nil, 0},
+          acknowledger: ServeEx.HTTP.Acknowledger.new(make_ref()),
           redelivered: false,
           received_at: 0,
           request: request,

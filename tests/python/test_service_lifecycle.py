@@ -7,7 +7,9 @@ Needs the broker on 127.0.0.1:5672, Elixir and the NIF (`make test` provides the
 import hashlib
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import socket
@@ -85,6 +87,97 @@ def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained,
     text = log.read_text()
     assert "serve_ex/_build/prod/rel/serve_ex/bin/serve_ex start" in text, "make serve ran the release"
     assert "drained in" in text
+
+
+class Terminal:
+    """A command run as the session leader of a new pseudo-terminal, as in a terminal
+    window: Ctrl-C typed there sends SIGINT to the terminal's foreground process group."""
+
+    def __init__(self, argv: list[str], env: dict):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: run the command, nothing else
+            os.chdir(REPO)
+            os.execvpe(argv[0], argv, env)
+        self.output = bytearray()
+        self.status = None
+
+    def read(self) -> str:
+        """What the terminal has shown so far (read without waiting)."""
+        while select.select([self.fd], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # the other side is closed: everything is read
+                break
+            if not chunk:
+                break
+            self.output += chunk
+        return self.output.decode(errors="replace")
+
+    def exited(self) -> bool:
+        self.read()
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+        return self.status is not None
+
+    def kill_session(self) -> None:
+        """SIGKILL to every process of the terminal's session (the command's children
+        may sit in process groups of their own)."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.pid:  # the session id
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        if self.status is None:
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["make", "--no-print-directory", "serve"], ["serve_ex/_build/prod/rel/serve_ex/bin/serve_ex", "start"]],
+    ids=["make serve", "the release's foreground start"],
+)
+def test_ctrl_c_in_a_terminal_drains_and_exits_0(trained, tmp_path, command):
+    """Ctrl-C in a terminal reaches every process of the foreground group. The node
+    does not open Erlang's BREAK menu: it drains as on SIGTERM, a request it holds is
+    answered, and the command exits 0."""
+    subprocess.run(["make", "--no-print-directory", "release"], cwd=REPO, check=True, capture_output=True)
+    queue, port = f"serve_ex.ctrl_c.{uuid.uuid4().hex[:8]}", free_port()
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(trained["gpt"].parent),
+        "REQUEST_QUEUE": queue,
+        "HTTP_PORT": str(free_port()),
+        "HEALTH_PORT": str(port),
+        "ENGINE_THREADS": "1",
+    }
+    terminal = Terminal(command, env)
+    try:
+        wait_for(lambda: terminal.exited() or http_json(port, "/readyz").get("ready"), 300, "readiness")
+        assert not terminal.exited(), terminal.read()
+        with Client(queue=queue) as client:
+            request = {
+                "v": 1,
+                "model": "gpt",
+                "op": "generate_text",
+                "prompt": "ROMEO:",
+                "max_new_tokens": 400,
+            }
+            cid = client.send(request)
+            time.sleep(0.3)  # delivered (loopback), and still generating
+            os.write(terminal.fd, b"\x03")
+            assert client.wait(cid, timeout=DRAIN_TIMEOUT_S + 10)["new_tokens"] == 400
+            wait_for(terminal.exited, DRAIN_TIMEOUT_S + 20, "the exit")
+    finally:
+        shown = terminal.read()
+        terminal.kill_session()
+    assert "BREAK:" not in shown
+    assert "drained in" in shown, shown[-2000:]
+    assert terminal.status == 0, shown[-2000:]
 
 
 def test_sigterm_under_load_drains_beside_a_second_node_and_loses_nothing(trained, tmp_path):
@@ -333,6 +426,19 @@ def test_hot_swap_under_load_loses_nothing_and_a_bad_file_keeps_the_old_version(
         np.testing.assert_array_equal(tensor(client.wait(cid)), by_version[new].generate(1, seed=1))
         assert client.versions[cid] == [new]
         assert service.health()["ready"] is True
+
+        # new ids in the directory: the registry announces them and the pipeline gives
+        # each its workers (a batcher; a text scheduler per lane), which answer them
+        for name in ("wgan", "gpt"):
+            shutil.copy(trained[name], models / f"{name}.safetensors")
+            wait_for(lambda name=name: f"model '{name}'" in log.read_text(), 30, f"serving {name}")
+        cid = client.send({"v": 1, "model": "wgan", "op": "generate", "n": 2, "seed": 5})
+        np.testing.assert_array_equal(
+            tensor(client.wait(cid)), infer_rs.Model(trained["wgan"]).generate(2, seed=5)
+        )
+        text = {"v": 1, "model": "gpt", "op": "generate_text", "prompt": "ROMEO:", "max_new_tokens": 30}
+        want = infer_rs.Model(trained["gpt"]).generate_text("ROMEO:", 30, temperature=0.8, seed=2)
+        assert client.call({**text, "temperature": 0.8, "seed": 2})["text"] == want
 
 
 def test_a_release_whose_supervisor_gives_up_exits_non_zero(tmp_path, trained):

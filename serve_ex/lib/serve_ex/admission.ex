@@ -56,8 +56,8 @@ defmodule ServeEx.Admission do
   @spec queued(key()) :: integer()
   def queued(key), do: :atomics.get(counters(key), @queued)
 
-  # Created by setup/2 for the served models; a worker started on its own (a test's)
-  # gets its array on first use.
+  # Created by setup/2 for the models served when the pipeline starts; a model that
+  # appears later gets its array on first use.
   defp counters(key) do
     case :persistent_term.get({__MODULE__, key}, nil) do
       nil ->

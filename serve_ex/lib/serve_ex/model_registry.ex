@@ -14,8 +14,9 @@ defmodule ServeEx.ModelRegistry do
   and warmed as a new version, then switched in with one `:persistent_term` write: a
   batch that already started finishes on the old version, the next one runs on the new
   one. A corrupt or mismatched new file leaves the old version serving, and the log says
-  why. A new id gets a batcher of its own; a file that disappears leaves its model
-  serving until the next start. Each model's `version` is the first 12 hex digits of
+  why. A new id is announced to the subscribers (`subscribe/0`), and the pipeline gives
+  it workers of its own; a file that disappears leaves its model serving until the next
+  start. Each model's `version` is the first 12 hex digits of
   the file's SHA-256; every reply carries it (`ServeEx.Pipeline.ReplyPublisher`).
 
   Models are kept in `:persistent_term`: lookups cost no message, and a model is one
@@ -56,16 +57,16 @@ defmodule ServeEx.ModelRegistry do
   @spec reload() :: [String.t()]
   def reload, do: GenServer.call(__MODULE__, :reload, 60_000)
 
+  @doc """
+  Announces to the calling process each model id that appears from now on, as
+  `{:model_added, model}`, until it exits.
+  """
+  @spec subscribe() :: :ok
+  def subscribe, do: GenServer.call(__MODULE__, :subscribe, :infinity)
+
   @doc "The models of `dir`, loaded and warmed, without serving them (tests use it)."
   @spec read_dir(Path.t()) :: %{String.t() => Engine.t()}
   def read_dir(dir), do: dir |> scan(%{}, %{}) |> elem(0)
-
-  @doc "Loads the models of `dir` at once and serves them (tests of the pipeline use it)."
-  @spec load_dir(Path.t()) :: %{String.t() => Engine.t()}
-  def load_dir(dir) do
-    {models, _stamps} = install(dir)
-    models
-  end
 
   # scans `dir` and serves what it holds
   defp install(dir) do
@@ -80,7 +81,7 @@ defmodule ServeEx.ModelRegistry do
     {_models, stamps} = install(dir)
     ServeEx.SignalHandler.install()
     schedule(poll_ms)
-    {:ok, %{dir: dir, poll_ms: poll_ms, stamps: stamps}}
+    {:ok, %{dir: dir, poll_ms: poll_ms, stamps: stamps, subscribers: %{}}}
   end
 
   @impl true
@@ -89,12 +90,20 @@ defmodule ServeEx.ModelRegistry do
     {:reply, changed, state}
   end
 
+  def handle_call(:subscribe, {pid, _tag}, state) do
+    subscribers = Map.put_new_lazy(state.subscribers, pid, fn -> Process.monitor(pid) end)
+    {:reply, :ok, %{state | subscribers: subscribers}}
+  end
+
   @impl true
   def handle_info(:poll, state) do
     {_changed, state} = rescan(state)
     schedule(state.poll_ms)
     {:noreply, state}
   end
+
+  def handle_info({:DOWN, _ref, :process, pid, _reason}, state),
+    do: {:noreply, %{state | subscribers: Map.delete(state.subscribers, pid)}}
 
   defp schedule(0), do: :ok
   defp schedule(ms), do: Process.send_after(self(), :poll, ms)
@@ -109,7 +118,8 @@ defmodule ServeEx.ModelRegistry do
 
       for id <- changed,
           not Map.has_key?(old, id),
-          do: ServeEx.Pipeline.Supervisor.add_model(models[id])
+          pid <- Map.keys(state.subscribers),
+          do: send(pid, {:model_added, models[id]})
     end
 
     {changed, %{state | stamps: stamps}}

@@ -31,7 +31,7 @@ defmodule ServeEx.HTTP.Waiters do
         [
           reply_to: nil,
           correlation_id: nil,
-          acknowledger: {:http, self(), ref},
+          acknowledger: ServeEx.HTTP.Acknowledger.new(ref),
           redelivered: false,
           received_at: System.monotonic_time(:microsecond)
         ] ++ fields

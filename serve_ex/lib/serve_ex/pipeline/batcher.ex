@@ -12,8 +12,8 @@ defmodule ServeEx.Pipeline.Batcher do
   use GenServer
   require Logger
 
-  alias ServeEx.{Admission, Deadline, Engine, Metrics, ModelRegistry, Reply}
-  alias ServeEx.Pipeline.{FailurePolicy, ReplyPublisher}
+  alias ServeEx.{Acknowledger, Admission, Deadline, Engine, Metrics, ModelRegistry, Reply}
+  alias ServeEx.Pipeline.FailurePolicy
 
   @late_reply Reply.error(
                 :deadline_exceeded,
@@ -106,14 +106,14 @@ defmodule ServeEx.Pipeline.Batcher do
 
     id = state.model.id
     Enum.each(due, &Metrics.queue_time(id, started - &1.received_at))
-    ReplyPublisher.settle(Enum.map(late, &{&1, {:reply, @late_reply, :deadline_exceeded}}))
+    Acknowledger.settle(Enum.map(late, &{&1, {:reply, @late_reply, :deadline_exceeded}}))
 
     if due != [] do
       # the model's current version: a swap takes effect from the next batch on
       model = ModelRegistry.current(state.model)
       Metrics.batch(Enum.sum(Enum.map(due, & &1.request.rows)))
       due = Enum.map(due, &%{&1 | model_version: model.version})
-      ReplyPublisher.settle(run_isolated(model, due))
+      Acknowledger.settle(run_isolated(model, due))
     end
 
     compute_us = System.monotonic_time(:microsecond) - started

@@ -11,8 +11,8 @@ defmodule ServeEx.Pipeline.Processor do
   use GenServer
   require Logger
 
-  alias ServeEx.{Admission, Deadline, ModelRegistry, Reply, ReplyTo, Request}
-  alias ServeEx.Pipeline.{ReplyPublisher, Workers}
+  alias ServeEx.{Acknowledger, Admission, Deadline, ModelRegistry, Reply, ReplyTo, Request}
+  alias ServeEx.Pipeline.Workers
 
   @spec start_link({non_neg_integer(), ReplyTo.policy()}) :: GenServer.on_start()
   def start_link({index, reply_policy}),
@@ -42,7 +42,7 @@ defmodule ServeEx.Pipeline.Processor do
             Exception.format(kind, reason, __STACKTRACE__)
         )
 
-        ReplyPublisher.settle([{message, {:failed, Exception.format_banner(kind, reason)}}])
+        Acknowledger.settle([{message, {:failed, Exception.format_banner(kind, reason)}}])
     end
 
     {:noreply, state}
@@ -58,7 +58,7 @@ defmodule ServeEx.Pipeline.Processor do
     if ReplyTo.allowed?(message.reply_to, message.user_id, reply_policy) do
       route(message)
     else
-      ReplyPublisher.settle([
+      Acknowledger.settle([
         {message, {:dead, "reply_to is missing or not an accepted reply queue name"}}
       ])
     end
@@ -77,10 +77,10 @@ defmodule ServeEx.Pipeline.Processor do
       Workers.add(message)
     else
       {:error, code, text} ->
-        ReplyPublisher.settle([{message, {:reply, Reply.error(code, text), code}}])
+        Acknowledger.settle([{message, {:reply, Reply.error(code, text), code}}])
 
       {:overloaded, admitted, retry_after_ms} ->
-        ReplyPublisher.settle([
+        Acknowledger.settle([
           {admitted, {:reply, Reply.overloaded(retry_after_ms), :overloaded}}
         ])
     end

@@ -18,7 +18,7 @@ defmodule ServeEx.Pipeline.Producer do
   require Logger
 
   alias ServeEx.{Connection, InFlight, Message, Metrics, Status}
-  alias ServeEx.Pipeline.Processor
+  alias ServeEx.Pipeline.{Processor, ReplyPublisher}
 
   @retry_ms 200
 
@@ -125,7 +125,7 @@ defmodule ServeEx.Pipeline.Producer do
       reply_to: meta.reply_to,
       correlation_id: meta.correlation_id,
       user_id: Map.get(meta, :user_id),
-      acknowledger: {state.amqp, state.chan, meta.delivery_tag},
+      acknowledger: {ReplyPublisher, {state.amqp, state.chan}, meta.delivery_tag},
       redelivered: meta.redelivered,
       received_at: System.monotonic_time(:microsecond),
       deadline: Map.get(meta, :deadline)

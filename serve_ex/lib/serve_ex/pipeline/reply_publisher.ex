@@ -22,7 +22,9 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   use GenServer
   require Logger
 
-  alias ServeEx.{Connection, InFlight, Message, Metrics, StreamCursor}
+  @behaviour ServeEx.Acknowledger
+
+  alias ServeEx.{Connection, InFlight, Metrics, StreamCursor}
   alias ServeEx.Pipeline.FailurePolicy
 
   @retry_ms 200
@@ -34,23 +36,23 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   end
 
   @doc """
-  Settles messages: publish their replies, await confirms, then ack or reject. HTTP
-  requests are answered straight from the caller (`FailurePolicy.decide_http/1`): they
-  have no delivery to settle.
+  Settles AMQP deliveries (`ServeEx.Acknowledger`): publishes their replies, awaits the
+  confirms, then acks or rejects.
   """
-  @spec settle([{ServeEx.Message.t(), FailurePolicy.outcome()}]) :: :ok
-  def settle(outcomes) do
-    {http, amqp} = Enum.split_with(outcomes, fn {message, _} -> Message.http?(message) end)
+  @impl ServeEx.Acknowledger
+  def settle(outcomes), do: GenServer.cast(__MODULE__, {:settle, outcomes})
 
-    for {%{acknowledger: {:http, pid, ref}} = message, outcome} <- http do
-      {body, label} = FailurePolicy.decide_http(outcome)
-      send(pid, {ref, body, label})
-      Metrics.request(message.model_id, label, message.received_at)
-    end
+  @doc """
+  A stream's chunks come here (`ServeEx.Acknowledger`): numbered, each is published
+  at once as the stream's next frame.
+  """
+  @impl ServeEx.Acknowledger
+  def stream_target(message),
+    do: {__MODULE__, {message.acknowledger, message.reply_to, message.correlation_id}}
 
-    if amqp != [], do: GenServer.cast(__MODULE__, {:settle, amqp})
-    :ok
-  end
+  @doc "A delivery's publisher does not wait for its reply (`ServeEx.Acknowledger`)."
+  @impl ServeEx.Acknowledger
+  def caller(_message), do: nil
 
   @impl true
   def init(opts) do
@@ -245,7 +247,7 @@ defmodule ServeEx.Pipeline.ReplyPublisher do
   defp finish(message, _settle, _label) when not is_map_key(message, :acknowledger), do: :ok
 
   # counted before it is settled, so that whoever sees the ack sees the count
-  defp finish(%{acknowledger: {impl, chan, tag}} = message, settle, label) do
+  defp finish(%{acknowledger: {__MODULE__, {impl, chan}, tag}} = message, settle, label) do
     Metrics.request(message.model_id, label, message.received_at)
 
     case settle do

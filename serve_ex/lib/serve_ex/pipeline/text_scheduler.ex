@@ -40,8 +40,8 @@ defmodule ServeEx.Pipeline.TextScheduler do
   use GenServer
   require Logger
 
-  alias ServeEx.{Admission, Deadline, Engine, Metrics, ModelRegistry, Reply}
-  alias ServeEx.Pipeline.{ReplyPublisher, TextSequence}
+  alias ServeEx.{Acknowledger, Admission, Deadline, Engine, Metrics, ModelRegistry, Reply}
+  alias ServeEx.Pipeline.TextSequence
 
   @late Reply.error(:deadline_exceeded, "the request's deadline passed before it was computed")
 
@@ -208,14 +208,14 @@ defmodule ServeEx.Pipeline.TextScheduler do
   end
 
   defp watch_caller(state, message, id) do
-    case waiter(message) do
+    case Acknowledger.caller(message) do
       nil -> state
       pid -> %{state | callers: Map.put(state.callers, Process.monitor(pid), id)}
     end
   end
 
   defp caller_alive?(message) do
-    case waiter(message) do
+    case Acknowledger.caller(message) do
       nil -> true
       pid -> Process.alive?(pid)
     end
@@ -355,7 +355,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
   end
 
   defp release(state, message, outcome) do
-    ReplyPublisher.settle([{message, outcome}])
+    Acknowledger.settle([{message, outcome}])
     Admission.release(admission_key(state.model.id, state.lane), 1, state.step_ms)
     state
   end
@@ -386,7 +386,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
       top_k: a.top_k,
       seed: a.seed || stream_seed(message),
       deadline_ms: message.deadline,
-      waiter: waiter(message)
+      waiter: Acknowledger.caller(message)
     )
   end
 
@@ -405,7 +405,7 @@ defmodule ServeEx.Pipeline.TextScheduler do
   defp stream(_message, nil), do: :ok
 
   defp stream(%{request: %{args: %{stream: true}}} = message, chunk) do
-    {pid, tag} = stream_target(message)
+    {pid, tag} = Acknowledger.stream_target(message)
     send(pid, {:stream_chunk, tag, chunk})
     :ok
   end
@@ -414,22 +414,11 @@ defmodule ServeEx.Pipeline.TextScheduler do
 
   # A stream's frames so far came from a run that is repeated from its first token.
   defp restart_stream(%{request: %{args: %{stream: true}}} = message) do
-    {pid, tag} = stream_target(message)
+    {pid, tag} = Acknowledger.stream_target(message)
     send(pid, {:stream_restart, tag})
   end
 
   defp restart_stream(_message), do: :ok
-
-  # Where a stream's chunks go: the HTTP handler that waits for it, or the reply
-  # publisher, which numbers them and publishes each as a frame.
-  defp stream_target(%{acknowledger: {:http, pid, ref}}), do: {pid, ref}
-
-  defp stream_target(m),
-    do: {ReplyPublisher, {m.acknowledger, m.reply_to, m.correlation_id}}
-
-  # The HTTP handler that waits for the reply: its sequence leaves once it hangs up.
-  defp waiter(%{acknowledger: {:http, pid, _ref}}), do: pid
-  defp waiter(_message), do: nil
 
   defp now_us, do: System.monotonic_time(:microsecond)
 end
