@@ -21,6 +21,7 @@ from train.data import load_images, load_text
 from train.distributed import first_rank, join, leave
 from train.errors import TrainError
 from train.export import export, read_metadata
+from train.fid import Reference
 from train.flags import add_flags, build, flag_name, given
 from train.models import ARCHITECTURES
 from train.presets import MODELS, Preset
@@ -182,6 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         leave()
 
 
+def fid_yardstick(args: argparse.Namespace, cfg: TrainConfig):
+    """What --fid-every measures with: `train.fid.Reference`'s FID against the packaged
+    digits' held-out split, the yardstick of `make demo` and `make quality`."""
+    if not cfg.fid_every:
+        return None
+    if MODELS[args.model].network.data == "text" or args.data:
+        raise TrainError(
+            "--fid-every measures image models trained on the packaged digits; "
+            f"leave it out for --model {args.model}{' with --data' if args.data else ''}"
+        )
+    return Reference().fid
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise TrainError(f"--threads must be at least 1, got {args.threads}")
@@ -201,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         )
     name = args.name or args.model
     run_dir = Path(args.runs) / name
+    fid = fid_yardstick(args, cfg)  # before the run's seeding: building it draws random numbers
     seed_everything(cfg.seed)
     model, batches, source = build_model(args, cfg)
     artifact_path = Path(args.out) / f"{name}.safetensors"
@@ -209,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"{artifact_path} will be replaced; it holds {replaced}")
     if runtime.compile:
         model.compile()
-    trainer = Trainer(model, batches, cfg, run_dir, device, amp_dtype, group)
+    trainer = Trainer(model, batches, cfg, run_dir, device, amp_dtype, group, fid)
     checkpoint = run_dir / CHECKPOINT
     if args.resume:
         if not checkpoint.is_file():

@@ -63,3 +63,23 @@ def reconstructions(x: np.ndarray, x_hat: np.ndarray, path: Path, title: str) ->
     for start in range(0, len(x), columns):
         pairs.extend([x[start : start + columns], x_hat[start : start + columns]])
     return image_grid(np.concatenate(pairs), path, title, columns)
+
+
+def fid_curves(runs: dict[str, list[dict]], floor: float, path: Path, title: str) -> Path:
+    """FID against training seconds for each run (its "fid" records), on a log scale,
+    with the floor (the FID of real digits) as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, history in runs.items():
+        points = [r for r in history if r["kind"] == "fid"]
+        ax.plot([r["seconds"] for r in points], [r["fid"] for r in points], "o-", ms=3, label=name)
+    ax.axhline(floor, color="gray", ls="--", lw=1, label=f"real digits (floor) {floor:.2f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -15,6 +15,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,13 +30,16 @@ from train.schedule import clip_global_norm, set_lr, warmup_cosine
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+FID_SAMPLES = 1000
 CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = knob(30, "passes over the data (the GPT: blocks of --steps-per-epoch steps)")
-    steps_per_epoch: int = knob(0, "steps per epoch of a text model; image models make one pass (0)")
+    epochs: int = knob(30, "passes over the images; for a text model, rounds of --steps-per-epoch steps")
+    steps_per_epoch: int = knob(
+        0, "a text model's steps per epoch (random windows, whatever the file's size); image models: 0"
+    )
     batch_size: int = knob(128, "samples per optimisation step, over all processes")
     lr: float = knob(1e-3, "peak learning rate")
     weight_decay: float = knob(0.0, "decoupled for AdamW, L2 for Adam")
@@ -52,6 +56,11 @@ class TrainConfig:
         "decay per step of an exponential moving average of the exported weights (0: off); "
         "validation, samples and the export then use the average, and keep_best is moot",
     )
+    fid_every: int = knob(
+        0,
+        f"epochs between FIDs of {FID_SAMPLES:,} samples against the held-out digits, logged with the "
+        "training seconds (image models on the packaged digits); 0: never",
+    )
 
     def __post_init__(self) -> None:
         at_least = {
@@ -65,6 +74,7 @@ class TrainConfig:
             "patience": 0,
             "max_seconds": 0,
             "lr": 0,
+            "fid_every": 0,
         }
         for name, low in at_least.items():
             value = getattr(self, name)
@@ -143,10 +153,12 @@ class Trainer:
         device: torch.device = CPU,
         amp_dtype: torch.dtype | None = None,
         group: Group = SINGLE,
+        fid: Callable[[torch.Tensor], float] | None = None,
     ) -> None:
         """Moves the model and, once, all of the data to `device`; amp_dtype autocasts;
-        a group of several ranks trains data-parallel."""
-        self.device, self.amp_dtype, self.group = device, amp_dtype, group
+        a group of several ranks trains data-parallel. With `fid` (the FID of images in
+        [0, 1]) and `cfg.fid_every`, the samples' FID is logged every that many epochs."""
+        self.device, self.amp_dtype, self.group, self.fid = device, amp_dtype, group, fid
         self.model, self.batches, self.cfg = model.to(device), batches.to(device), cfg
         self.optimizers = model.configure_optimizers(cfg.lr, cfg.weight_decay)
         # each of several optimizers steps only its own part of the model
@@ -237,18 +249,41 @@ class Trainer:
             self.average.swap()
 
     def validate(self) -> dict:
+        """The held-out means. The noise a model draws while validating (the VAE's z)
+        is the same at every call, and the training's RNG is left where it was: the same
+        weights always give the same loss, so the loss that picked the best epoch is the
+        one the run reports at its end."""
         self.model.eval()
         sums: dict[str, float] = {}
         count = 0
-        for batch in self.batches.validation():
-            n = len(batch[0])
-            with autocast(self.device, self.amp_dtype):
-                metrics = self.model.validation(batch)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * n
-            count += n
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)
+            for batch in self.batches.validation():
+                n = len(batch[0])
+                with autocast(self.device, self.amp_dtype):
+                    metrics = self.model.validation(batch)
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * n
+                count += n
         self.model.train()
         return {k: v / count for k, v in sums.items()}
+
+    def measure_fid(self) -> dict:
+        """The FID of FID_SAMPLES samples of the exported weights (the average, if the
+        run keeps one), drawn on the run's seed, and what measuring it cost; the cost is
+        not counted as training time."""
+        started = time.perf_counter()
+        if self.average:
+            self.average.swap()
+        self.model.eval()
+        try:
+            generator = torch.Generator().manual_seed(self.cfg.seed)
+            samples = self.model.sample(FID_SAMPLES, generator).float().cpu()
+        finally:
+            self.model.train()
+            if self.average:
+                self.average.swap()
+        return {"fid": self.fid(samples), "cost_seconds": round(time.perf_counter() - started, 3)}
 
     def log(self, record: dict) -> None:
         self.history.append(record)
@@ -307,10 +342,15 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.log({"kind": "val", "epoch": self.epoch, "step": self.step, **val})
+            fid = ""
+            if self.fid and self.cfg.fid_every and self.epoch % self.cfg.fid_every == 0 and self.group.writes:
+                seconds = round(self.train_seconds, 2)
+                self.log({"kind": "fid", "epoch": self.epoch, "seconds": seconds, **self.measure_fid()})
+                fid = f", FID {self.history[-1]['fid']:.2f}"
             if self.group.writes:
                 tqdm.write(
                     f"{self.model.arch} epoch {self.epoch}: val loss {val['loss']:.4f}"
-                    f"{' (best)' if improved else ''}  [{self.train_seconds:.0f}s]"
+                    f"{' (best)' if improved else ''}{fid}  [{self.train_seconds:.0f}s]"
                 )
             self.save_checkpoint()
             if stopped == "time budget":

@@ -174,6 +174,9 @@ def test_training_on_other_data_refuses_to_replace_an_artifact(tmp_path, capsys)
     [
         ("--epochs", "0", "--epochs must be at least 1, got 0"),
         ("--lr", "-1", "--lr must be at least 0, got -1.0"),
+        ("--ema", "1", "--ema must be in [0, 1), got 1.0"),
+        ("--fid-every", "-1", "--fid-every must be at least 0, got -1"),
+        ("--fid-every", "2", "--fid-every measures image models trained on the packaged digits"),
     ],
 )
 def test_an_out_of_range_flag_is_one_error_line_and_changes_nothing(tmp_path, capsys, flag, value, words):

@@ -13,7 +13,7 @@ from train.cli import build_model, parse_args, train_config
 from train.models.vae import VAE, VAEConfig
 from train.models.wgan import WGANGP, WGANConfig
 from train.schedule import clip_global_norm, warmup_cosine
-from train.trainer import CHECKPOINT, TrainConfig, Trainer, WeightAverage, seed_everything
+from train.trainer import CHECKPOINT, FID_SAMPLES, TrainConfig, Trainer, WeightAverage, seed_everything
 
 
 def test_warmup_then_cosine():
@@ -83,6 +83,46 @@ def test_training_lowers_the_loss_and_logs(small_images, tmp_path):
     assert trainer.validate()["loss"] < before
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == trainer.step + trainer.epoch  # one per step, one per validation
+
+
+def test_validation_draws_the_same_noise_every_time_and_leaves_the_rng_alone(small_images, tmp_path):
+    """The VAE's held-out loss samples z. With fresh noise at every call, the same
+    weights gave another loss each time, and a run's last line disagreed with the best
+    epoch it had kept."""
+    trainer = make("vae", small_images, TrainConfig(epochs=3, seed=3), tmp_path)
+    rng = torch.get_rng_state()
+    first = trainer.validate()
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert trainer.validate() == first
+    summary = trainer.fit()  # ends on the best weights (keep_best)
+    assert trainer.validate()["loss"] == summary["best_val_loss"]
+
+
+def test_fid_is_logged_every_few_epochs_on_the_averaged_samples_and_changes_no_weight(small_images, tmp_path):
+    cfg = TrainConfig(epochs=4, lr=1e-3, seed=5, ema=0.9, fid_every=2)
+    plain = make("wgan", small_images, cfg, tmp_path / "plain")
+    plain.fit()
+    seen = []
+
+    def fid(samples: torch.Tensor) -> float:
+        seen.append(samples)
+        return float(len(seen))
+
+    watched = make("wgan", small_images, cfg, tmp_path / "watched")
+    watched.fid = fid
+    watched.fit()
+    records = [r for r in watched.history if r["kind"] == "fid"]
+    assert [(r["epoch"], r["fid"]) for r in records] == [(2, 1.0), (4, 2.0)]
+    # the training seconds so far, to 0.01 s; the last measure is at the end of training
+    assert 0 < records[0]["seconds"] < records[1]["seconds"] == round(watched.train_seconds, 2)
+    # measured on FID_SAMPLES images in [0, 1], drawn from the exported weights (the
+    # average, which the model holds after fit) on the run's seed
+    assert all(s.shape == (FID_SAMPLES, 784) and s.min() >= 0 and s.max() <= 1 for s in seen)
+    last = watched.model.sample(FID_SAMPLES, torch.Generator().manual_seed(cfg.seed))
+    assert torch.equal(seen[-1], last)
+    # measuring draws nothing from the training's random streams
+    for name, value in plain.model.state_dict().items():
+        assert torch.equal(value, watched.model.state_dict()[name]), name
 
 
 def test_without_a_terminal_one_line_per_epoch(small_images, tmp_path, capsys):
