@@ -21,10 +21,14 @@ ARTIFACTS := artifacts/vae.safetensors artifacts/wgan.safetensors artifacts/gpt.
 MIX      := cd serve_ex && MIX_HOME=$(abspath .mix) HEX_HOME=$(abspath .mix/hex) mix
 NIF      := serve_ex/priv/native/libinfer_nif.so
 RELEASE  := serve_ex/_build/prod/rel/serve_ex/bin/serve_ex
+SERVICE_SOURCES := serve_ex/mix.exs $(shell find serve_ex/lib serve_ex/config serve_ex/rel -type f)
 SERVICE_MODELS := runs/service_models/vae.safetensors
 
+# $(call need,COMMAND,PACKAGE): install Debian's PACKAGE (root) when COMMAND is missing
+need = @command -v $(1) >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2))
+
 .PHONY: help venv engine models train demo test lint pytest rust-test c-test golden bench bench-engine quality clean \
-        elixir broker broker-users nif ex-lint ex-test serve release bench-service bench-text two-nodes bench-fairness gpu-check wrk test-aarch64
+        elixir broker broker-users nif ex-lint ex-test serve release bench-service bench-text two-nodes bench-fairness gpu-check wrk test-aarch64 fresh-check
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,11 +57,11 @@ train: $(STAMP)  ## train one model into artifacts/NAME.safetensors: MODEL=vae|w
 	$(PY) -m train --model $(MODEL) --threads $(THREADS) $(if $(NAME),--name $(NAME)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATA),--data $(DATA)) $(if $(FORCE),--force) $(ARGS)
 
 elixir:  ## install Elixir, and RabbitMQ, whose Erlang libraries the service builds on (Debian's packages), if missing
-	@command -v mix >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q elixir)
-	@command -v rabbitmq-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server)
+	$(call need,mix,elixir)
+	$(call need,rabbitmq-server,rabbitmq-server)
 
 broker:  ## install RabbitMQ (Debian's package) if it is missing, start it if it is not running, wait until it answers
-	@command -v rabbitmq-server >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server)
+	$(call need,rabbitmq-server,rabbitmq-server)
 	@rabbitmqctl -q status >/dev/null 2>&1 || rabbitmq-server -detached
 	@for i in $$(seq 90); do rabbitmqctl -q await_startup >/dev/null 2>&1 && exit 0; sleep 1; done; \
 	  echo "RabbitMQ did not start; see /var/log/rabbitmq" >&2; exit 1
@@ -78,7 +82,7 @@ $(SERVICE_MODELS): train/golden.py | $(STAMP)
 artifacts/vae.safetensors: | $(STAMP)
 	$(PY) -m train --model vae --epochs 15 --threads $(THREADS)
 artifacts/wgan.safetensors: | $(STAMP)
-	$(PY) -m train --model wgan --epochs 45 --lr 2e-4 --ema 0.99 --threads $(THREADS)
+	$(PY) -m train --model wgan --epochs 45 --lr 1e-3 --ema 0.99 --threads $(THREADS)
 artifacts/gpt.safetensors: | $(STAMP)
 	$(PY) -m train --model gpt --epochs 3 --steps-per-epoch 150 --threads $(THREADS)
 
@@ -100,12 +104,20 @@ ex-lint: elixir $(NIF)  ## mix format --check-formatted and mix compile --warnin
 ex-test: elixir broker $(NIF) $(SERVICE_MODELS)  ## ExUnit: units with a fake AMQP client, NIF golden tests, the real broker
 	$(MIX) test --include rabbitmq
 
-release: elixir $(NIF)  ## build the OTP release of the service (serve_ex/_build/prod/rel/serve_ex), NIF included
+# rebuilt only when the service's sources or the NIF changed
+$(RELEASE): $(NIF) $(SERVICE_SOURCES) | elixir
 	cd serve_ex && MIX_ENV=prod MIX_HOME=$(abspath .mix) HEX_HOME=$(abspath .mix/hex) mix release --overwrite --quiet
+	touch $(RELEASE)
+
+release: $(RELEASE)  ## build the OTP release of the service (serve_ex/_build/prod/rel/serve_ex), NIF included
 
 # MODEL_DIR (default artifacts/, trained first if missing) is exported to the release.
 serve: elixir broker release $(if $(MODEL_DIR),,$(ARTIFACTS))  ## run the service release in the foreground on artifacts/ or MODEL_DIR (SIGTERM or Ctrl-C drains and stops it)
-	MODEL_DIR="$(abspath $(or $(MODEL_DIR),artifacts))" exec $(RELEASE) start
+	@# in a terminal, the node gets a process group of its own in the foreground, so that
+	@# Ctrl-C reaches it (it drains) and not make (which would stop with an error)
+	export MODEL_DIR="$(abspath $(or $(MODEL_DIR),artifacts))"; \
+	if [ -t 0 ]; then bash -c 'set -m; "$$0" start & fg %1 >/dev/null' $(RELEASE); \
+	else exec $(RELEASE) start; fi
 
 lint: $(STAMP)  ## ruff, cargo fmt and clippy (warnings denied)
 	$(VENV)/bin/ruff check .
@@ -118,6 +130,7 @@ rust-test:  ## cargo test: golden vectors, error variants, fuzz-style file sweep
 	cd infer_rs && $(CARGO) run -q -p infer_core --example isa_paths
 
 c-test:  ## the C ABI: compile infer_rs/capi/tests/test_capi.c against the library, run it under valgrind
+	$(call need,valgrind,valgrind)
 	cd infer_rs && $(CARGO) build -p infer_rs_c
 	cc -std=c11 -Wall -Wextra -Werror -O1 -o infer_rs/target/test_capi infer_rs/capi/tests/test_capi.c \
 	  -Iinfer_rs/capi/include -Linfer_rs/target/debug -linfer_rs_c -lm -Wl,-rpath,$(abspath infer_rs/target/debug)
@@ -136,10 +149,13 @@ AARCH64 := aarch64-unknown-linux-gnu
 AARCH64_ENV := QEMU_LD_PREFIX=/usr/aarch64-linux-gnu \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
+fresh-check:  ## make demo then make test on a clean Debian 12 root with its own network namespace (root; about an hour; not part of make test)
+	bash tests/fresh_install/run.sh
+
 test-aarch64:  ## infer_core's clippy and tests for aarch64 under qemu (installs the Rust target, a cross gcc and qemu-user)
 	rustup target add $(AARCH64)
-	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null || \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu qemu-user)
+	$(call need,aarch64-linux-gnu-gcc,gcc-aarch64-linux-gnu)
+	$(call need,qemu-aarch64,qemu-user)
 	cd infer_rs && $(CARGO) clippy -p infer_core --target $(AARCH64) --all-targets -- -D warnings
 	cd infer_rs && $(AARCH64_ENV) $(CARGO) test -p infer_core --target $(AARCH64) -- \
 	  --skip every_isa_path_of_this_cpu --skip a_forced_path_the_cpu_lacks --skip pool_split_equals_one_thread
@@ -150,7 +166,7 @@ golden: $(STAMP)  ## regenerate shared_schema/golden from train/golden.py
 gpu-check: $(STAMP)  ## on a CUDA machine: train each model briefly, throughput and loss against the reference figures
 	$(PY) -m train.bench.gpu_check $(ARGS)
 
-quality: $(STAMP)  ## the quality benchmark (about 13 minutes): held-out losses, throughput, FID
+quality: $(ENGINE_STAMP)  ## the quality benchmark (about 13 minutes): held-out losses, throughput, FID
 	$(PY) -m train.bench.quality --threads $(THREADS)
 
 bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch at 1, 2 and all cores, then batched text generation [ARGS="--threads 1 8" or "--quick"]
@@ -158,7 +174,7 @@ bench-engine: $(ENGINE_STAMP) $(ARTIFACTS)  ## infer_rs against torch at 1, 2 an
 	$(PY) infer_rs/bench/text_batch.py --artifacts artifacts $(ARGS)
 
 wrk:  ## install the HTTP load tool wrk (Debian's package) if it is missing
-	@command -v wrk >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+	$(call need,wrk,wrk)
 
 bench-service: elixir broker wrk $(NIF) $(ENGINE_STAMP) $(ARTIFACTS)  ## serve_ex vs a no-op responder vs pika+torch, and its HTTP endpoint vs FastAPI (about 4 minutes)
 	$(MIX) compile
