@@ -41,16 +41,23 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained, tmp_path):
-    queue, port = f"serve_ex.make.{uuid.uuid4().hex[:8]}", free_port()
+def foreground_node(model_dir: Path, name: str) -> tuple[str, int, dict]:
+    """A queue of its own, a health port, and the environment of a node started in the
+    foreground on `model_dir` with one engine thread."""
+    queue, port = f"serve_ex.{name}.{uuid.uuid4().hex[:8]}", free_port()
     env = {
         **os.environ,
-        "MODEL_DIR": str(trained["vae"].parent),
+        "MODEL_DIR": str(model_dir),
         "REQUEST_QUEUE": queue,
         "HTTP_PORT": str(free_port()),
         "HEALTH_PORT": str(port),
         "ENGINE_THREADS": "1",
     }
+    return queue, port, env
+
+
+def test_make_serve_runs_the_release_on_model_dir_and_drains_on_sigterm(trained, tmp_path):
+    queue, port, env = foreground_node(trained["vae"].parent, "make")
     log = tmp_path / "make_serve.log"
     with open(log, "wb") as out:
         make = subprocess.Popen(
@@ -146,15 +153,7 @@ def test_ctrl_c_in_a_terminal_drains_and_exits_0(trained, tmp_path, command):
     does not open Erlang's BREAK menu: it drains as on SIGTERM, a request it holds is
     answered, and the command exits 0."""
     subprocess.run(["make", "--no-print-directory", "release"], cwd=REPO, check=True, capture_output=True)
-    queue, port = f"serve_ex.ctrl_c.{uuid.uuid4().hex[:8]}", free_port()
-    env = {
-        **os.environ,
-        "MODEL_DIR": str(trained["gpt"].parent),
-        "REQUEST_QUEUE": queue,
-        "HTTP_PORT": str(free_port()),
-        "HEALTH_PORT": str(port),
-        "ENGINE_THREADS": "1",
-    }
+    queue, port, env = foreground_node(trained["gpt"].parent, "ctrl_c")
     terminal = Terminal(command, env)
     try:
         wait_for(lambda: terminal.exited() or http_json(port, "/readyz").get("ready"), 300, "readiness")

@@ -35,18 +35,6 @@ pub(super) trait Lanes {
     /// c + a w in every lane, rounded once.
     unsafe fn fma(a: Self::Splat, w: Self::Tile, c: Self::Tile) -> Self::Tile;
     unsafe fn store(p: *mut f32, tile: Self::Tile);
-    /// `kernel::<Self, m, g>` for the runtime shape (m, g), one of those GROUP makes.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn by_shape(
-        m: usize,
-        g: usize,
-        x: *const f32,
-        ldx: usize,
-        k: usize,
-        panels: *const f32,
-        stride: usize,
-        sums: Sums,
-    );
 }
 
 /// M rows by G tiles over k steps (see `blocked`): M x G tiles of running sums; per
@@ -90,29 +78,23 @@ unsafe fn kernel<L: Lanes, const M: usize, const G: usize>(
     }
 }
 
-/// The body of `Lanes::by_shape`: `$kernel::<M, G>` for each listed `M, G`.
-macro_rules! by_shape {
-    ($kernel:ident, ($m:expr, $g:expr), $args:tt, $($rows:literal, $tiles:literal);*) => {
-        match ($m, $g) {
-            $(($rows, $tiles) => $kernel::<$rows, $tiles> $args,)*
-            (m, g) => unreachable!("{m} rows by {g} tiles"),
-        }
-    };
-}
-
-/// `kernel` on path `$lanes` as a function of its own per shape, compiled with the
-/// path's features, as the kernels were before they shared one body: each path's tile
-/// loop then compiles to the instructions it had (same counts of every vector
-/// instruction, by objdump). Forced inline into the tile loop instead, the avx512 loop
-/// came out at half its size, and the WGAN ran up to 20% slower on avx2.
-macro_rules! shaped_kernel {
-    ($(#[$features:meta])* $name:ident, $lanes:ty) => {
-        /// `kernel` for one path and one shape.
+/// A path's tile loop, `$entry`: the shared loop (`blocked`) over `kernel` on
+/// `$lanes`, for each listed shape `M, G` (those `$lanes::GROUP` makes), everything
+/// compiled with the path's features (`$attr`). The kernel of each shape is a function
+/// of its own, `$shaped::<M, G>`, as the kernels were before they shared one body: each
+/// path's tile loop then compiles to the instructions it had (by objdump, the same count
+/// of every vector instruction on avx512, two vmovups fewer on avx2). Forced inline into
+/// the loop instead, the avx512 loop came out at half its size.
+macro_rules! path {
+    ($lanes:ty, $entry:ident, $shaped:ident, [$(#[$attr:meta])*],
+     $($rows:literal, $tiles:literal);*) => {
+        /// `kernel` on this path, for one shape.
         ///
         /// # Safety
         /// As `kernel`.
-        $(#[$features])*
-        unsafe fn $name<const M: usize, const G: usize>(
+        $(#[$attr])*
+        #[inline]
+        unsafe fn $shaped<const M: usize, const G: usize>(
             x: *const f32,
             ldx: usize,
             k: usize,
@@ -122,30 +104,37 @@ macro_rules! shaped_kernel {
         ) {
             kernel::<$lanes, M, G>(x, ldx, k, panels, stride, sums)
         }
-    };
-}
 
-/// The shared tile loop on path L.
-///
-/// # Safety
-/// The CPU has L's features (checked when the layer was built); the caller bounds x and
-/// the tiles, as `Dense::tiles` does.
-#[inline(always)]
-unsafe fn tiles<L: Lanes>(
-    layer: &Dense,
-    x: &[f32],
-    ldx: usize,
-    rows: usize,
-    tiles: Range<usize>,
-    y: SharedOut,
-) {
-    let kernel = |m, g, x: &[f32], ldx, k, panels: &[f32], stride, sums| {
-        // SAFETY: the CPU has L's features (this function's contract); `blocked` hands
-        // out slices that hold the m rows of x and the g panels' k steps, and sums
-        // within the bias and this thread's tiles of y.
-        unsafe { L::by_shape(m, g, x.as_ptr(), ldx, k, panels.as_ptr(), stride, sums) }
+        /// The tile loop on this path.
+        ///
+        /// # Safety
+        /// The CPU has the path's features (checked when the layer was built); the
+        /// caller bounds x and the tiles, as `Dense::tiles` does.
+        $(#[$attr])*
+        pub(in crate::dense) unsafe fn $entry(
+            layer: &Dense,
+            x: &[f32],
+            ldx: usize,
+            rows: usize,
+            tiles: Range<usize>,
+            y: SharedOut,
+        ) {
+            let kernel = |m, g, x: &[f32], ldx, k, panels: &[f32], stride, sums| {
+                let (x, panels) = (x.as_ptr(), panels.as_ptr());
+                // SAFETY: the CPU has the path's features (this function's contract);
+                // `blocked` hands out slices that hold the m rows of x and the g panels'
+                // k steps, and sums within the bias and this thread's tiles of y.
+                unsafe {
+                    match (m, g) {
+                        $(($rows, $tiles) =>
+                            $shaped::<$rows, $tiles>(x, ldx, k, panels, stride, sums),)*
+                        (m, g) => unreachable!("{m} rows by {g} tiles"),
+                    }
+                }
+            };
+            blocked(layer, x, ldx, rows, tiles, y, <$lanes>::GROUP, kernel);
+        }
     };
-    blocked(layer, x, ldx, rows, tiles, y, L::GROUP, kernel);
 }
 
 /// Plain Rust: the compiler vectorises what it can for the target's baseline.
@@ -183,45 +172,17 @@ impl Lanes for Portable {
     unsafe fn store(p: *mut f32, tile: Self::Tile) {
         p.cast::<Self::Tile>().write_unaligned(tile)
     }
-    #[inline(always)]
-    unsafe fn by_shape(
-        m: usize,
-        g: usize,
-        x: *const f32,
-        ldx: usize,
-        k: usize,
-        panels: *const f32,
-        stride: usize,
-        sums: Sums,
-    ) {
-        by_shape!(kernel_portable, (m, g), (x, ldx, k, panels, stride, sums),
-                  6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1; 1, 4; 1, 3; 1, 2)
-    }
 }
 
-shaped_kernel!(kernel_portable, Portable);
-
-/// The tile loop on the portable path.
-///
-/// # Safety
-/// As `tiles`.
-pub(super) unsafe fn tiles_portable(
-    layer: &Dense,
-    x: &[f32],
-    ldx: usize,
-    rows: usize,
-    range: Range<usize>,
-    y: SharedOut,
-) {
-    tiles::<Portable>(layer, x, ldx, rows, range, y)
-}
+path!(Portable, tiles_portable, kernel_portable, [],
+      6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1; 1, 4; 1, 3; 1, 2);
 
 #[cfg(target_arch = "x86_64")]
 pub(super) use x86::{tiles_avx2, tiles_avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{kernel, tiles, Dense, Group, Lanes, SharedOut, Sums};
+    use super::{blocked, kernel, Dense, Group, Lanes, SharedOut, Sums};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -262,28 +223,11 @@ mod x86 {
             _mm256_storeu_ps(p, tile[0]);
             _mm256_storeu_ps(p.add(8), tile[1]);
         }
-        #[inline(always)]
-        unsafe fn by_shape(
-            m: usize,
-            g: usize,
-            x: *const f32,
-            ldx: usize,
-            k: usize,
-            panels: *const f32,
-            stride: usize,
-            sums: Sums,
-        ) {
-            by_shape!(kernel_avx2, (m, g), (x, ldx, k, panels, stride, sums),
-                      6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1; 1, 4; 1, 3; 1, 2)
-        }
     }
 
-    shaped_kernel!(
-        #[target_feature(enable = "avx2,fma")]
-        #[inline]
-        kernel_avx2,
-        Avx2
-    );
+    // the activation's floor, min, max and divisions too as vector instructions
+    path!(Avx2, tiles_avx2, kernel_avx2, [#[target_feature(enable = "avx2,fma")]],
+          6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1; 1, 4; 1, 3; 1, 2);
 
     /// AVX-512F: a tile row is one zmm register.
     pub struct Avx512;
@@ -318,62 +262,11 @@ mod x86 {
         unsafe fn store(p: *mut f32, tile: __m512) {
             _mm512_storeu_ps(p, tile)
         }
-        #[inline(always)]
-        unsafe fn by_shape(
-            m: usize,
-            g: usize,
-            x: *const f32,
-            ldx: usize,
-            k: usize,
-            panels: *const f32,
-            stride: usize,
-            sums: Sums,
-        ) {
-            by_shape!(kernel_avx512, (m, g), (x, ldx, k, panels, stride, sums),
-                      6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2;
-                      6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1;
-                      1, 8; 1, 7; 1, 6; 1, 5; 1, 4; 1, 3)
-        }
     }
 
-    shaped_kernel!(
-        #[target_feature(enable = "avx512f")]
-        #[inline]
-        kernel_avx512,
-        Avx512
-    );
-
-    /// The tile loop compiled with AVX2/FMA: the kernel, and the activation's floor,
-    /// min, max and divisions as vector instructions.
-    ///
-    /// # Safety
-    /// As `tiles`: this CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tiles_avx2(
-        layer: &Dense,
-        x: &[f32],
-        ldx: usize,
-        rows: usize,
-        range: Range<usize>,
-        y: SharedOut,
-    ) {
-        tiles::<Avx2>(layer, x, ldx, rows, range, y)
-    }
-
-    /// The tile loop compiled with AVX-512F: the kernel, and the activation on 16-lane
-    /// vectors.
-    ///
-    /// # Safety
-    /// As `tiles`: this CPU has AVX-512F, AVX2 and FMA.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn tiles_avx512(
-        layer: &Dense,
-        x: &[f32],
-        ldx: usize,
-        rows: usize,
-        range: Range<usize>,
-        y: SharedOut,
-    ) {
-        tiles::<Avx512>(layer, x, ldx, rows, range, y)
-    }
+    // the activation too on 16-lane vectors
+    path!(Avx512, tiles_avx512, kernel_avx512, [#[target_feature(enable = "avx512f,avx2,fma")]],
+          6, 2; 5, 2; 4, 2; 3, 2; 2, 2; 1, 2;
+          6, 1; 5, 1; 4, 1; 3, 1; 2, 1; 1, 1;
+          1, 8; 1, 7; 1, 6; 1, 5; 1, 4; 1, 3);
 }
