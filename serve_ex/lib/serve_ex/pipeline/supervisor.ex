@@ -25,9 +25,8 @@ defmodule ServeEx.Pipeline.Supervisor do
   defp reply_policy(config),
     do: %{prefix: config.reply_queue_prefix, require_user_id: config.amqp_require_user_id}
 
-  # the workers' settings, and their admission bound
-  defp settings(config),
-    do: Map.take(config, [:batch_size, :batch_timeout_ms, :max_sequences, :max_queued_rows])
+  # the workers' settings (`t:ServeEx.Pipeline.Workers.settings/0`)
+  defp settings(config), do: Map.take(config, [:batch_size, :batch_timeout_ms, :max_sequences])
 
   @impl true
   def init(config) do
