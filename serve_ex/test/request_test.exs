@@ -3,7 +3,7 @@ defmodule ServeEx.RequestTest do
   use ExUnit.Case, async: true
 
   alias ServeEx.{Message, ModelRegistry, Request}
-  alias ServeEx.Pipeline.{Batcher, TextScheduler}
+  alias ServeEx.Pipeline.{ImageBatch, TextScheduler}
   alias ServeEx.Test.Paths
 
   # the models of this suite alone: nothing global, so other suites run beside it
@@ -46,7 +46,7 @@ defmodule ServeEx.RequestTest do
   end
 
   defp label(request, message) do
-    [{_, {:reply, _body, label}}] = Batcher.handle_batch(request.model, [message])
+    [{_, {:reply, _body, label}}] = ImageBatch.handle_batch(request.model, [message])
     label
   end
 

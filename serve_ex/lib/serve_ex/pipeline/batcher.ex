@@ -1,13 +1,14 @@
 defmodule ServeEx.Pipeline.Batcher do
   @moduledoc """
-  One batcher per image model (a GPT's text has `ServeEx.Pipeline.TextScheduler`). It
-  gathers requests until their rows reach `batch_size` or the oldest has waited
-  `batch_timeout_ms`, then runs `handle_batch`: one engine call per op present in the
-  batch (inline or on a dirty CPU scheduler, as `ServeEx.Engine.runs_inline?/2` says),
-  and one reply per request. A crash inside a batch is attributed to the request that
-  caused it: the batch runs again one request at a time, the innocent ones are
-  answered, and only the guilty one fails (`ServeEx.Pipeline.FailurePolicy` decides
-  what then).
+  Batching, whatever the model (the role of Broadway's batcher stage): one batcher per
+  model gathers requests until their rows reach `batch_size` or the oldest has waited
+  `batch_timeout_ms`, then hands them to its handler's `c:handle_batch/2`, which does
+  the model's work (`ServeEx.Pipeline.ImageBatch` for image models; a GPT's text has
+  `ServeEx.Pipeline.TextScheduler`), and settles one outcome per request. Requests
+  whose deadline passed while they waited are answered without compute. A crash inside
+  a batch is attributed to the request that caused it: the batch runs again one request
+  at a time, the innocent ones are answered, and only the guilty one fails
+  (`ServeEx.Pipeline.FailurePolicy` decides what then).
   """
   use GenServer
   require Logger
@@ -20,9 +21,14 @@ defmodule ServeEx.Pipeline.Batcher do
                 "the request's deadline passed before its batch ran"
               )
 
+  @doc "The model's work on a batch: one outcome per message, in any order."
+  @callback handle_batch(Engine.t(), [ServeEx.Message.t()]) :: [
+              {ServeEx.Message.t(), FailurePolicy.outcome()}
+            ]
+
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    opts = Keyword.validate!(opts, [:model, :batch_size, :batch_timeout_ms])
+    opts = Keyword.validate!(opts, [:model, :handler, :batch_size, :batch_timeout_ms])
     GenServer.start_link(__MODULE__, opts, name: name(opts[:model].id))
   end
 
@@ -47,6 +53,7 @@ defmodule ServeEx.Pipeline.Batcher do
     {:ok,
      %{
        model: opts[:model],
+       handler: opts[:handler],
        size: opts[:batch_size],
        timeout: opts[:batch_timeout_ms],
        pending: [],
@@ -113,7 +120,7 @@ defmodule ServeEx.Pipeline.Batcher do
       model = ModelRegistry.current(state.model)
       Metrics.batch(Enum.sum(Enum.map(due, & &1.request.rows)))
       due = Enum.map(due, &%{&1 | model_version: model.version})
-      Acknowledger.settle(run_isolated(model, due))
+      Acknowledger.settle(run_isolated(state.handler, model, due))
     end
 
     compute_us = System.monotonic_time(:microsecond) - started
@@ -124,8 +131,8 @@ defmodule ServeEx.Pipeline.Batcher do
 
   # One engine call for the batch; if it raises, one call per request, so the failure
   # lands on the request that caused it.
-  defp run_isolated(model, messages) do
-    handle_batch(model, messages)
+  defp run_isolated(handler, model, messages) do
+    handler.handle_batch(model, messages)
   catch
     kind, reason ->
       Logger.error(
@@ -133,56 +140,12 @@ defmodule ServeEx.Pipeline.Batcher do
           Exception.format(kind, reason, __STACKTRACE__)
       )
 
-      Enum.flat_map(messages, &run_alone(model, &1))
+      Enum.flat_map(messages, &run_alone(handler, model, &1))
   end
 
-  defp run_alone(model, message) do
-    handle_batch(model, [message])
+  defp run_alone(handler, model, message) do
+    handler.handle_batch(model, [message])
   catch
     kind, reason -> [{message, {:failed, Exception.format_banner(kind, reason)}}]
   end
-
-  @doc "Runs `messages` through `model`, one engine call per op; one outcome per message."
-  @spec handle_batch(Engine.t(), [ServeEx.Message.t()]) :: [
-          {ServeEx.Message.t(), FailurePolicy.outcome()}
-        ]
-  def handle_batch(model, messages) do
-    messages
-    |> Enum.group_by(& &1.request.op)
-    |> Enum.flat_map(fn {op, group} -> Enum.zip(group, run(model, op, group)) end)
-    |> Enum.map(fn {message, result} -> {message, outcome(result, message)} end)
-  end
-
-  defp run(model, "generate", messages),
-    do:
-      Engine.generate_batch(
-        model,
-        Enum.map(messages, &{args(&1).n, args(&1).seed, args(&1).encoding})
-      )
-
-  defp run(model, "decode", messages),
-    do:
-      Engine.decode_batch(model, Enum.map(messages, &f32_rows(args(&1).rows, args(&1).encoding)))
-
-  defp run(model, "encode", messages),
-    do:
-      Engine.encode_batch(model, Enum.map(messages, &f32_rows(args(&1).rows, args(&1).encoding)))
-
-  defp args(message), do: message.request.args
-
-  defp f32_rows([first | _] = rows, encoding) do
-    {for(row <- rows, v <- row, into: <<>>, do: <<v::float-32-little>>), length(first), encoding}
-  end
-
-  # a file the engine refuses is the service's failure, not the client's
-  defp outcome({:error, {:bad_model, text}}, message),
-    do: outcome({:error, {:internal, text}}, message)
-
-  defp outcome({:ok, {mu, logvar}}, %{request: %{op: "encode", args: args}}),
-    do: {:reply, Reply.posterior(mu, logvar, args.encoding), :ok}
-
-  defp outcome({:ok, tensor}, %{request: %{args: args}}),
-    do: {:reply, Reply.tensor(tensor, args.encoding), :ok}
-
-  defp outcome({:error, {code, text}}, _message), do: {:reply, Reply.error(code, text), code}
 end

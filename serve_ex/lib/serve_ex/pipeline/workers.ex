@@ -2,11 +2,12 @@ defmodule ServeEx.Pipeline.Workers do
   @moduledoc """
   Which process computes a model's requests: a GPT's text goes to its
   `ServeEx.Pipeline.TextScheduler` for the text's lane (continuous batching over a
-  decoding batch), an image model's requests to its `ServeEx.Pipeline.Batcher`. Each
+  decoding batch), an image model's requests to its `ServeEx.Pipeline.Batcher`, whose
+  handler `ServeEx.Pipeline.ImageBatch` does the model's work. Each
   counts its admitted work under a key of its own (`ServeEx.Admission`).
   """
 
-  alias ServeEx.Pipeline.{Batcher, TextScheduler}
+  alias ServeEx.Pipeline.{Batcher, ImageBatch, TextScheduler}
 
   @typedoc "The settings a model's worker is started with (`ServeEx.Config`)."
   @type settings :: %{
@@ -31,6 +32,7 @@ defmodule ServeEx.Pipeline.Workers do
     [
       Batcher.child_spec(
         model: model,
+        handler: ImageBatch,
         batch_size: settings.batch_size,
         batch_timeout_ms: settings.batch_timeout_ms
       )
