@@ -209,6 +209,19 @@ def test_argument_errors_name_the_argument_and_the_value(trained, tmp_path):
         vae.encode(np.zeros((1, 1, 784)))
     with pytest.raises(infer_rs.InferError, match="a directory, not a .safetensors file"):
         infer_rs.Model(tmp_path)
+    seed = r"a seed must be an integer from 0 to 2\^64 - 1, got "
+    with pytest.raises(infer_rs.InferError, match=seed + "-3"):
+        vae.generate(1, seed=-3)
+    with pytest.raises(infer_rs.InferError, match=seed + "18446744073709551616"):
+        gpt.generate_text("A", 3, seed=2**64)
+    with pytest.raises(infer_rs.InferError, match=seed + "'x'"):
+        gpt.generate_texts(["A"], 3, seeds=["x"])
+    with pytest.raises(infer_rs.InferError, match="top_k must be at least 1, got -1"):
+        gpt.generate_text("A", 3, top_k=-1)
+    with pytest.raises(infer_rs.InferError, match="max_new_tokens must be at least 1, got -2"):
+        gpt.generate_texts(["A", "B"], [3, -2])
+    with pytest.raises(infer_rs.InferError, match="max_new_tokens must be at least 1, got -4"):
+        gpt.decoding_batch().join("A", -4)
 
 
 def test_gil_is_released_while_rust_computes(trained):

@@ -76,9 +76,30 @@ fn rows_to_rows<'py>(
     to_numpy(py, out)
 }
 
+/// A seed argument: an integer from 0 to 2^64 - 1; anything else is refused with
+/// InferError, naming the value (not Python's OverflowError or TypeError).
+struct Seed(u64);
+
+impl<'py> FromPyObject<'py> for Seed {
+    fn extract_bound(value: &Bound<'py, PyAny>) -> PyResult<Self> {
+        value.extract::<u64>().map(Seed).map_err(|_| {
+            let got = value.repr().map_or_else(|_| "?".into(), |r| r.to_string());
+            InferError::new_err(format!(
+                "invalid argument: a seed must be an integer from 0 to 2^64 - 1, got {got}"
+            ))
+        })
+    }
+}
+
 /// The given seed, or a fresh one from the process's random state.
-fn seed_or_random(seed: Option<u64>) -> u64 {
-    seed.unwrap_or_else(|| RandomState::new().build_hasher().finish())
+fn seed_or_random(seed: Option<Seed>) -> u64 {
+    seed.map_or_else(|| RandomState::new().build_hasher().finish(), |s| s.0)
+}
+
+/// A `top_k` argument; a negative one is refused, naming it (the engine refuses 0 and
+/// values above the vocabulary).
+fn top_k_arg(top_k: Option<i64>) -> PyResult<Option<usize>> {
+    top_k.map(|k| count("top_k", k)).transpose()
 }
 
 /// A model loaded once from an exported `.safetensors`, for repeated calls.
@@ -118,7 +139,7 @@ impl PyModel {
         &self,
         py: Python<'py>,
         n: i64,
-        seed: Option<u64>,
+        seed: Option<Seed>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (n, seed) = (count("n", n)?, seed_or_random(seed));
         let out = py
@@ -177,13 +198,13 @@ impl PyModel {
         prompt: &str,
         max_new_tokens: i64,
         temperature: f32,
-        top_k: Option<usize>,
-        seed: Option<u64>,
+        top_k: Option<i64>,
+        seed: Option<Seed>,
     ) -> PyResult<String> {
         let max_new_tokens = count("max_new_tokens", max_new_tokens)?;
         let sampling = Sampling {
             temperature,
-            top_k,
+            top_k: top_k_arg(top_k)?,
             seed: seed_or_random(seed),
         };
         py.allow_threads(|| self.inner.generate_text(prompt, max_new_tokens, sampling))
@@ -202,19 +223,20 @@ impl PyModel {
         prompts: Vec<String>,
         max_new_tokens: PerPrompt,
         temperature: f32,
-        top_k: Option<usize>,
-        seeds: Option<Vec<u64>>,
+        top_k: Option<i64>,
+        seeds: Option<Vec<Seed>>,
     ) -> PyResult<Vec<String>> {
         let n = prompts.len();
         let lengths = max_new_tokens.for_each(n)?;
-        let seeds = match seeds {
+        let top_k = top_k_arg(top_k)?;
+        let seeds: Vec<u64> = match seeds {
             Some(seeds) if seeds.len() != n => {
                 return Err(InferError::new_err(format!(
                     "{} seeds for {n} prompts; give one per prompt",
                     seeds.len()
                 )))
             }
-            Some(seeds) => seeds,
+            Some(seeds) => seeds.into_iter().map(|s| s.0).collect(),
             None => (0..n).map(|_| seed_or_random(None)).collect(),
         };
         let requests: Vec<(&str, usize, Sampling)> = prompts
@@ -274,15 +296,18 @@ impl PyModel {
 /// `max_new_tokens` of `generate_texts`: one value for every prompt, or one each.
 #[derive(FromPyObject)]
 enum PerPrompt {
-    All(usize),
-    Each(Vec<usize>),
+    All(i64),
+    Each(Vec<i64>),
 }
 
 impl PerPrompt {
     fn for_each(self, prompts: usize) -> PyResult<Vec<usize>> {
         match self {
-            Self::All(n) => Ok(vec![n; prompts]),
-            Self::Each(list) if list.len() == prompts => Ok(list),
+            Self::All(n) => Ok(vec![count("max_new_tokens", n)?; prompts]),
+            Self::Each(list) if list.len() == prompts => list
+                .into_iter()
+                .map(|n| count("max_new_tokens", n))
+                .collect(),
             Self::Each(list) => Err(InferError::new_err(format!(
                 "{} max_new_tokens values for {prompts} prompts; give one, or one per prompt",
                 list.len()
@@ -308,18 +333,19 @@ impl PyDecodingBatch {
     fn join(
         &mut self,
         prompt: &str,
-        max_new_tokens: usize,
+        max_new_tokens: i64,
         temperature: f32,
-        top_k: Option<usize>,
-        seed: Option<u64>,
+        top_k: Option<i64>,
+        seed: Option<Seed>,
     ) -> PyResult<u64> {
         let gpt = self.model.get().inner.gpt().map_err(py_err)?;
         let sampling = Sampling {
             temperature,
-            top_k,
+            top_k: top_k_arg(top_k)?,
             seed: seed_or_random(seed),
         };
         let ids = gpt.prompt_ids(prompt).map_err(py_err)?;
+        let max_new_tokens = count("max_new_tokens", max_new_tokens)?;
         gpt.join(&mut self.batch, &ids, max_new_tokens, sampling)
             .map_err(py_err)
     }
@@ -356,7 +382,7 @@ fn vae_generate(
     py: Python<'_>,
     path: PathBuf,
     n: i64,
-    seed: Option<u64>,
+    seed: Option<Seed>,
 ) -> PyResult<Bound<'_, PyArray2<f32>>> {
     let (n, seed) = (count("n", n)?, seed_or_random(seed));
     let out = py
