@@ -88,7 +88,9 @@ class Service:
         returns the seconds it took. A node that never gets there is killed, not left
         behind."""
         started = time.monotonic()
-        cmd = ["elixir", "--sname", self.node, "-S", "mix", "run", "--no-halt"]
+        # a long name at the loopback address: a short name is reached through the host
+        # name, which resolves to 127.0.1.1 on a stock Debian, where epmd does not listen
+        cmd = ["elixir", "--name", f"{self.node}@127.0.0.1", "-S", "mix", "run", "--no-halt"]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(cmd, cwd=SERVE_EX, env=self.env, stdout=log, stderr=log)
         try:
@@ -116,10 +118,10 @@ class Service:
         """Evaluate Elixir code inside the running node."""
         cmd = [
             "elixir",
-            "--sname",
-            f"ctl_{secrets.token_hex(3)}",
+            "--name",
+            f"ctl_{secrets.token_hex(3)}@127.0.0.1",
             "--rpc-eval",
-            f"{self.node}@{socket.gethostname().split('.')[0]}",
+            f"{self.node}@127.0.0.1",
             expression,
         ]
         out = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=60)
