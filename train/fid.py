@@ -9,6 +9,8 @@ only with each other, not with published FIDs.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -102,3 +104,11 @@ class Reference:
     def fid(self, samples: torch.Tensor) -> float:
         """FID of `samples` (images in [0, 1]) against the held-out digits."""
         return fid(self.classifier, self.val_x, samples)
+
+
+@functools.cache
+def shared_reference() -> Reference:
+    """This process's one `Reference`: its classifier is trained once (about 3 s), however
+    many runs and reports measure with it (`make quality` trains two image models with
+    `--fid-every`, then scores both)."""
+    return Reference()

@@ -21,7 +21,7 @@ from train import plots
 from train.bench import overhead
 from train.cli import main as train_main
 from train.export import load
-from train.fid import Reference, class_coverage
+from train.fid import class_coverage, shared_reference
 from train.trainer import METRICS
 
 OUT = Path("runs/quality")
@@ -79,7 +79,7 @@ def gpt_generation_rate(path: Path, new_tokens: int = 127, repeats: int = 5) -> 
 
 
 def sample_quality(paths: dict[str, Path]) -> dict:
-    ref = Reference()
+    ref = shared_reference()
     with torch.no_grad():
         accuracy = (ref.classifier(ref.val_x).argmax(1) == ref.val_y).float().mean().item()
     result = {
